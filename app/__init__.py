@@ -1,0 +1,1 @@
+"""Use cases, the seed-compatible facade, the reference API server and the CLI."""

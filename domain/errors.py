@@ -1,0 +1,235 @@
+"""The closed set of expected failures, as frozen values.
+
+Every function that can fail in an expected way returns one of these inside a ``Result``. Each
+value knows how to describe itself to a person (what happened, what was expected, what to do) and
+never carries a secret: fields that could hold one do not exist. Programming errors still raise.
+The facade turns these values into ``SplitvaultError`` exceptions at the edge.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class InvalidRef:
+    """A folder or resource name that cannot be used as a path or object key."""
+
+    field: str
+    reason: str
+
+    def describe(self) -> str:
+        return (
+            f"invalid {self.field}: {self.reason}; use a plain name without path separators, "
+            "control characters or a leading dot"
+        )
+
+
+@attrs.frozen
+class CorruptResource:
+    """Bytes that do not authenticate or do not parse: tampering, truncation, or the wrong file."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.what} is corrupt or was tampered with: {self.detail}"
+
+
+@attrs.frozen
+class WrongKey:
+    """The key offered does not open this resource."""
+
+    what: str
+
+    def describe(self) -> str:
+        return f"the key for {self.what} is wrong (key commitment or padding check failed)"
+
+
+@attrs.frozen
+class PartMismatch:
+    """A small part and a big part that do not belong together (or a stale cache entry)."""
+
+    detail: str
+
+    def describe(self) -> str:
+        return (
+            f"small and big part do not belong together: {self.detail}; "
+            "fetch the big part again"
+        )
+
+
+@attrs.frozen
+class UnsupportedFormat:
+    """A file in a format or version this build does not read."""
+
+    detail: str
+
+    def describe(self) -> str:
+        return f"unsupported format: {self.detail}"
+
+
+@attrs.frozen
+class LimitExceeded:
+    """A declared size outside what the format allows, refused before any allocation."""
+
+    what: str
+    limit: int
+    got: int
+
+    def describe(self) -> str:
+        return f"{self.what} is {self.got}, over the limit of {self.limit}"
+
+
+@attrs.frozen
+class NotFound:
+    """A resource, object or image that does not exist where it was looked for."""
+
+    what: str
+
+    def describe(self) -> str:
+        return f"{self.what} was not found; check the folder and name"
+
+
+@attrs.frozen
+class AccessDenied:
+    """Valid credentials without the right to do this (wrong role, read-only keys)."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"access denied to {self.what}: {self.detail}"
+
+
+@attrs.frozen
+class AuthFailed:
+    """Login failed or the session could not be renewed."""
+
+    detail: str
+    status: int | None = None
+
+    def describe(self) -> str:
+        code = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"authentication failed{code}: {self.detail}; check the e-mail and password"
+
+
+@attrs.frozen
+class HardwareMismatch:
+    """The API refused this machine: the account is bound to another hardware fingerprint."""
+
+    error_code: str
+    message: str
+
+    def describe(self) -> str:
+        return (
+            f"this machine's fingerprint differs from the one bound to the account "
+            f"({self.error_code}: {self.message}); ask an administrator to reset the binding"
+        )
+
+
+@attrs.frozen
+class Transient:
+    """A failure worth retrying (network error, 5xx, throttling) that outlived the retries."""
+
+    what: str
+    detail: str
+    retry_after: float | None = None
+
+    def describe(self) -> str:
+        return f"{self.what} failed after retries: {self.detail}"
+
+
+@attrs.frozen
+class TimedOut:
+    """A peer that stalled beyond the configured timeout."""
+
+    what: str
+    seconds: float
+
+    def describe(self) -> str:
+        return f"{self.what} timed out after {self.seconds:g} s"
+
+
+@attrs.frozen
+class RemoteError:
+    """An unexpected, non-transient answer from a remote service."""
+
+    what: str
+    status: int
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.what} answered {self.status}: {self.detail}"
+
+
+@attrs.frozen
+class ConfigInvalid:
+    """Configuration that is missing or malformed, naming the field."""
+
+    field: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"configuration field {self.field!r}: {self.detail}"
+
+
+@attrs.frozen
+class StorageFailed:
+    """A local file system operation that failed (disk full, permissions)."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"could not write {self.what}: {self.detail}"
+
+
+@attrs.frozen
+class EngineFailed:
+    """The container engine is unreachable or refused an operation."""
+
+    detail: str
+
+    def describe(self) -> str:
+        return f"container engine: {self.detail}"
+
+
+@attrs.frozen
+class ImagesMissing:
+    """Images a version needs that are not present in the engine after loading."""
+
+    images: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "images missing after load: " + ", ".join(self.images)
+
+
+# One alias per concern; the union of all is the closed set.
+FormatFailure = CorruptResource | WrongKey | PartMismatch | UnsupportedFormat | LimitExceeded
+RemoteFailure = (
+    NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
+)
+LocalFailure = ConfigInvalid | StorageFailed
+EngineFailure = EngineFailed | ImagesMissing
+Failure = InvalidRef | FormatFailure | RemoteFailure | LocalFailure | EngineFailure
+
+FAILURE_TYPES: tuple[type, ...] = (
+    InvalidRef,
+    CorruptResource,
+    WrongKey,
+    PartMismatch,
+    UnsupportedFormat,
+    LimitExceeded,
+    NotFound,
+    AccessDenied,
+    AuthFailed,
+    HardwareMismatch,
+    Transient,
+    TimedOut,
+    RemoteError,
+    ConfigInvalid,
+    StorageFailed,
+    EngineFailed,
+    ImagesMissing,
+)
