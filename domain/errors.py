@@ -53,10 +53,7 @@ class PartMismatch:
     detail: str
 
     def describe(self) -> str:
-        return (
-            f"small and big part do not belong together: {self.detail}; "
-            "fetch the big part again"
-        )
+        return f"small and big part do not belong together: {self.detail}; fetch the big part again"
 
 
 @attrs.frozen

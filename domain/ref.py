@@ -36,7 +36,7 @@ def check_name(field: str, value: object) -> InvalidRef | None:
     for char in value:
         category = unicodedata.category(char)
         if category.startswith("C"):
-            return InvalidRef(field, f"contains the control or unassigned character U+{ord(char):04X}")
+            return InvalidRef(field, f"contains the control character U+{ord(char):04X}")
         if category in {"Zl", "Zp"} or (category == "Zs" and char != " "):
             return InvalidRef(field, f"contains the unusual space U+{ord(char):04X}")
     if unicodedata.normalize("NFKC", value) != value:
