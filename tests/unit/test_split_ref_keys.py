@@ -1,0 +1,111 @@
+"""The split rule, resource references and key derivation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from returns.result import Failure, Success
+
+from domain import keys
+from domain.errors import InvalidRef, WrongKey
+from domain.ref import MAX_NAME_BYTES, ResourceRef
+from domain.split import SplitRule, join, split
+
+
+@given(st.binary(max_size=20_000))
+def test_join_undoes_split_and_the_rule_holds(stream: bytes) -> None:
+    """join(split(x)) == x, and the small part is min(3 KiB, 30 %) of x."""
+    small, big = split(stream)
+    assert join(small, big) == stream
+    assert len(small) == min(3072, len(stream) * 30 // 100)
+
+
+def test_split_rule_for_every_length_up_to_12k() -> None:
+    """The small length is monotone and capped at 3 KiB for every length 0..12000."""
+    rule = SplitRule()
+    previous = 0
+    for length in range(12_001):
+        small = rule.small_length(length)
+        assert small == min(3072, length * 30 // 100)
+        assert previous <= small <= length
+        previous = small
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        "../x",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "a\x00b",
+        "tab\there",
+        " lead",
+        "trail ",
+        ".hidden",
+        "x" * (MAX_NAME_BYTES + 1),
+        "\uff4d\uff4f\uff44\uff45\uff4c",  # full-width "model"
+        "zero\u200bwidth",
+        "nb\u00a0sp",
+        "rtl\u202eexe",
+    ],
+)
+def test_hostile_names_are_refused(name: str) -> None:
+    """Separators, dot names, control and look-alike characters, over-long names are refused."""
+    result = ResourceRef.parse("models", name)
+    assert isinstance(result, Failure)
+    assert isinstance(result.failure(), InvalidRef)
+    assert isinstance(ResourceRef.parse(name, "ok"), Failure)
+    with pytest.raises(ValueError, match="invalid"):
+        ResourceRef("models", name)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "with space.bin", "модель-β.pt", "a" * 200])
+def test_plain_names_are_accepted(name: str) -> None:
+    """Names with spaces, Unicode letters and up to the byte limit are accepted."""
+    ref = ResourceRef.parse("models", name)
+    assert isinstance(ref, Success)
+    assert ref.unwrap().key == f"models/{name}.big"
+
+
+def test_parse_refuses_non_text() -> None:
+    """A folder or name that is not a string is refused, not crashed on."""
+    assert isinstance(ResourceRef.parse(3, "x"), Failure)
+    assert isinstance(ResourceRef.parse("x", None), Failure)
+
+
+def test_transport_key_binds_password_email_and_fingerprint() -> None:
+    """The transport key changes with each input and ignores e-mail case and NFKC forms."""
+    base = keys.transport_key("pa\u00dfword", "Alice@Example.com", "fp1")
+    assert base == keys.transport_key("pa\u00dfword", "alice@example.COM ", "fp1")
+    assert base == keys.transport_key("pa\u00dfword", "ALICE@EXAMPLE.COM", "fp1")
+    assert base != keys.transport_key("password", "alice@example.com", "fp1")
+    assert base != keys.transport_key("pa\u00dfword", "bob@example.com", "fp1")
+    assert base != keys.transport_key("pa\u00dfword", "alice@example.com", "fp2")
+    # NFKC: the ligature "\ufb01" and "fi" are the same password
+    assert keys.transport_key("\ufb01x", "a@b.c", "f") == keys.transport_key("fix", "a@b.c", "f")
+
+
+def test_envelope_round_trip_and_context_binding() -> None:
+    """An envelope opens under its key and context only."""
+    key = bytes(32)
+    envelope = keys.seal_envelope(key, b"n" * 12, b"small part", "models/a")
+    assert keys.open_envelope(key, envelope, "models/a") == Success(b"small part")
+    assert isinstance(keys.open_envelope(key, envelope, "models/b"), Failure)
+    other = keys.open_envelope(b"\x01" * 32, envelope, "models/a")
+    assert isinstance(other, Failure)
+    assert isinstance(other.failure(), WrongKey)
+    assert isinstance(keys.open_envelope(key, b"short", "models/a"), Failure)
+
+
+def test_subkeys_are_independent() -> None:
+    """Chunk key, MAC key and commitment differ from each other and from the data key."""
+    sub = keys.data_subkeys(bytes(32), bytes(16))
+    values = {sub.chunk_key, sub.header_mac_key, sub.commitment, bytes(32)}
+    assert len(values) == 4
+    assert "chunk_key" not in repr(sub) or bytes(32).hex() not in repr(sub)
+    assert sub.chunk_key.hex() not in repr(sub)
