@@ -1,0 +1,258 @@
+"""Use cases: upload and download one resource through the ports.
+
+``upload_resource`` seals the file straight into a cache temp file (one streaming pass), moves it
+into the cache, uploads the big part to the CDN and only then stores the small part at the API: the
+API write is the commit point, so a crash leaves at worst an orphaned big part, never a small part
+that points at nothing. ``download_resource`` fetches the small part through its transport
+envelope, takes the big part from a verified cache entry or the CDN, opens into a temp file next to
+the output and renames it into place only when every chunk authenticated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import attrs
+from returns.io import IOFailure, IOResult, IOSuccess
+from returns.pipeline import is_successful
+from returns.result import Failure as ResultFailure
+
+from adapters.atomic_file import atomic_path
+from app import pipeline
+from domain import keys
+from domain.errors import Failure, NotFound, StorageFailed
+from domain.format_v1 import DEFAULT_CHUNK_SIZE, parse_header
+from domain.ports import BigPartDigest, Cache, Cdn, Random, ResourceApi
+from domain.ref import ResourceRef
+
+log = logging.getLogger("splitvault.usecases")
+
+T = TypeVar("T")
+Progress = Callable[[int], None]
+
+
+@attrs.frozen
+class Identity:
+    """A user of the resource API. The password never appears in a repr."""
+
+    email: str
+    password: str = attrs.field(repr=False)
+
+
+class TransportKeys:
+    """Derives a user's transport key once per fingerprint and keeps it for the session.
+
+    Argon2id costs tens of milliseconds and 19 MiB; a service that downloads many resources pays
+    it once. The cached keys live only in this object's memory.
+    """
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+        self._password_key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TransportKeys(email={self._identity.email!r})"
+
+    def for_fingerprint(self, fingerprint: str) -> bytes:
+        with self._lock:
+            if self._password_key is None:
+                self._password_key = keys.password_key(
+                    self._identity.password, self._identity.email
+                )
+            return keys.transport_key_from_password_key(self._password_key, fingerprint)
+
+
+@attrs.frozen
+class UploadReport:
+    """What an upload stored where."""
+
+    ref: ResourceRef
+    plaintext_bytes: int
+    small_bytes: int
+    big_bytes: int
+    big_sha256: str
+    cache_path: Path
+
+
+@attrs.frozen
+class DownloadReport:
+    """What a download produced and whether the cache served the big part."""
+
+    ref: ResourceRef
+    out: Path
+    plaintext_bytes: int
+    small_bytes: int
+    big_bytes: int
+    cache_hit: bool
+    cache_path: Path
+
+
+def write_atomically(final: Path, write: Callable[[Path], IOResult[T, Failure]]) -> IOResult[T, Failure]:
+    """Run ``write`` on a temp file beside ``final``; rename it into place only on success."""
+
+    class _Abort(Exception):
+        pass
+
+    result: IOResult[T, Failure] = IOFailure(StorageFailed(str(final), "nothing was written"))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(final) as temp:
+            result = write(temp)
+            if not is_successful(result):
+                raise _Abort
+    except _Abort:
+        return result
+    except OSError as error:
+        return IOFailure(StorageFailed(str(final), error.strerror or type(error).__name__))
+    return result
+
+
+def upload_resource(
+    ref: ResourceRef,
+    source: Path,
+    *,
+    api: ResourceApi,
+    cdn: Cdn,
+    cache: Cache,
+    random: Random,
+    publisher_key: bytes | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[UploadReport, Failure]:
+    """Seal ``source`` and store it: big part to cache and CDN, then the small part to the API."""
+    if not source.is_file():
+        return IOFailure(NotFound(f"the file {source}"))
+    sealed: list[pipeline.SealedParts] = []
+
+    def produce(temp: Path) -> IOResult[BigPartDigest, Failure]:
+        result = pipeline.seal_file(
+            source,
+            temp,
+            ref=ref,
+            dek=random.token_bytes(keys.KEY_BYTES),
+            file_id=random.token_bytes(16),
+            chunk_size=chunk_size,
+            publisher_key=publisher_key,
+            wrap_nonce=random.token_bytes(keys.NONCE_BYTES) if publisher_key else None,
+            workers=workers,
+            progress=progress,
+        )
+        return result.map(lambda parts: sealed.append(parts) or parts.big_digest)
+
+    def report(cache_path: Path) -> UploadReport:
+        parts = sealed[-1]
+        return UploadReport(
+            ref=ref,
+            plaintext_bytes=source.stat().st_size,
+            small_bytes=len(parts.small_part),
+            big_bytes=parts.big_digest.length,
+            big_sha256=parts.big_digest.sha256.hex(),
+            cache_path=cache_path,
+        )
+
+    return (
+        cache.store(ref, produce)
+        .bind(lambda path: cdn.upload_file(ref, path).map(lambda _: path))
+        .bind(lambda path: api.upload_small_part(ref, sealed[-1].small_part).map(lambda _: path))
+        .map(report)
+    )
+
+
+def open_small_part(
+    ref: ResourceRef, envelope: bytes, transport_key: bytes
+) -> IOResult[bytes, Failure]:
+    """Open the transport envelope the API sealed for this user and machine."""
+    opened = keys.open_envelope(transport_key, envelope, str(ref))
+    if isinstance(opened, ResultFailure):
+        return IOFailure(opened.failure())
+    return IOSuccess(opened.unwrap())
+
+
+def download_resource(
+    ref: ResourceRef,
+    out: Path,
+    *,
+    api: ResourceApi,
+    cdn: Cdn,
+    cache: Cache,
+    fingerprint: str,
+    transport_key: bytes,
+    publisher_key: bytes | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[DownloadReport, Failure]:
+    """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure."""
+    return (
+        api.download_small_part(ref, fingerprint)
+        .bind(lambda envelope: open_small_part(ref, envelope, transport_key))
+        .bind(
+            lambda small: _with_big_part(
+                ref,
+                small,
+                out,
+                cdn=cdn,
+                cache=cache,
+                publisher_key=publisher_key,
+                workers=workers,
+                progress=progress,
+            )
+        )
+    )
+
+
+def _with_big_part(
+    ref: ResourceRef,
+    small: bytes,
+    out: Path,
+    *,
+    cdn: Cdn,
+    cache: Cache,
+    publisher_key: bytes | None,
+    workers: int | None,
+    progress: Progress | None,
+) -> IOResult[DownloadReport, Failure]:
+    parsed = parse_header(small)
+    if isinstance(parsed, ResultFailure):
+        return IOFailure(parsed.failure())
+    header, _ = parsed.unwrap()
+    expected = BigPartDigest(header.layout.big_length, header.big_sha256)
+    filled: list[int] = []
+
+    def fill(temp: Path, start: int) -> IOResult[None, Failure]:
+        filled.append(start)
+        log.info("fetching the big part of %s from the CDN (from byte %d)", ref, start)
+        return cdn.download_file(ref, temp, start=start).map(lambda _: None)
+
+    def open_into(big_path: Path, temp: Path) -> IOResult[None, Failure]:
+        return pipeline.open_file(
+            small,
+            big_path,
+            temp,
+            publisher_key=publisher_key,
+            expected_ref=ref,
+            workers=workers,
+            progress=progress,
+        )
+
+    def report(big_path: Path) -> DownloadReport:
+        return DownloadReport(
+            ref=ref,
+            out=out,
+            plaintext_bytes=header.layout.plaintext_length,
+            small_bytes=len(small),
+            big_bytes=expected.length,
+            cache_hit=not filled,
+            cache_path=big_path,
+        )
+
+    return cache.fetch(ref, expected, fill).bind(
+        lambda big_path: write_atomically(out, lambda temp: open_into(big_path, temp)).map(
+            lambda _: report(big_path)
+        )
+    )
