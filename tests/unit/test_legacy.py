@@ -372,11 +372,9 @@ def test_truncation_off_block_boundary_is_corrupt(drop: int) -> None:
 
 
 def test_truncation_by_a_whole_block_fails_the_padding_check() -> None:
-    """Dropping the padded last block leaves a data block as the last one: WrongKey here.
-
-    The legacy format has no integrity; whole-block truncation is only caught by the padding
-    check (about 255 times in 256), which is why v1 exists. This fixed case is one it catches.
-    """
+    """Dropping the padded last block leaves a data block last, whose padding fails: WrongKey."""
+    # The legacy format has no integrity: whole-block truncation is only caught by the padding
+    # check (about 255 times in 256), which is why v1 exists. This fixed case is one it catches.
     stream = b"".join(seal_legacy_bytes(b"t" * 100, KEY, IV))
     result = open_legacy_bytes(stream[:-16], b"", KEY, rule=None)
     assert isinstance(result.failure(), WrongKey)
