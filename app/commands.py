@@ -68,7 +68,9 @@ def seal(args: argparse.Namespace) -> Report:
     small_path = args.out / f"{ref.name}.small"
     big_path = args.out / f"{ref.name}.big"
     size = source.stat().st_size
-    publisher_key = read_key_file(args.publisher_key, "publisher key") if args.publisher_key else None
+    publisher_key = (
+        read_key_file(args.publisher_key, "publisher key") if args.publisher_key else None
+    )
     legacy_key = read_key_file(args.legacy_key, "legacy key") if args.legacy_key else None
 
     with transfer_progress(f"sealing {ref.name}", size) as progress:
@@ -126,7 +128,9 @@ def open_parts(args: argparse.Namespace) -> Report:
         raise to_exception(
             StorageFailed(str(error.filename), error.strerror or "cannot read")
         ) from None
-    publisher_key = read_key_file(args.publisher_key, "publisher key") if args.publisher_key else None
+    publisher_key = (
+        read_key_file(args.publisher_key, "publisher key") if args.publisher_key else None
+    )
     legacy_key = read_key_file(args.legacy_key, "legacy key") if args.legacy_key else None
     with transfer_progress(f"opening {args.small.name}", big_size + len(small)) as progress:
 

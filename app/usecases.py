@@ -92,7 +92,9 @@ class DownloadReport:
     cache_path: Path
 
 
-def write_atomically(final: Path, write: Callable[[Path], IOResult[T, Failure]]) -> IOResult[T, Failure]:
+def write_atomically(
+    final: Path, write: Callable[[Path], IOResult[T, Failure]]
+) -> IOResult[T, Failure]:
     """Run ``write`` on a temp file beside ``final``; rename it into place only on success."""
 
     class _Abort(Exception):
