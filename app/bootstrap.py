@@ -1,0 +1,232 @@
+"""The composition root: the one place that builds adapters from configuration.
+
+``bootstrap(config, **overrides)`` returns a ``Client`` holding the API adapter, the cache, the
+hardware probe and the CDN. Tests and the demo pass keyword-only overrides (a fixed hardware
+fingerprint, a fake API) instead of patching. The CDN is built lazily from ``cdn.yaml`` fetched
+through the API, with read keys only unless the caller uploads, so a download-only process never
+holds write keys; a CDN that refuses the keys it has is rebuilt once from a fresh ``cdn.yaml``
+(rotated keys) before the failure is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from returns.io import IOFailure, IOResult, IOSuccess
+from returns.pipeline import is_successful
+from returns.result import Failure as ResultFailure
+from returns.unsafe import unsafe_perform_io
+
+from adapters.config_files import parse_cdn_yaml
+from adapters.directory_cdn import DirectoryCdn
+from adapters.file_cache import FileCache
+from adapters.http_api import HttpResourceApi
+from adapters.linux_hardware import LinuxHardware
+from adapters.s3_cdn import S3Cdn
+from adapters.system import SystemClock, SystemRandom, sleep
+from app.usecases import Identity, TransportKeys, open_small_part
+from domain.config import ClientConfig
+from domain.errors import AccessDenied, ConfigInvalid, Failure
+from domain.ports import Cache, Cdn, Clock, Hardware, Random
+from domain.ref import ResourceRef
+
+log = logging.getLogger("splitvault.bootstrap")
+T = TypeVar("T")
+
+# The fingerprint HMAC key: it makes the value meaningless outside splitvault, so a fingerprint
+# leaked from another product cannot be replayed here (and ours cannot be matched there).
+HARDWARE_APP_KEY = b"splitvault/v1/hardware-fingerprint"
+CDN_CONFIG_REF = ResourceRef("config", "cdn.yaml")
+
+
+class Client:
+    """Everything a use case needs for one user on one machine.
+
+    Build it with ``bootstrap``. Thread-safe: the API adapter, cache and CDN may be shared.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ClientConfig,
+        api: HttpResourceApi,
+        cache: Cache,
+        hardware: Hardware,
+        random: Random,
+        clock: Clock,
+        cdn: Cdn | None,
+        publisher_key: bytes | None,
+    ) -> None:
+        self.config = config
+        self.api = api
+        self.cache = cache
+        self.hardware = hardware
+        self.random = random
+        self.clock = clock
+        self.publisher_key = publisher_key
+        self._fixed_cdn = cdn
+        self._cdns: dict[bool, Cdn] = {}
+        self._lock = threading.Lock()
+        identity = Identity(config.email or "", config.password or "")
+        self.transport_keys = TransportKeys(identity)
+        self._fingerprint: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Client(api={self.api!r}, cache={self.cache!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        """This machine's fingerprint value (probed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.hardware.fingerprint().value
+        return self._fingerprint
+
+    @property
+    def transport_key(self) -> bytes:
+        """The transport key for this user on this machine (derived once per session)."""
+        return self.transport_keys.for_fingerprint(self.fingerprint)
+
+    def cdn(self, *, write: bool) -> IOResult[Cdn, Failure]:
+        """The CDN, with write keys only when ``write`` is asked for."""
+        if self._fixed_cdn is not None:
+            return IOSuccess(self._fixed_cdn)
+        if self.config.cdn_mode == "directory":
+            if self.config.cdn_dir is None:
+                return IOFailure(ConfigInvalid("cdn_dir", "cdn_mode is directory but no cdn_dir"))
+            return IOSuccess(DirectoryCdn(self.config.cdn_dir))
+        with self._lock:
+            cached = self._cdns.get(write)
+            if cached is not None:
+                return IOSuccess(cached)
+        built = self._fetch_cdn(write=write)
+        if is_successful(built):
+            with self._lock:
+                self._cdns[write] = unsafe_perform_io(built.unwrap())
+        return built
+
+    def forget_cdn(self) -> None:
+        """Drop the CDN clients so the next use fetches ``cdn.yaml`` again (rotated keys)."""
+        with self._lock:
+            self._cdns.clear()
+
+    def with_cdn(
+        self, write: bool, action: Callable[[Cdn], IOResult[T, Failure]]
+    ) -> IOResult[T, Failure]:
+        """Run ``action`` on the CDN; on ``AccessDenied`` refresh ``cdn.yaml`` once and retry."""
+        first = self.cdn(write=write).bind(action)
+        if is_successful(first) or not isinstance(
+            unsafe_perform_io(first.failure()), AccessDenied
+        ):
+            return first
+        log.info("the CDN refused our keys; fetching cdn.yaml again")
+        self.forget_cdn()
+        return self.cdn(write=write).bind(action)
+
+    def _fetch_cdn(self, *, write: bool) -> IOResult[Cdn, Failure]:
+        def build(text: bytes) -> IOResult[Cdn, Failure]:
+            try:
+                decoded = text.decode("utf-8")
+            except UnicodeDecodeError:
+                return IOFailure(ConfigInvalid("cdn.yaml", "is not UTF-8 text"))
+            parsed = parse_cdn_yaml(decoded)
+            if isinstance(parsed, ResultFailure):
+                return IOFailure(parsed.failure())
+            made = S3Cdn.from_config(parsed.unwrap(), write=write)
+            if isinstance(made, ResultFailure):
+                return IOFailure(made.failure())
+            return IOSuccess(made.unwrap())
+
+        return (
+            self.api.download_cdn_config(self.fingerprint)
+            .bind(lambda envelope: open_small_part(CDN_CONFIG_REF, envelope, self.transport_key))
+            .bind(build)
+        )
+
+    def close(self) -> None:
+        """Release connection pools."""
+        self.api.close()
+
+
+def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Failure]:
+    """The publisher key from its file, if one is configured."""
+    from domain.legacy import parse_shared_key
+
+    if path is None:
+        return IOSuccess(None)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return IOFailure(
+            ConfigInvalid("publisher_key_file", f"cannot read {path}: {error.strerror}")
+        )
+    parsed = parse_shared_key(data, "publisher_key_file")
+    if isinstance(parsed, ResultFailure):
+        return IOFailure(parsed.failure())
+    return IOSuccess(parsed.unwrap())
+
+
+def bootstrap(
+    config: ClientConfig,
+    *,
+    api: HttpResourceApi | None = None,
+    cdn: Cdn | None = None,
+    cache: Cache | None = None,
+    hardware: Hardware | None = None,
+    clock: Clock | None = None,
+    random: Random | None = None,
+    sleeper: Callable[[float], None] | None = None,
+) -> IOResult[Client, Failure]:
+    """Build a ``Client`` from configuration; overrides replace single adapters."""
+    the_clock = clock or SystemClock()
+    the_random = random or SystemRandom()
+    if api is None:
+        if not config.api_url or not config.email or config.password is None:
+            missing = next(
+                name
+                for name, value in (
+                    ("api_url", config.api_url),
+                    ("email", config.email),
+                    ("password", config.password),
+                )
+                if not value
+            )
+            return IOFailure(
+                ConfigInvalid(missing, "is required: pass a flag, SPLITVAULT_* or the config file")
+            )
+        api = HttpResourceApi(
+            config.api_url,
+            config.email,
+            config.password,
+            ca_bundle=config.ca_bundle,
+            timeout=config.read_timeout,
+            connect_timeout=config.connect_timeout,
+            clock=the_clock,
+            random=the_random,
+            sleep=sleeper or sleep,
+        )
+    built_api = api
+    cache_result: IOResult[Cache, Failure] = (
+        IOSuccess(cache) if cache is not None else FileCache.open(config.cache_dir)
+    )
+
+    def make(the_cache: Cache, publisher_key: bytes | None) -> Client:
+        return Client(
+            config=config,
+            api=built_api,
+            cache=the_cache,
+            hardware=hardware or LinuxHardware(HARDWARE_APP_KEY),
+            random=the_random,
+            clock=the_clock,
+            cdn=cdn,
+            publisher_key=publisher_key,
+        )
+
+    return cache_result.bind(
+        lambda the_cache: read_publisher_key(config.publisher_key_file).map(
+            lambda key: make(the_cache, key)
+        )
+    )

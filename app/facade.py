@@ -1,0 +1,339 @@
+"""The seed-compatible facade: ``ApiClient``, ``ApiCredentials``, ``CDNCredentials``, ``CDNManager``.
+
+Scripts written against the original client keep their method names. What changed, on purpose:
+
+- nothing is saved to the working directory: downloads go where the caller says;
+- errors are raised as ``SplitvaultError`` subclasses, never swallowed or returned as ``None``;
+- credentials come from arguments, the environment or the config file, never from files the client
+  writes;
+- ``load_big_small_resource`` still returns bytes for compatibility, but it streams through a temp
+  file; prefer ``download_resource_file`` for anything large;
+- every resource is sealed with format v1 (authenticated, per-resource keys) instead of the shared
+  CBC key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+from returns.io import IOResult
+from returns.result import Failure as ResultFailure
+
+from adapters.s3_cdn import S3Cdn
+from app.bootstrap import Client, bootstrap
+from app.errors import to_exception, unwrap_or_raise
+from app.usecases import (
+    DownloadReport,
+    UploadReport,
+    download_resource,
+    open_small_part,
+    upload_resource,
+)
+from domain.config import ClientConfig, S3Keys
+from domain.errors import ConfigInvalid, Failure, LimitExceeded, StorageFailed
+from domain.ports import Cdn, Hardware
+from domain.ref import ResourceRef
+
+
+@attrs.frozen
+class ApiCredentials:
+    """An API account: e-mail and password (hidden from reprs)."""
+
+    email: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class CDNCredentials:
+    """Keys for the S3-compatible CDN; the secret is hidden from reprs."""
+
+    endpoint_url: str
+    bucket: str
+    access_key_id: str
+    secret_access_key: str = attrs.field(repr=False)
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> CDNCredentials:
+        """Build from the original client's dict (``endpoint_url``/``endpoint``, ``bucket``...)."""
+        aliases = {
+            "endpoint_url": ("endpoint_url", "endpoint"),
+            "bucket": ("bucket", "bucket_name"),
+            "access_key_id": ("access_key_id", "aws_access_key_id", "access_key"),
+            "secret_access_key": ("secret_access_key", "aws_secret_access_key", "secret_key"),
+            "region": ("region", "region_name"),
+        }
+        values: dict[str, str] = {}
+        for field, names in aliases.items():
+            for name in names:
+                value = data.get(name)
+                if isinstance(value, str) and value:
+                    values[field] = value
+                    break
+            else:
+                if field != "region":
+                    raise to_exception(ConfigInvalid(field, "missing from the CDN credentials"))
+        return cls(**values)
+
+
+def _ref_from_key(key: str) -> ResourceRef:
+    """``folder/name`` or ``folder/name.big`` → a ref, or ``InvalidNameError``."""
+    stripped = key.removesuffix(".big")
+    folder, _, name = stripped.partition("/")
+    parsed = ResourceRef.parse(folder, name)
+    if isinstance(parsed, ResultFailure):
+        raise to_exception(parsed.failure())
+    return parsed.unwrap()
+
+
+def _ref(folder: str, name: str) -> ResourceRef:
+    parsed = ResourceRef.parse(folder, name)
+    if isinstance(parsed, ResultFailure):
+        raise to_exception(parsed.failure())
+    return parsed.unwrap()
+
+
+class CDNManager:
+    """Direct big-part transfers to and from the CDN by key (``folder/name.big``).
+
+    Args:
+        credentials: the CDN keys; a manager built with read keys cannot upload.
+        writable: whether ``credentials`` are write keys.
+    """
+
+    def __init__(self, credentials: CDNCredentials, *, writable: bool = False) -> None:
+        keys = S3Keys(credentials.access_key_id, credentials.secret_access_key)
+        build = S3Cdn.writer if writable else S3Cdn.reader
+        self.cdn: Cdn = build(
+            credentials.endpoint_url, credentials.bucket, keys, region=credentials.region
+        )
+
+    def __repr__(self) -> str:
+        return f"CDNManager({self.cdn!r})"
+
+    def upload_to_cdn(self, file_path: str | os.PathLike[str], key: str) -> None:
+        """Upload a file as the big part under ``key``."""
+        unwrap_or_raise(self.cdn.upload_file(_ref_from_key(key), Path(file_path)))
+
+    def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
+        """Download the big part under ``key`` into ``file_path`` (atomically)."""
+        from app.usecases import write_atomically
+
+        ref = _ref_from_key(key)
+        unwrap_or_raise(
+            write_atomically(
+                Path(file_path), lambda temp: self.cdn.download_file(ref, temp).map(lambda _: None)
+            )
+        )
+
+
+class ApiClient:
+    """The resource API client with the original method names, on the new protocol.
+
+    Args:
+        api_url: the resource API's base URL.
+        credentials: the account; ``login(email, password)`` may set it later.
+        cache_dir: the big-part cache (default: the user cache directory).
+        ca_bundle: CA certificates for the API's TLS, instead of the system store.
+        hardware: a ``Hardware`` adapter (default: the Linux probe).
+        publisher_key_file: a file with the publisher key, if data keys are wrapped.
+
+    Every method raises a ``SplitvaultError`` subclass on failure.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        credentials: ApiCredentials | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        hardware: Hardware | None = None,
+        publisher_key_file: str | os.PathLike[str] | None = None,
+        workers: int = 4,
+    ) -> None:
+        self._api_url = api_url
+        self._credentials = credentials
+        self._cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
+        self._ca_bundle = Path(ca_bundle) if ca_bundle else None
+        self._hardware = hardware
+        self._publisher_key_file = Path(publisher_key_file) if publisher_key_file else None
+        self._workers = workers
+        self._cdn_override: Cdn | None = None
+        self._client: Client | None = None
+
+    def __repr__(self) -> str:
+        email = self._credentials.email if self._credentials else None
+        return f"ApiClient({self._api_url!r}, email={email!r})"
+
+    def _session(self) -> Client:
+        if self._client is None:
+            if self._credentials is None:
+                raise to_exception(ConfigInvalid("credentials", "call login(email, password)"))
+            config = ClientConfig(
+                cache_dir=self._cache_dir,
+                api_url=self._api_url,
+                email=self._credentials.email,
+                password=self._credentials.password,
+                ca_bundle=self._ca_bundle,
+                workers=self._workers,
+                publisher_key_file=self._publisher_key_file,
+            )
+            self._client = unwrap_or_raise(
+                bootstrap(config, hardware=self._hardware, cdn=self._cdn_override)
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- the original methods ---------------------------------------------------------------
+
+    def login(self, email: str | None = None, password: str | None = None) -> None:
+        """Log in (with new credentials if given); raises ``AuthError`` when refused."""
+        if email is not None and password is not None:
+            self.close()
+            self._credentials = ApiCredentials(email, password)
+        unwrap_or_raise(self._session().api.login())
+
+    def set_credentials_from_dict(self, data: Mapping[str, object]) -> None:
+        """Use these CDN credentials instead of the ``cdn.yaml`` the API serves."""
+        credentials = CDNCredentials.from_dict(data)
+        writable = bool(data.get("writable", False))
+        self._cdn_override = CDNManager(credentials, writable=writable).cdn
+        self.close()
+
+    def upload_file(self, file_path: str | os.PathLike[str], folder: str) -> None:
+        """Store a small file at the API as it is (configs and the like, up to 1 MiB)."""
+        path = Path(file_path)
+        ref = _ref(folder, path.name)
+        data = _read_small(path)
+        unwrap_or_raise(self._session().api.upload_small_part(ref, data))
+
+    def load_bytes(self, file_name: str, folder: str) -> bytes:
+        """A file stored with ``upload_file``, opened from its transport envelope."""
+        client = self._session()
+        ref = _ref(folder, file_name)
+        return unwrap_or_raise(
+            client.api.download_small_part(ref, client.fingerprint).bind(
+                lambda envelope: open_small_part(ref, envelope, client.transport_key)
+            )
+        )
+
+    def list_files(self, folder: str) -> list[str]:
+        """Names in a folder."""
+        return list(unwrap_or_raise(self._session().api.list_folder(folder)))
+
+    def upload_big_small_resource(
+        self, file_path: str | os.PathLike[str], folder: str, name: str | None = None
+    ) -> UploadReport:
+        """Seal and upload a file (big part to the CDN, small part to the API)."""
+        path = Path(file_path)
+        return self.upload_resource_file(path, name or path.name, folder)
+
+    def load_big_small_resource(self, resource_name: str, folder: str) -> bytes:
+        """A resource's plaintext as bytes. Holds the whole file in memory: prefer
+        ``download_resource_file`` for large resources."""
+        with tempfile.TemporaryDirectory(prefix="splitvault-") as scratch:
+            out = Path(scratch) / "resource"
+            self.download_resource_file(resource_name, folder, out)
+            return out.read_bytes()
+
+    def upload_to_cdn(self, file_path: str | os.PathLike[str], key: str) -> None:
+        """Upload a file to the CDN under ``key`` with the uploader's keys."""
+        client = self._session()
+        ref = _ref_from_key(key)
+        unwrap_or_raise(client.with_cdn(True, lambda cdn: cdn.upload_file(ref, Path(file_path))))
+
+    def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
+        """Download ``key`` from the CDN into ``file_path`` (atomically)."""
+        from app.usecases import write_atomically
+
+        client = self._session()
+        ref = _ref_from_key(key)
+
+        def fetch(cdn: Cdn) -> IOResult[None, Failure]:
+            return write_atomically(
+                Path(file_path), lambda temp: cdn.download_file(ref, temp).map(lambda _: None)
+            )
+
+        unwrap_or_raise(client.with_cdn(False, fetch))
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def upload_resource_file(
+        self, path: str | os.PathLike[str], name: str, folder: str
+    ) -> UploadReport:
+        """Seal ``path`` and upload it as ``folder/name``, streaming (constant memory)."""
+        client = self._session()
+        ref = _ref(folder, name)
+        return unwrap_or_raise(
+            client.with_cdn(
+                True,
+                lambda cdn: upload_resource(
+                    ref,
+                    Path(path),
+                    api=client.api,
+                    cdn=cdn,
+                    cache=client.cache,
+                    random=client.random,
+                    publisher_key=client.publisher_key,
+                    workers=self._workers,
+                ),
+            )
+        )
+
+    def download_resource_file(
+        self, name: str, folder: str, out_path: str | os.PathLike[str]
+    ) -> DownloadReport:
+        """Download ``folder/name`` into ``out_path``, streaming; nothing is left on failure."""
+        client = self._session()
+        ref = _ref(folder, name)
+        return unwrap_or_raise(
+            client.with_cdn(
+                False,
+                lambda cdn: download_resource(
+                    ref,
+                    Path(out_path),
+                    api=client.api,
+                    cdn=cdn,
+                    cache=client.cache,
+                    fingerprint=client.fingerprint,
+                    transport_key=client.transport_key,
+                    publisher_key=client.publisher_key,
+                    workers=self._workers,
+                ),
+            )
+        )
+
+
+def _read_small(path: Path) -> bytes:
+    limit = 1 << 20
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            # Small files only: large ones belong in upload_resource_file.
+            raise to_exception(LimitExceeded(f"the size of {path}", limit, size))
+        return path.read_bytes()
+    except OSError as error:
+        raise to_exception(StorageFailed(str(path), error.strerror or "cannot read")) from None
+
+
+def _default_cache_dir() -> Path:
+    from adapters.config_files import default_cache_dir
+
+    return default_cache_dir(os.environ)
+
