@@ -48,7 +48,11 @@ def _load_yaml(text: str, what: str) -> Result[object, ConfigInvalid]:
         # problem/context are parser descriptions; str(error) would quote the offending line.
         mark = error.problem_mark or error.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        reason = "; ".join(part for part in (error.context, error.problem) if part)
+        context = error.context or ""
+        start = error.context_mark
+        if context and start is not None and start is not mark:
+            context += f" (started at line {start.line + 1}, column {start.column + 1})"
+        reason = "; ".join(part for part in (context, error.problem) if part)
         return Failure(ConfigInvalid(what, f"malformed YAML{where}: {reason}"))
     except yaml.YAMLError as error:
         return Failure(ConfigInvalid(what, f"malformed YAML: {type(error).__name__}"))

@@ -195,6 +195,20 @@ def test_failed_overwrite_keeps_the_previous_object(cdn: AnyCdn, tmp_path: Path,
     assert round_trip(cdn, REF, tmp_path / "dest") == old
 
 
+def test_interrupted_download_leaves_a_resumable_prefix(cdn: AnyCdn, tmp_path: Path) -> None:
+    """A download that fails part-way leaves only correct bytes; resuming from there completes."""
+    data = payload(MULTIPART_SIZE, seed=16)
+    value_of(cdn.upload_file(REF, write(tmp_path / "src", data)))
+    dest = tmp_path / "dest"
+    problem = failure_of(cdn.download_file(REF, dest, progress=FailAfter(6 * MIB)))
+    assert isinstance(problem, StorageFailed)
+    kept = dest.read_bytes()
+    assert len(kept) < len(data)
+    assert kept == data[: len(kept)]
+    assert value_of(cdn.download_file(REF, dest, start=len(kept))) == len(data)
+    assert dest.read_bytes() == data
+
+
 def test_missing_source_is_a_storage_failure(cdn: AnyCdn, tmp_path: Path) -> None:
     """Uploading a file that does not exist fails as a local storage problem, storing nothing."""
     problem = failure_of(cdn.upload_file(REF, tmp_path / "nope"))
