@@ -64,7 +64,7 @@ def parse_cdn_yaml(text: str) -> Result[CdnConfig, ConfigInvalid]:
     return _load_yaml(text, "cdn.yaml").bind(cdn_config_from_mapping)
 
 
-def render_cdn_yaml(config: CdnConfig, *, include_write: bool) -> str:
+def render_cdn_yaml(config: CdnConfig, include_write: bool) -> str:
     """``cdn.yaml`` for one role; downloaders get ``include_write=False``: no write keys."""
     return yaml.safe_dump(
         cdn_config_to_mapping(config, include_write=include_write),

@@ -26,23 +26,31 @@ COPY_CHUNK = 1024 * 1024
 Progress = Callable[[int], None]
 
 
-def _copy_range(
-    source_fd: int, dest_fd: int, start: int, end: int, progress: Progress | None
-) -> None:
-    """Copy bytes ``[start:end)`` of one file to the same offsets of another, one reused buffer."""
-    buffer = bytearray(COPY_CHUNK)
-    view = memoryview(buffer)
-    offset = start
-    while offset < end:
-        count = os.preadv(source_fd, [view[: min(COPY_CHUNK, end - offset)]], offset)
-        if count == 0:
-            raise OSError(f"source ended at byte {offset}, expected {end}")
-        written = 0
-        while written < count:
-            written += os.pwrite(dest_fd, view[written:count], offset + written)
-        offset += count
-        if progress is not None:
-            progress(count)
+class _Copy:
+    """Copies bytes ``[start:end)`` of one file to the same offsets of another, one reused buffer.
+
+    ``offset`` is where the copy got to, so a failed copy knows which bytes are good.
+    """
+
+    def __init__(self, source_fd: int, dest_fd: int, start: int) -> None:
+        self._source_fd = source_fd
+        self._dest_fd = dest_fd
+        self.offset = start
+
+    def run(self, end: int, progress: Progress | None) -> None:
+        buffer = bytearray(COPY_CHUNK)
+        view = memoryview(buffer)
+        while self.offset < end:
+            want = min(COPY_CHUNK, end - self.offset)
+            count = os.preadv(self._source_fd, [view[:want]], self.offset)
+            if count == 0:
+                raise OSError(f"source ended at byte {self.offset}, expected {end}")
+            written = 0
+            while written < count:
+                written += os.pwrite(self._dest_fd, view[written:count], self.offset + written)
+            self.offset += count
+            if progress is not None:
+                progress(count)
 
 
 class DirectoryCdn:
@@ -93,7 +101,7 @@ class DirectoryCdn:
             with atomic_path(target, mode=0o644) as temp:
                 dest_fd = os.open(temp, os.O_WRONLY | os.O_CLOEXEC)
                 try:
-                    _copy_range(source_fd, dest_fd, 0, size, progress)
+                    _Copy(source_fd, dest_fd, 0).run(size, progress)
                 finally:
                     os.close(dest_fd)
         except PermissionError as error:
@@ -115,7 +123,8 @@ class DirectoryCdn:
         """Write the object's bytes ``[start:]`` into ``dest`` at their offsets; return its size.
 
         Bytes of ``dest`` before ``start`` are left alone; ``dest`` ends up exactly as long as the
-        object. ``progress`` (optional) is called with each number of bytes written.
+        object, or, after a failure, as long as the bytes known good (a safe resume point).
+        ``progress`` (optional) is called with each number of bytes written.
         """
         if start < 0:
             raise ValueError("start must be >= 0")
@@ -139,9 +148,15 @@ class DirectoryCdn:
                     )
                 )
             dest_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            copy = _Copy(source_fd, dest_fd, start)
             try:
-                _copy_range(source_fd, dest_fd, start, size, progress)
+                copy.run(size, progress)
                 os.ftruncate(dest_fd, size)
+            except OSError:
+                # Leave only bytes known good, so the file's length is a safe resume point.
+                if os.fstat(dest_fd).st_size > copy.offset:
+                    os.ftruncate(dest_fd, copy.offset)
+                raise
             finally:
                 os.close(dest_fd)
         except OSError as error:

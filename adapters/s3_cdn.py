@@ -42,7 +42,10 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    HTTPClientError,
+    IncompleteReadError,
     ReadTimeoutError,
+    SSLError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -300,10 +303,14 @@ class S3Cdn:
             return TimedOut(what, self._tuning.read_timeout)
         if isinstance(error, ConnectTimeoutError):
             return TimedOut(what, self._tuning.connect_timeout)
-        if isinstance(error, BotoConnectionError | RetriesExceededError):
+        if isinstance(error, SSLError):
+            # Retrying does not fix a certificate; say what it is instead.
+            return RemoteError(what, 0, "TLS handshake or certificate verification failed")
+        transient = BotoConnectionError | HTTPClientError | IncompleteReadError
+        if isinstance(error, transient | RetriesExceededError):
             return Transient(what, type(error).__name__)
-        # Other botocore errors (e.g. a stream cut mid-body) are network trouble too.
-        return Transient(what, type(error).__name__)
+        # Parameter or credential problems: not worth retrying.
+        return RemoteError(what, 0, type(error).__name__)
 
     def upload_file(
         self, ref: ResourceRef, source: Path, *, progress: Progress | None = None
@@ -401,7 +408,8 @@ class S3Cdn:
                 os.ftruncate(fd, size)
                 return IOSuccess(size)
             good = job.contiguous_end(start, ranges)
-            os.ftruncate(fd, good)
+            if os.fstat(fd).st_size > good:  # never extend: bytes before start stay as they were
+                os.ftruncate(fd, good)
         except OSError as local:
             return IOFailure(StorageFailed(f"download into {dest}", _reason(local)))
         finally:

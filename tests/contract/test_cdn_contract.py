@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Success
 from returns.unsafe import unsafe_perform_io
@@ -108,6 +110,27 @@ def test_download_resumes_from_start_leaving_earlier_bytes(
     assert got[start:] == data[start:]
 
 
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(start=st.integers(0, 3000), prior=st.binary(max_size=4000))
+def test_resume_property_for_any_start_and_prior_content(
+    cdn: AnyCdn, tmp_path: Path, start: int, prior: bytes
+) -> None:
+    """For any start and earlier dest content: bytes before start kept, the rest the object's."""
+    data = payload(3000, seed=17)
+    source = tmp_path / "src"
+    if not source.exists():
+        value_of(cdn.upload_file(REF, write(source, data)))
+    dest = write(tmp_path / "dest", prior)
+    assert value_of(cdn.download_file(REF, dest, start=start)) == len(data)
+    got = dest.read_bytes()
+    kept = min(start, len(prior))
+    assert got[:kept] == prior[:kept]
+    assert got[start:] == data[start:]
+    assert len(got) == len(data)
+
+
 def test_download_from_the_end_writes_nothing_and_beyond_it_fails(
     cdn: AnyCdn, tmp_path: Path
 ) -> None:
@@ -195,11 +218,14 @@ def test_failed_overwrite_keeps_the_previous_object(cdn: AnyCdn, tmp_path: Path,
     assert round_trip(cdn, REF, tmp_path / "dest") == old
 
 
-def test_interrupted_download_leaves_a_resumable_prefix(cdn: AnyCdn, tmp_path: Path) -> None:
+@pytest.mark.parametrize("garbage", [0, MULTIPART_SIZE + 10], ids=["new dest", "longer dest"])
+def test_interrupted_download_leaves_a_resumable_prefix(
+    cdn: AnyCdn, tmp_path: Path, garbage: int
+) -> None:
     """A download that fails part-way leaves only correct bytes; resuming from there completes."""
     data = payload(MULTIPART_SIZE, seed=16)
     value_of(cdn.upload_file(REF, write(tmp_path / "src", data)))
-    dest = tmp_path / "dest"
+    dest = write(tmp_path / "dest", b"\xff" * garbage)
     problem = failure_of(cdn.download_file(REF, dest, progress=FailAfter(6 * MIB)))
     assert isinstance(problem, StorageFailed)
     kept = dest.read_bytes()

@@ -101,8 +101,8 @@ class MotoS3:
         key = iam.create_access_key(UserName=name)["AccessKey"]
         return S3Keys(key["AccessKeyId"], key["SecretAccessKey"])
 
-    def _set_auth_threshold(self, count: str) -> None:
-        # moto's documented switch: after `count` unauthenticated requests, enforce IAM.
+    def _set_auth_threshold(self, count: str) -> str:
+        """Set moto's switch (enforce IAM after ``count`` requests); return the previous value."""
         request = urllib.request.Request(
             f"{self.endpoint_url}/moto-api/reset-auth",
             data=count.encode(),
@@ -110,16 +110,17 @@ class MotoS3:
             headers={"Content-Type": "text/plain"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
+            answer = json.loads(response.read())
+        return str(answer.get("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT", "inf"))
 
     @contextmanager
     def enforce_iam(self) -> Iterator[None]:
         """Within the block, every request must be signed by a known key and allowed by IAM."""
-        self._set_auth_threshold("0")
+        previous = self._set_auth_threshold("0")
         try:
             yield
         finally:
-            self._set_auth_threshold("inf")
+            self._set_auth_threshold(previous)
 
 
 @contextmanager
