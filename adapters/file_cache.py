@@ -1,0 +1,306 @@
+"""The local cache of big parts on the file system, behind the ``Cache`` port.
+
+An entry lives at ``{root}/{folder}/{name}.big`` and is handed out only after its length and
+SHA-256 match what the small part's header says; anything else (a corrupted file, an entry of an
+older version) is discarded with the reason logged and fetched again. Downloads go into a partial
+file named after the expected hash (``.{name}.big.{sha256[:16]}.partial``) so an interrupted fill
+resumes where it stopped, while a partial for another hash is stale and removed. A finished partial
+is verified, fsynced, renamed into place and the directory fsynced. An ``flock`` on
+``.{name}.lock`` keeps two processes (or threads) from downloading the same part at once; it is
+not needed for correctness, which comes from verification and atomic renames.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from returns.io import IOFailure, IOResult, IOSuccess
+from returns.pipeline import is_successful
+from returns.unsafe import unsafe_perform_io
+
+from adapters.atomic_file import (
+    atomic_path,
+    collect_stale_temps,
+    fsync_dir,
+    fsync_file,
+    is_temp_name,
+)
+from domain.errors import Failure, PartMismatch, StorageFailed
+from domain.ports import BigPartDigest, Fill, Produce
+from domain.ref import ResourceRef
+
+log = logging.getLogger("splitvault.file_cache")
+
+HASH_CHUNK = 1024 * 1024
+STALE_AFTER_SECONDS = 24 * 3600.0
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+ENTRY_SUFFIX = ".big"
+HASH_PREFIX_HEX = 16
+
+
+def file_digest(path: Path) -> BigPartDigest:
+    """Length and SHA-256 of a file, read in 1 MiB chunks into one reused buffer.
+
+    Raises ``OSError`` when the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    length = 0
+    with path.open("rb", buffering=0) as handle:
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            digest.update(view[:count])
+            length += count
+    return BigPartDigest(length, digest.digest())
+
+
+def mismatch_reason(path: Path, expected: BigPartDigest) -> str | None:
+    """Why the file at ``path`` is not the expected big part, or ``None`` when it is.
+
+    Compares the length first (a cheap ``stat``), then the SHA-256. Raises ``OSError``.
+    """
+    size = path.stat().st_size
+    if size != expected.length:
+        return f"length is {size} bytes, expected {expected.length}"
+    actual = file_digest(path)
+    if actual.length != expected.length:
+        return f"length changed while reading ({actual.length} bytes)"
+    if actual.sha256 != expected.sha256:
+        return (
+            f"SHA-256 is {actual.sha256.hex()[:HASH_PREFIX_HEX]}…, "
+            f"expected {expected.sha256.hex()[:HASH_PREFIX_HEX]}…"
+        )
+    return None
+
+
+def _is_cache_temp(name: str) -> bool:
+    return is_temp_name(name) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
+
+
+def _is_hash_tag(text: str) -> bool:
+    return len(text) == HASH_PREFIX_HEX and all(char in "0123456789abcdef" for char in text)
+
+
+def _storage_failed(what: Path, error: OSError) -> StorageFailed:
+    return StorageFailed(str(what), error.strerror or type(error).__name__)
+
+
+class _Abandon(Exception):
+    """Raised inside ``atomic_path`` to throw the temp file away when ``produce`` failed."""
+
+    def __init__(self, outcome: IOResult[None, Failure]) -> None:
+        super().__init__("abandoned")
+        self.outcome = outcome
+
+
+def _keep_or_abandon(outcome: IOResult[None, Failure]) -> None:
+    if not is_successful(outcome):
+        raise _Abandon(outcome)
+
+
+def _produce_checked(ref: ResourceRef, temp: Path, produce: Produce) -> IOResult[None, Failure]:
+    produced = produce(temp)
+    if not is_successful(produced):
+        return produced.map(lambda _: None)
+    reason = mismatch_reason(temp, unsafe_perform_io(produced.unwrap()))
+    if reason is not None:
+        return IOFailure(PartMismatch(f"the new cache entry for {ref} as written: {reason}"))
+    return IOSuccess(None)
+
+
+class FileCache:
+    """Big parts cached under ``root``, verified before every use.
+
+    Args:
+        root: the cache directory (created on ``open``).
+        stale_after_seconds: temp and partial files untouched for this long are leftovers of a
+            killed process and are removed by ``collect_stale``.
+        clock: wall-clock seconds, for judging staleness.
+
+    Failures: ``StorageFailed`` (disk full, permissions), ``PartMismatch`` (what was filled or
+    produced is not the expected big part), and whatever ``fill``/``produce`` return.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        stale_after_seconds: float = STALE_AFTER_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._root = root
+        self._stale_after = stale_after_seconds
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        *,
+        stale_after_seconds: float = STALE_AFTER_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> IOResult[FileCache, StorageFailed]:
+        """Create the cache directory if needed and collect stale temp files in it."""
+        cache = cls(root, stale_after_seconds=stale_after_seconds, clock=clock)
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cache.collect_stale()
+        except OSError as error:
+            return IOFailure(_storage_failed(root, error))
+        return IOSuccess(cache)
+
+    def __repr__(self) -> str:
+        return f"FileCache({str(self._root)!r})"
+
+    @property
+    def root(self) -> Path:
+        """The cache directory."""
+        return self._root
+
+    def entry_path(self, ref: ResourceRef) -> Path:
+        """Where the verified entry of ``ref`` lives (it may not exist)."""
+        return self._root / ref.key
+
+    def collect_stale(self) -> tuple[Path, ...]:
+        """Remove temp and partial files older than the staleness threshold in every folder.
+
+        Raises ``OSError`` when the root cannot be listed.
+        """
+        now = self._clock()
+        removed: list[Path] = []
+        for folder in os.scandir(self._root):
+            if folder.is_dir(follow_symlinks=False):
+                removed.extend(
+                    collect_stale_temps(
+                        Path(folder.path), self._stale_after, now, match=_is_cache_temp
+                    )
+                )
+        return tuple(removed)
+
+    def fetch(
+        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
+    ) -> IOResult[Path, Failure]:
+        """A verified entry for ``ref``: the cached one if it matches, else filled through ``fill``.
+
+        ``fill(partial, start)`` must write the big part's bytes ``[start:]`` into ``partial``;
+        a partial left by an earlier, interrupted fill for the same hash is resumed. When ``fill``
+        fails, the partial is kept for the next attempt and the failure returned.
+        """
+        entry = self.entry_path(ref)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self._locked(ref):
+                if entry.exists():
+                    reason = mismatch_reason(entry, expected)
+                    if reason is None:
+                        return IOSuccess(entry)
+                    log.warning("discarding cache entry %s: %s", entry, reason)
+                    entry.unlink(missing_ok=True)
+                return self._fill(ref, expected, fill)
+        except OSError as error:
+            return IOFailure(_storage_failed(entry, error))
+
+    def _fill(
+        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
+    ) -> IOResult[Path, Failure]:
+        entry = self.entry_path(ref)
+        partial = self._partial_path(ref, expected)
+        for stale in self._partials(ref):
+            if stale != partial:
+                log.info("removing partial download %s of another version", stale)
+                stale.unlink(missing_ok=True)
+        # O_NOFOLLOW: the partial is ours; never append through a link planted in the cache.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            current = os.fstat(fd).st_size
+            if current > expected.length:
+                log.warning("partial %s is longer than the big part; starting over", partial)
+                os.ftruncate(fd, 0)
+                current = 0
+        finally:
+            os.close(fd)
+        if current < expected.length:
+            if current:
+                log.info("resuming %s from byte %d of %d", partial, current, expected.length)
+            filled = fill(partial, current)
+            if not is_successful(filled):
+                return filled.map(lambda _: entry)
+        reason = mismatch_reason(partial, expected)
+        if reason is not None:
+            log.warning("discarding downloaded big part %s: %s", partial, reason)
+            partial.unlink(missing_ok=True)
+            return IOFailure(PartMismatch(f"the big part of {ref} as downloaded: {reason}"))
+        fsync_file(partial)
+        os.replace(partial, entry)
+        fsync_dir(entry.parent)
+        return IOSuccess(entry)
+
+    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Failure]:
+        """Let ``produce`` write a new entry into a temp file; verify it and move it into place.
+
+        The temp file is removed when ``produce`` fails or its result does not match the digest
+        it reported (``PartMismatch``); the previous entry, if any, stays as it was.
+        """
+        entry = self.entry_path(ref)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self._locked(ref), atomic_path(entry) as temp:
+                _keep_or_abandon(_produce_checked(ref, temp, produce))
+        except _Abandon as abandon:
+            return abandon.outcome.map(lambda _: entry)
+        except OSError as error:
+            return IOFailure(_storage_failed(entry, error))
+        return IOSuccess(entry)
+
+    def discard(self, ref: ResourceRef) -> None:
+        """Remove the entry of ``ref`` and any partial of it; log what cannot be removed."""
+        entry = self.entry_path(ref)
+        try:
+            with self._locked(ref):
+                entry.unlink(missing_ok=True)
+                for partial in self._partials(ref):
+                    partial.unlink(missing_ok=True)
+        except FileNotFoundError:
+            return  # the folder does not exist: nothing to discard
+        except OSError as error:
+            log.warning("could not discard cache entry %s: %s", entry, error.strerror)
+
+    def _partial_path(self, ref: ResourceRef, expected: BigPartDigest) -> Path:
+        tag = expected.sha256.hex()[:HASH_PREFIX_HEX]
+        return self.entry_path(ref).parent / f".{ref.name}{ENTRY_SUFFIX}.{tag}{PARTIAL_SUFFIX}"
+
+    def _partials(self, ref: ResourceRef) -> list[Path]:
+        # Compared as strings, not globbed: a name may contain glob characters such as "[".
+        prefix = f".{ref.name}{ENTRY_SUFFIX}."
+        found: list[Path] = []
+        for entry in os.scandir(self.entry_path(ref).parent):
+            name = entry.name
+            if (
+                name.startswith(prefix)
+                and name.endswith(PARTIAL_SUFFIX)
+                and _is_hash_tag(name[len(prefix) : -len(PARTIAL_SUFFIX)])
+            ):
+                found.append(Path(entry.path))
+        return found
+
+    @contextmanager
+    def _locked(self, ref: ResourceRef) -> Iterator[None]:
+        lock_path = self.entry_path(ref).parent / f".{ref.name}{LOCK_SUFFIX}"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            # Each open() is its own lock holder, so this excludes other threads too.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock

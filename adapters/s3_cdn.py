@@ -1,0 +1,550 @@
+"""An S3-compatible bucket as the CDN for big parts, behind the ``Cdn`` port (boto3).
+
+Read and write credentials are separate: ``S3Cdn.reader`` is built from the read keys only and has
+no upload path (it answers ``AccessDenied`` without a request); ``S3Cdn.writer`` is built from the
+write keys. A download-only process therefore never holds write keys, and the bucket policy
+enforces the same split on the server side.
+
+Uploads go through s3transfer's ``TransferManager`` (multipart above ``multipart_threshold``,
+``max_concurrency`` parts in flight, read from the file part by part); a failed upload is aborted,
+so the key never shows a partial object. Downloads are ranged GETs of ``multipart_chunksize`` bytes
+run in parallel and written with ``pwrite`` at their own offsets into the destination, streamed
+in 1 MiB pieces; every range carries ``If-Match`` with the ETag read first, so an object replaced
+mid-download fails instead of mixing two versions. ``start`` resumes a download: bytes before it
+are not touched. On failure the destination is cut back to the bytes known good from ``start`` on,
+so its length is always a safe resume point.
+
+Retries: one layer, botocore's "standard" mode (``max_attempts`` in total per request, exponential
+backoff with jitter, throttling codes such as SlowDown, 5xx and connection errors retried). It
+retries each request — a single part or range — which is the cheap and correct unit: a retried
+part does not restart the whole multipart upload. A ``Transient`` failure from this adapter has
+therefore already been retried; callers should not retry it again on the same object within the
+same operation (``domain.retry`` drives the API's retries). Set ``max_attempts=1`` to hand all
+retrying to the caller instead. The streaming of a response body after its headers arrived is not
+retried by botocore; such a failure is returned as ``Transient``/``TimedOut`` and the destination
+is left as a resume point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    HTTPClientError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    SSLError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+from returns.io import IOFailure, IOResult, IOSuccess
+from returns.result import Failure, Result, Success
+from s3transfer.exceptions import RetriesExceededError
+from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from domain.config import DEFAULT_REGION, CdnConfig, S3Keys
+from domain.errors import (
+    AccessDenied,
+    ConfigInvalid,
+    NotFound,
+    RemoteError,
+    StorageFailed,
+    TimedOut,
+    Transient,
+)
+from domain.ports import CdnFailure
+from domain.ref import ResourceRef
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("splitvault.s3_cdn")
+
+MIB = 1024 * 1024
+STREAM_CHUNK = MIB
+Progress = Callable[[int], None]
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchBucket"})
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+        "AccountProblem",
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "PreconditionFailed",  # the object was replaced mid-download: fetching again is right
+        "412",
+    }
+)
+
+
+@attrs.frozen
+class S3Tuning:
+    """How the S3 adapter talks to the endpoint.
+
+    Args:
+        multipart_threshold: files at least this large are uploaded in parts.
+        multipart_chunksize: the size of an upload part and of a download range (S3's minimum
+            part is 5 MiB).
+        max_concurrency: parts or ranges in flight at once; the connection pool is at least this.
+        connect_timeout, read_timeout: seconds before a connect or a stalled read fails.
+        max_attempts: total attempts per request in botocore's standard retry mode (1 = none).
+        addressing_style: ``path`` works with every S3-compatible store and with IP endpoints.
+    """
+
+    multipart_threshold: int = 8 * MIB
+    multipart_chunksize: int = 8 * MIB
+    max_concurrency: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_attempts: int = 3
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+
+    def __attrs_post_init__(self) -> None:
+        if self.multipart_chunksize < 5 * MIB or self.multipart_threshold < 5 * MIB:
+            raise ValueError("S3 parts are at least 5 MiB")
+        if self.max_concurrency < 1 or self.max_attempts < 1:
+            raise ValueError("max_concurrency and max_attempts must be >= 1")
+
+    def botocore_config(self) -> Config:
+        """The botocore client configuration these settings imply."""
+        return Config(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            # Every part or range in flight needs its own connection, or threads queue for one.
+            max_pool_connections=max(self.max_concurrency, 10),
+            s3={"addressing_style": self.addressing_style},
+            # Integrity is end to end (the big part's SHA-256 is in the small part's header);
+            # the newer default checksums break several S3-compatible stores.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="splitvault",
+        )
+
+    def transfer_config(self) -> TransferConfig:
+        """The s3transfer configuration for uploads."""
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_request_concurrency=self.max_concurrency,
+            # Download retries are s3transfer's own layer; we do not use its downloads.
+            num_download_attempts=1,
+        )
+
+
+class _ProgressSubscriber(BaseSubscriber):
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def on_progress(self, future: object, bytes_transferred: int, **kwargs: object) -> None:
+        self._progress(bytes_transferred)
+
+
+def _client_error_failure(error: ClientError, what: str) -> CdnFailure:
+    details: Any = error.response
+    code = str(details.get("Error", {}).get("Code", ""))
+    status = int(details.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    shown = f"{code or 'error'} (HTTP {status})"
+    if code in _NOT_FOUND_CODES or (status == 404 and not code):
+        return NotFound(what)
+    if code in _DENIED_CODES or status == 403:
+        return AccessDenied(what, shown)
+    if code in _TRANSIENT_CODES or status in {408, 429} or status >= 500:
+        return Transient(what, shown)
+    return RemoteError(what, status, code or "unexpected answer")
+
+
+class S3Cdn:
+    """Big parts in an S3-compatible bucket, under the key ``folder/name.big``.
+
+    Build it with ``S3Cdn.reader`` (download only) or ``S3Cdn.writer``; the constructor takes
+    ``writable`` to say which keys it was given.
+
+    Args:
+        endpoint_url: the S3-compatible endpoint.
+        bucket: the bucket holding big parts.
+        region: the signing region.
+        keys: the only credentials this instance holds.
+        writable: whether ``keys`` are write keys; a reader refuses uploads locally.
+        tuning: part sizes, concurrency, timeouts and retries.
+
+    Failures: ``NotFound``, ``AccessDenied`` (403, bad keys, a reader asked to upload),
+    ``Transient`` (throttling, 5xx, connection errors, after retries), ``TimedOut``,
+    ``RemoteError`` (anything else the endpoint answered), ``StorageFailed`` (local files).
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str,
+        bucket: str,
+        region: str,
+        keys: S3Keys,
+        writable: bool,
+        tuning: S3Tuning | None = None,
+    ) -> None:
+        self._endpoint_url = endpoint_url
+        self._bucket = bucket
+        self._writable = writable
+        self._tuning = tuning or S3Tuning()
+        session = boto3.session.Session(
+            aws_access_key_id=keys.access_key_id,
+            aws_secret_access_key=keys.secret_access_key,
+            region_name=region,
+        )
+        self._client: S3Client = session.client(
+            "s3", endpoint_url=endpoint_url, config=self._tuning.botocore_config()
+        )
+
+    @classmethod
+    def reader(
+        cls,
+        endpoint_url: str,
+        bucket: str,
+        read_keys: S3Keys,
+        *,
+        region: str = DEFAULT_REGION,
+        tuning: S3Tuning | None = None,
+    ) -> S3Cdn:
+        """A download-only client holding the read keys and nothing else."""
+        return cls(
+            endpoint_url=endpoint_url,
+            bucket=bucket,
+            region=region,
+            keys=read_keys,
+            writable=False,
+            tuning=tuning,
+        )
+
+    @classmethod
+    def writer(
+        cls,
+        endpoint_url: str,
+        bucket: str,
+        write_keys: S3Keys,
+        *,
+        region: str = DEFAULT_REGION,
+        tuning: S3Tuning | None = None,
+    ) -> S3Cdn:
+        """A client that can upload, holding the write keys."""
+        return cls(
+            endpoint_url=endpoint_url,
+            bucket=bucket,
+            region=region,
+            keys=write_keys,
+            writable=True,
+            tuning=tuning,
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: CdnConfig, *, write: bool, tuning: S3Tuning | None = None
+    ) -> Result[S3Cdn, ConfigInvalid]:
+        """A reader (``write=False``) or a writer from ``cdn.yaml``, with only that role's keys."""
+        keys = config.write_keys if write else config.read_keys
+        if keys is None:
+            role = "write" if write else "read"
+            return Failure(ConfigInvalid(role, f"cdn.yaml holds no {role} keys for this role"))
+        build = cls.writer if write else cls.reader
+        return Success(
+            build(config.endpoint, config.bucket, keys, region=config.region, tuning=tuning)
+        )
+
+    def __repr__(self) -> str:
+        role = "writer" if self._writable else "reader"
+        return f"S3Cdn({role}, endpoint={self._endpoint_url!r}, bucket={self._bucket!r})"
+
+    @property
+    def writable(self) -> bool:
+        """Whether this instance holds write keys."""
+        return self._writable
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def _what(self, ref: ResourceRef) -> str:
+        return f"CDN object {ref.key}"
+
+    def _failure(self, error: Exception, what: str) -> CdnFailure:
+        if isinstance(error, ClientError):
+            if _code(error) == "NoSuchBucket":
+                return NotFound(f"bucket {self._bucket}")
+            return _client_error_failure(error, what)
+        if isinstance(error, ReadTimeoutError):
+            return TimedOut(what, self._tuning.read_timeout)
+        if isinstance(error, ConnectTimeoutError):
+            return TimedOut(what, self._tuning.connect_timeout)
+        if isinstance(error, SSLError):
+            # Retrying does not fix a certificate; say what it is instead.
+            return RemoteError(what, 0, "TLS handshake or certificate verification failed")
+        transient = BotoConnectionError | HTTPClientError | IncompleteReadError
+        if isinstance(error, transient | RetriesExceededError):
+            return Transient(what, type(error).__name__)
+        # Parameter or credential problems: not worth retrying.
+        return RemoteError(what, 0, type(error).__name__)
+
+    def upload_file(
+        self, ref: ResourceRef, source: Path, *, progress: Progress | None = None
+    ) -> IOResult[None, CdnFailure]:
+        """Upload ``source`` to ``ref.key``; multipart above the threshold, aborted on failure.
+
+        ``progress`` (optional) is called with byte counts as parts are sent (from several
+        threads; negative when a retried part is rewound).
+        """
+        what = self._what(ref)
+        if not self._writable:
+            return IOFailure(
+                AccessDenied(what, "this CDN client holds read-only keys; uploads need write keys")
+            )
+        if not source.is_file():
+            return IOFailure(StorageFailed(f"upload source {source}", "not a readable file"))
+        subscribers = [_ProgressSubscriber(progress)] if progress is not None else None
+        try:
+            with TransferManager(self._client, self._tuning.transfer_config()) as manager:
+                manager.upload(str(source), self._bucket, ref.key, subscribers=subscribers).result()
+        except (ClientError, BotoCoreError, RetriesExceededError) as error:
+            failure = self._failure(error, what)
+            log.warning("upload of %s failed: %s", what, failure.describe())
+            return IOFailure(failure)
+        except OSError as error:
+            return IOFailure(StorageFailed(f"upload source {source}", _reason(error)))
+        return IOSuccess(None)
+
+    def size(self, ref: ResourceRef) -> IOResult[int, CdnFailure]:
+        """The object's size in bytes, or ``NotFound``."""
+        return self._head(ref).map(lambda head: head[0])
+
+    def _head(self, ref: ResourceRef) -> IOResult[tuple[int, str], CdnFailure]:
+        what = self._what(ref)
+        try:
+            answer = self._client.head_object(Bucket=self._bucket, Key=ref.key)
+        except (ClientError, BotoCoreError) as error:
+            return IOFailure(self._failure(error, what))
+        # "*" (any version) only if a store omits the ETag; S3 always sends one.
+        return IOSuccess((int(answer["ContentLength"]), str(answer.get("ETag") or "*")))
+
+    def download_file(
+        self,
+        ref: ResourceRef,
+        dest: Path,
+        *,
+        start: int = 0,
+        progress: Progress | None = None,
+    ) -> IOResult[int, CdnFailure]:
+        """Write the object's bytes ``[start:]`` into ``dest`` at their offsets; return its size.
+
+        Ranges are fetched in parallel. Bytes of ``dest`` before ``start`` are left alone; on
+        success ``dest`` is exactly as long as the object, on failure it is cut back to the
+        contiguous bytes written from ``start``, a safe point to resume from. ``progress``
+        (optional) is called with byte counts from several threads.
+        """
+        if start < 0:
+            raise ValueError("start must be >= 0")
+        return self._head(ref).bind(
+            lambda head: self._download_ranges(
+                ref=ref, dest=dest, start=start, size=head[0], etag=head[1], progress=progress
+            )
+        )
+
+    def _download_ranges(
+        self,
+        *,
+        ref: ResourceRef,
+        dest: Path,
+        start: int,
+        size: int,
+        etag: str,
+        progress: Progress | None,
+    ) -> IOResult[int, CdnFailure]:
+        what = self._what(ref)
+        if start > size:
+            return IOFailure(RemoteError(what, 416, f"resume offset {start} is beyond {size}"))
+        step = self._tuning.multipart_chunksize
+        ranges = [(low, min(low + step, size)) for low in range(start, size, step)]
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            return IOFailure(StorageFailed(f"download into {dest}", _reason(error)))
+        try:
+            job = _RangedDownload(
+                client=self._client,
+                bucket=self._bucket,
+                key=ref.key,
+                etag=etag,
+                fd=fd,
+                progress=progress,
+            )
+            problem = job.run(ranges, workers=self._tuning.max_concurrency)
+            if problem is None:
+                os.ftruncate(fd, size)
+                return IOSuccess(size)
+            good = job.contiguous_end(start, ranges)
+            if os.fstat(fd).st_size > good:  # never extend: bytes before start stay as they were
+                os.ftruncate(fd, good)
+        except OSError as local:
+            return IOFailure(StorageFailed(f"download into {dest}", _reason(local)))
+        finally:
+            os.close(fd)
+        failure = self._download_failure(problem, what, dest)
+        if failure is None:
+            raise problem  # not a transfer failure (a bug, or a progress callback's own error)
+        log.warning("download of %s stopped at byte %d: %s", what, good, failure.describe())
+        return IOFailure(failure)
+
+    def _download_failure(self, error: BaseException, what: str, dest: Path) -> CdnFailure | None:
+        if isinstance(error, _LocalWriteFailed):
+            return StorageFailed(f"download into {dest}", error.reason)
+        if isinstance(error, _ShortRange):
+            return Transient(what, str(error))
+        if isinstance(error, ClientError | BotoCoreError):
+            return self._failure(error, what)
+        if isinstance(error, OSError):
+            return StorageFailed(f"download into {dest}", _reason(error))
+        return None
+
+
+class _LocalWriteFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ShortRange(Exception):
+    """A range whose body ended before its last byte."""
+
+
+class _Stopped(Exception):
+    """Another range failed; this one gives up early."""
+
+
+class _RangedDownload:
+    """The shared state of one parallel ranged download."""
+
+    def __init__(
+        self,
+        *,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        etag: str,
+        fd: int,
+        progress: Progress | None,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._fd = fd
+        self._progress = progress
+        self.stop = threading.Event()
+        self._written: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def run(self, ranges: list[tuple[int, int]], *, workers: int) -> BaseException | None:
+        """Fetch every range; on the first failure stop the others. Returns that failure."""
+        if not ranges:
+            return None
+        count = max(1, min(workers, len(ranges)))
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="splitvault-s3") as pool:
+            futures = [
+                pool.submit(self.fetch, index, low, high)
+                for index, (low, high) in enumerate(ranges)
+            ]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            if any(future.done() and future.exception() is not None for future in futures):
+                self.stop.set()
+                for future in futures:
+                    future.cancel()
+            wait(futures)
+        for future in futures:
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is not None and not isinstance(error, _Stopped):
+                return error
+        return None
+
+    def fetch(self, index: int, low: int, high: int) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+        answer = self._client.get_object(
+            Bucket=self._bucket, Key=self._key, Range=f"bytes={low}-{high - 1}", IfMatch=self._etag
+        )
+        body = answer["Body"]
+        offset = low
+        try:
+            for piece in body.iter_chunks(STREAM_CHUNK):
+                if self.stop.is_set():
+                    raise _Stopped
+                if offset + len(piece) > high:
+                    raise _ShortRange(f"range {low}-{high} answered more bytes than asked")
+                try:
+                    _write_all(self._fd, piece, offset)
+                except OSError as error:
+                    raise _LocalWriteFailed(_reason(error)) from error
+                offset += len(piece)
+                with self._lock:
+                    self._written[index] = offset - low
+                if self._progress is not None:
+                    self._progress(len(piece))
+        finally:
+            body.close()
+        if offset != high:
+            raise _ShortRange(f"range {low}-{high} ended at byte {offset}")
+
+    def contiguous_end(self, start: int, ranges: list[tuple[int, int]]) -> int:
+        """The end of the bytes known good from ``start``: whole ranges, then part of one."""
+        end = start
+        with self._lock:
+            for index, (low, high) in enumerate(ranges):
+                done = self._written.get(index, 0)
+                end = low + done
+                if done < high - low:
+                    break
+        return end
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _code(error: ClientError) -> str:
+    details: Any = error.response
+    return str(details.get("Error", {}).get("Code", ""))
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__

@@ -1,0 +1,326 @@
+"""Configuration values and their validation: the CDN's coordinates and keys, the client's settings.
+
+Pure: adapters read files and the environment and hand plain mappings to the functions here, which
+check every field, convert text from the environment into numbers and paths, and name the field
+that is wrong. Secrets (S3 secret keys, the password) are fields with ``repr=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+from returns.result import Failure, Result, Success
+
+from domain.errors import ConfigInvalid
+
+DEFAULT_REGION = "us-east-1"
+ENV_PREFIX = "SPLITVAULT_"
+
+
+@attrs.frozen
+class S3Keys:
+    """An S3 access key pair; the secret never appears in a repr."""
+
+    access_key_id: str
+    secret_access_key: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class CdnConfig:
+    """Where the big parts live and the keys to reach them (the content of ``cdn.yaml``).
+
+    Args:
+        endpoint: the S3-compatible endpoint URL.
+        bucket: the bucket holding the big parts.
+        region: the signing region.
+        read_keys: keys allowed to read objects; a download-only client needs nothing else.
+        write_keys: keys allowed to write objects; absent from what downloaders receive.
+    """
+
+    endpoint: str
+    bucket: str
+    region: str = DEFAULT_REGION
+    read_keys: S3Keys | None = None
+    write_keys: S3Keys | None = None
+
+    def without_write_keys(self) -> CdnConfig:
+        """The same configuration as a downloader should receive it."""
+        return attrs.evolve(self, write_keys=None)
+
+
+_CDN_FIELDS = ("endpoint", "bucket", "region", "read", "write")
+_KEY_FIELDS = ("access_key_id", "secret_access_key")
+
+
+def _type_name(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _text(value: object, field: str) -> Result[str, ConfigInvalid]:
+    if not isinstance(value, str):
+        # Never echo the value: it may be a secret that YAML read as a number.
+        return Failure(
+            ConfigInvalid(field, f"expected text, got {_type_name(value)} (quote it in YAML)")
+        )
+    if not value.strip():
+        return Failure(ConfigInvalid(field, "must not be empty"))
+    if value != value.strip():
+        return Failure(ConfigInvalid(field, "must not start or end with whitespace"))
+    return Success(value)
+
+
+def _url(value: object, field: str) -> Result[str, ConfigInvalid]:
+    def check(text: str) -> Result[str, ConfigInvalid]:
+        if not text.startswith(("http://", "https://")):
+            return Failure(ConfigInvalid(field, "must be an http:// or https:// URL"))
+        return Success(text)
+
+    return _text(value, field).bind(check)
+
+
+def _unknown(data: Mapping[object, object], known: tuple[str, ...], prefix: str) -> str | None:
+    for key in data:
+        if key not in known:
+            return f"{prefix}{key}"
+    return None
+
+
+def _keys(data: object, field: str) -> Result[S3Keys, ConfigInvalid]:
+    if not isinstance(data, Mapping):
+        return Failure(
+            ConfigInvalid(
+                field, f"expected a mapping with {', '.join(_KEY_FIELDS)}, got {_type_name(data)}"
+            )
+        )
+    unknown = _unknown(data, _KEY_FIELDS, f"{field}.")
+    if unknown is not None:
+        return Failure(ConfigInvalid(unknown, f"unknown field; expected {', '.join(_KEY_FIELDS)}"))
+    return _text(data.get("access_key_id"), f"{field}.access_key_id").bind(
+        lambda key_id: _text(data.get("secret_access_key"), f"{field}.secret_access_key").map(
+            lambda secret: S3Keys(key_id, secret)
+        )
+    )
+
+
+def _bucket(value: object) -> Result[str, ConfigInvalid]:
+    def check(text: str) -> Result[str, ConfigInvalid]:
+        # Loose on purpose: S3-compatible stores accept more than AWS does, but a separator or a
+        # space in a bucket name is always a mistake.
+        if any(char in text for char in "/\\ ?#") or len(text) > 255:
+            return Failure(ConfigInvalid("bucket", "not a bucket name"))
+        return Success(text)
+
+    return _text(value, "bucket").bind(check)
+
+
+def cdn_config_from_mapping(data: object) -> Result[CdnConfig, ConfigInvalid]:
+    """Validate the parsed content of ``cdn.yaml``.
+
+    The shape is ``{endpoint, bucket, region?, read: {access_key_id, secret_access_key},
+    write?: {...}}``; ``region`` defaults to ``us-east-1``. Fails with ``ConfigInvalid`` naming the
+    first wrong field (``read.secret_access_key``, ``endpoint``, ...); values are never echoed.
+    """
+    if not isinstance(data, Mapping):
+        return Failure(
+            ConfigInvalid("cdn.yaml", f"expected a mapping at the top, got {_type_name(data)}")
+        )
+    unknown = _unknown(data, _CDN_FIELDS, "")
+    if unknown is not None:
+        return Failure(ConfigInvalid(unknown, f"unknown field; expected {', '.join(_CDN_FIELDS)}"))
+    region_raw = data.get("region", DEFAULT_REGION)
+    write_raw = data.get("write")
+    return (
+        _url(data.get("endpoint"), "endpoint")
+        .bind(
+            lambda endpoint: _bucket(data.get("bucket")).bind(
+                lambda bucket: _text(region_raw, "region").map(
+                    lambda region: (endpoint, bucket, region)
+                )
+            )
+        )
+        .bind(
+            lambda where: _keys(data.get("read"), "read").bind(
+                lambda read: (
+                    Success(None) if write_raw is None else _keys(write_raw, "write")
+                ).map(
+                    lambda write: CdnConfig(
+                        endpoint=where[0],
+                        bucket=where[1],
+                        region=where[2],
+                        read_keys=read,
+                        write_keys=write,
+                    )
+                )
+            )
+        )
+    )
+
+
+def cdn_config_to_mapping(config: CdnConfig, *, include_write: bool) -> dict[str, object]:
+    """The ``cdn.yaml`` mapping for a role: write keys only when ``include_write``."""
+    data: dict[str, object] = {
+        "endpoint": config.endpoint,
+        "bucket": config.bucket,
+        "region": config.region,
+    }
+    if config.read_keys is not None:
+        data["read"] = attrs.asdict(config.read_keys)
+    if include_write and config.write_keys is not None:
+        data["write"] = attrs.asdict(config.write_keys)
+    return data
+
+
+# -- the client's configuration ---------------------------------------------------------------
+
+CdnMode = Literal["api", "directory"]
+CDN_MODES: tuple[CdnMode, ...] = ("api", "directory")
+
+
+@attrs.frozen
+class ClientConfig:
+    """Everything the client needs, after flags, environment and file have been merged.
+
+    Args:
+        cache_dir: root of the local big-part cache.
+        api_url: the resource API (``None`` for offline commands such as ``seal``/``open``).
+        email, password: the API login; the password never appears in a repr.
+        cdn_mode: ``api`` (``cdn.yaml`` fetched through the API) or ``directory`` (``cdn_dir``).
+        cdn_dir: the directory acting as the CDN when ``cdn_mode`` is ``directory``.
+        ca_bundle: a CA bundle for TLS to the API, instead of the system store.
+        connect_timeout, read_timeout: seconds, for the API and the CDN.
+        workers: parallel transfers and crypto threads.
+        publisher_key_file: file holding the publisher key that wraps data keys, if used.
+    """
+
+    cache_dir: Path
+    api_url: str | None = None
+    email: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    cdn_mode: CdnMode = "api"
+    cdn_dir: Path | None = None
+    ca_bundle: Path | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    workers: int = 4
+    publisher_key_file: Path | None = None
+
+
+CLIENT_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ClientConfig))
+SECRET_CLIENT_FIELDS = frozenset({"password"})
+MAX_WORKERS = 256
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a client field: ``SPLITVAULT_<FIELD>``."""
+    return ENV_PREFIX + field.upper()
+
+
+def _path(value: object, field: str) -> Result[Path, ConfigInvalid]:
+    if isinstance(value, Path):
+        return Success(value)
+    return _text(value, field).map(Path)
+
+
+def _positive_float(value: object, field: str) -> Result[float, ConfigInvalid]:
+    number: float
+    if isinstance(value, bool):
+        return Failure(ConfigInvalid(field, "expected a number of seconds, got a boolean"))
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return Failure(ConfigInvalid(field, f"expected a number of seconds, got {value!r}"))
+    else:
+        return Failure(ConfigInvalid(field, f"expected a number, got {_type_name(value)}"))
+    if not math.isfinite(number) or number <= 0:
+        return Failure(ConfigInvalid(field, "must be a positive, finite number of seconds"))
+    return Success(number)
+
+
+def _workers(value: object, field: str) -> Result[int, ConfigInvalid]:
+    number: int
+    if isinstance(value, bool):
+        return Failure(ConfigInvalid(field, "expected a whole number, got a boolean"))
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        return Failure(ConfigInvalid(field, f"expected a whole number, got {shown}"))
+    if not 1 <= number <= MAX_WORKERS:
+        return Failure(ConfigInvalid(field, f"must be between 1 and {MAX_WORKERS}"))
+    return Success(number)
+
+
+def _cdn_mode(value: object, field: str) -> Result[CdnMode, ConfigInvalid]:
+    for mode in CDN_MODES:
+        if value == mode:
+            return Success(mode)
+    return Failure(ConfigInvalid(field, f"expected one of {', '.join(CDN_MODES)}"))
+
+
+def _secret_text(value: object, field: str) -> Result[str, ConfigInvalid]:
+    # Unlike other text, a password may have surrounding spaces; it must only be text.
+    if not isinstance(value, str) or not value:
+        return Failure(ConfigInvalid(field, "expected non-empty text (quote it in YAML)"))
+    return Success(value)
+
+
+_Parser = Callable[[object, str], Result[object, ConfigInvalid]]
+_CLIENT_PARSERS: dict[str, _Parser] = {
+    "cache_dir": _path,
+    "api_url": _url,
+    "email": _text,
+    "password": _secret_text,
+    "cdn_mode": _cdn_mode,
+    "cdn_dir": _path,
+    "ca_bundle": _path,
+    "connect_timeout": _positive_float,
+    "read_timeout": _positive_float,
+    "workers": _workers,
+    "publisher_key_file": _path,
+}
+
+
+def client_config_from_mapping(
+    data: Mapping[str, object], *, sources: Mapping[str, str] | None = None
+) -> Result[ClientConfig, ConfigInvalid]:
+    """Validate merged client settings (field name → raw value) into a ``ClientConfig``.
+
+    Values may be typed (from YAML or flags) or text (from the environment). ``None`` means unset.
+    ``sources`` says where each field came from (``"SPLITVAULT_WORKERS"``, a file path) so the
+    error can point there. Fails with ``ConfigInvalid`` naming the first wrong field.
+    """
+    where = sources or {}
+
+    def located(problem: ConfigInvalid) -> ConfigInvalid:
+        source = where.get(problem.field)
+        if source is None:
+            return problem
+        return ConfigInvalid(problem.field, f"{problem.detail} (from {source})")
+
+    values: dict[str, object] = {}
+    for key, raw in data.items():
+        parser = _CLIENT_PARSERS.get(key)
+        if parser is None:
+            return Failure(
+                located(ConfigInvalid(key, f"unknown setting; known: {', '.join(CLIENT_FIELDS)}"))
+            )
+        if raw is None:
+            continue
+        parsed = parser(raw, key)
+        if isinstance(parsed, Failure):
+            return Failure(located(parsed.failure()))
+        values[key] = parsed.unwrap()
+    if "cache_dir" not in values:
+        return Failure(ConfigInvalid("cache_dir", "required"))
+    if values.get("cdn_mode") == "directory" and "cdn_dir" not in values:
+        return Failure(ConfigInvalid("cdn_dir", "required when cdn_mode is 'directory'"))
+    return Success(ClientConfig(**values))  # type: ignore[arg-type]

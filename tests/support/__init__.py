@@ -1,0 +1,1 @@
+"""Reusable test support: servers on loopback and helpers other suites import."""
