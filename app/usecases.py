@@ -145,7 +145,11 @@ def upload_resource(
             workers=workers,
             progress=progress,
         )
-        return result.map(lambda parts: sealed.append(parts) or parts.big_digest)
+        def keep(parts: pipeline.SealedParts) -> BigPartDigest:
+            sealed.append(parts)
+            return parts.big_digest
+
+        return result.map(keep)
 
     def report(cache_path: Path) -> UploadReport:
         parts = sealed[-1]
@@ -190,9 +194,9 @@ def download_resource(
     progress: Progress | None = None,
 ) -> IOResult[DownloadReport, Failure]:
     """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure."""
+    envelope: IOResult[bytes, Failure] = api.download_small_part(ref, fingerprint)
     return (
-        api.download_small_part(ref, fingerprint)
-        .bind(lambda envelope: open_small_part(ref, envelope, transport_key))
+        envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key))
         .bind(
             lambda small: _with_big_part(
                 ref,
