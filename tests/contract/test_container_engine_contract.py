@@ -30,8 +30,8 @@ from tests.support.dockerd import (  # noqa: F401 - `dockerd` is a fixture pytes
     dockerd,
     handmade_archive,
     image_name,
-    images,
     import_image,
+    list_images,
     remove_images,
     save_archive,
 )
@@ -95,13 +95,13 @@ def test_load_reports_and_adds_every_image(
 ) -> None:
     """Loading a saved archive of two images reports both names and makes both present."""
     archive = save_archive(dockerd, names, tmp_path / "two.tar")
-    assert names[0] not in images(dockerd)
+    assert names[0] not in list_images(dockerd)
 
     loaded = _ok(engine.load(archive))
 
     assert sorted(loaded) == sorted(names)
     assert all(_ok(engine.has_image(name)) for name in names)
-    assert set(names) <= images(dockerd)
+    assert set(names) <= list_images(dockerd)
 
 
 def test_load_of_a_gzip_compressed_archive(
@@ -163,13 +163,13 @@ def test_a_corrupt_archive_fails_and_loads_nothing(
         # lands inside the last file, whose header still reads.
         cut = len(whole) // 2 if damage == "truncated" else _last_data_end(whole) - 100
         archive.write_bytes(whole[:cut])
-    before = images(dockerd)
+    before = list_images(dockerd)
 
     failure = _failure(engine.load(archive))
 
     assert isinstance(failure, EngineFailed)
     assert str(archive) in failure.detail
-    assert images(dockerd) == before
+    assert list_images(dockerd) == before
     assert not any(_ok(engine.has_image(name)) for name in names)
 
 

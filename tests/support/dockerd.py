@@ -243,7 +243,7 @@ def import_image(daemon: PrivateDockerd, name: str) -> str:
     return docker(daemon, "import", "-", name, stdin=rootfs_tar(f"image {name}\n")).strip()
 
 
-def images(daemon: PrivateDockerd) -> frozenset[str]:
+def list_images(daemon: PrivateDockerd) -> frozenset[str]:
     """Every image in the daemon, tagged ones as ``repo:tag`` and all of them by id."""
     out = docker(
         daemon, "image", "ls", "-a", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"
@@ -259,7 +259,7 @@ def images(daemon: PrivateDockerd) -> frozenset[str]:
 
 def remove_images(daemon: PrivateDockerd, names: Sequence[str]) -> None:
     """Remove images if present (ignores absent ones)."""
-    present = images(daemon)
+    present = list_images(daemon)
     targets = [name for name in names if name in present]
     if targets:
         docker(daemon, "image", "rm", "--force", *targets)
