@@ -1,0 +1,168 @@
+"""The ``KeyFragments`` port over the resource API's ``/keys/{version}`` with a bearer token.
+
+``GET /keys/{version}`` answers the raw fragment (``application/octet-stream``); ``PUT`` stores
+one (uploader role). This adapter is the plain, token-holding client the original
+``download_key_fragment(url, token)`` needs: it makes one request per call and does not retry or
+log in again (the full resource API client does both). Errors map onto the API failures of
+``domain.errors``; the token and the fragment never reach a log line or a failure value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote
+
+import attrs
+import httpx
+from returns.io import IOFailure, IOResult, IOSuccess
+
+from domain.errors import (
+    AccessDenied,
+    AuthFailed,
+    HardwareMismatch,
+    NotFound,
+    RemoteError,
+    TimedOut,
+    Transient,
+)
+from domain.ports import ApiFailure
+
+log = logging.getLogger("splitvault.http_key_fragments")
+
+DEFAULT_TIMEOUT = 30.0
+MAX_FRAGMENT_BYTES = 64 << 10
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_MESSAGE = 300
+
+
+@attrs.frozen
+class _Answer:
+    status: int
+    body: bytes = attrs.field(repr=False)
+    retry_after: float | None
+
+
+def _error_body(answer: _Answer) -> tuple[str, str]:
+    """``(ErrorCode, Message)`` of an API error answer, or a best effort from its text."""
+    try:
+        body = json.loads(answer.body)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("ErrorCode")
+        message = body.get("Message")
+        if isinstance(message, str):
+            return (code if isinstance(code, str) else "", message[:_MAX_MESSAGE])
+    text = answer.body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]
+    return "", text or f"HTTP {answer.status}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class HttpKeyFragments:
+    """Key fragments at ``{base_url}/keys/{version}``, authorised by a bearer token.
+
+    Args:
+        base_url: the resource API's root URL.
+        token: a JWT from ``/login`` (kept out of every repr and message).
+        timeout: seconds per request.
+        transport: an httpx transport to use instead of the network (tests, proxies).
+
+    Fails with ``AuthFailed`` (401), ``AccessDenied`` (403), ``NotFound`` (404),
+    ``HardwareMismatch`` (409 with an error code), ``Transient`` (connection errors, 408, 429,
+    5xx), ``TimedOut`` and ``RemoteError`` for any other answer.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._transport = transport
+
+    def __repr__(self) -> str:
+        return f"HttpKeyFragments(base_url={self._base_url!r})"
+
+    def _request(
+        self, method: str, version: str, content: bytes | None = None
+    ) -> IOResult[_Answer, ApiFailure]:
+        what = f"{method} /keys/{version}"
+        try:
+            with (
+                httpx.Client(
+                    base_url=self._base_url,
+                    timeout=self._timeout,
+                    transport=self._transport,
+                    headers={"Authorization": f"Bearer {self._token}"},
+                ) as client,
+                # The version goes in as one path segment, whatever it contains.
+                client.stream(
+                    method, f"/keys/{quote(version, safe='')}", content=content
+                ) as response,
+            ):
+                body = bytearray()
+                for piece in response.iter_bytes():
+                    body += piece
+                    if len(body) > MAX_FRAGMENT_BYTES:
+                        return IOFailure(
+                            RemoteError(what, response.status_code, "answer too large")
+                        )
+                return IOSuccess(_Answer(response.status_code, bytes(body), _retry_after(response)))
+        except httpx.TimeoutException:
+            return IOFailure(TimedOut(what, self._timeout))
+        except httpx.TransportError as error:
+            return IOFailure(Transient(what, f"{type(error).__name__}: {error}"))
+
+    def _failure(self, what: str, version: str, answer: _Answer) -> ApiFailure:
+        code, message = _error_body(answer)
+        status = answer.status
+        if status == 401:
+            return AuthFailed(f"{what}: {message}; log in again for a fresh token", status)
+        if status == 403:
+            return AccessDenied(f"the key fragment of version {version}", message)
+        if status == 404:
+            return NotFound(f"the key fragment of version {version}")
+        if status == 409 and code:
+            return HardwareMismatch(code, message)
+        if status in _TRANSIENT_STATUSES:
+            return Transient(what, f"HTTP {status}: {message}", answer.retry_after)
+        return RemoteError(what, status, message)
+
+    def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
+        """``GET /keys/{version}``: the fragment that unlocks the version's archive."""
+        what = f"GET /keys/{version}"
+
+        def outcome(answer: _Answer) -> IOResult[bytes, ApiFailure]:
+            if answer.status != httpx.codes.OK:
+                return IOFailure(self._failure(what, version, answer))
+            if not answer.body:
+                return IOFailure(RemoteError(what, answer.status, "an empty fragment"))
+            log.info("fetched the key fragment of version %s", version)
+            return IOSuccess(answer.body)
+
+        return self._request("GET", version).bind(outcome)
+
+    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
+        """``PUT /keys/{version}``: register the fragment of a newly sealed archive."""
+        what = f"PUT /keys/{version}"
+
+        def outcome(answer: _Answer) -> IOResult[None, ApiFailure]:
+            if not 200 <= answer.status < 300:
+                return IOFailure(self._failure(what, version, answer))
+            log.info("registered the key fragment of version %s", version)
+            return IOSuccess(None)
+
+        return self._request("PUT", version, fragment).bind(outcome)
