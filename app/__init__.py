@@ -13,7 +13,7 @@ _FACADE = ("ApiClient", "ApiCredentials", "CDNCredentials", "CDNManager")
 
 def __getattr__(name: str) -> Any:
     if name in _FACADE:
-        from app import facade
+        from app import facade  # noqa: PLC0415 - deferred on purpose
 
         return getattr(facade, name)
     raise AttributeError(f"module 'app' has no attribute {name!r}")

@@ -31,6 +31,7 @@ from adapters.system import SystemClock, SystemRandom, sleep
 from app.usecases import Identity, TransportKeys, open_small_part
 from domain.config import ClientConfig
 from domain.errors import AccessDenied, ConfigInvalid, Failure
+from domain.legacy import parse_shared_key
 from domain.ports import Cache, Cdn, Clock, Hardware, Random
 from domain.ref import ResourceRef
 
@@ -118,9 +119,7 @@ class Client:
     ) -> IOResult[T, Failure]:
         """Run ``action`` on the CDN; on ``AccessDenied`` refresh ``cdn.yaml`` once and retry."""
         first = self.cdn(write=write).bind(action)
-        if is_successful(first) or not isinstance(
-            unsafe_perform_io(first.failure()), AccessDenied
-        ):
+        if is_successful(first) or not isinstance(unsafe_perform_io(first.failure()), AccessDenied):
             return first
         log.info("the CDN refused our keys; fetching cdn.yaml again")
         self.forget_cdn()
@@ -153,8 +152,6 @@ class Client:
 
 def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Failure]:
     """The publisher key from its file, if one is configured."""
-    from domain.legacy import parse_shared_key
-
     if path is None:
         return IOSuccess(None)
     try:

@@ -147,10 +147,238 @@ def open_parts(args: argparse.Namespace) -> Report:
     return {"out": str(args.out), "bytes": size, "text": f"opened {args.out} ({size} B)"}
 
 
-def _not_yet(args: argparse.Namespace) -> Report:
-    print(f"splitvault {args.command}: not available in this build", file=sys.stderr)
-    raise SystemExit(1)
+def _client(args: argparse.Namespace) -> Any:
+    """Load the configuration (flags > SPLITVAULT_* > config file) and bootstrap a client."""
+    from adapters.config_files import default_config_path, load_client_config
+    from app.bootstrap import bootstrap
+
+    flags: dict[str, object] = {
+        "api_url": getattr(args, "api_url", None),
+        "email": getattr(args, "email", None),
+        "cache_dir": getattr(args, "cache_dir", None),
+        "ca_bundle": getattr(args, "ca_bundle", None),
+    }
+    if getattr(args, "password_stdin", False):
+        flags["password"] = sys.stdin.readline().rstrip("\n")
+    config_path = getattr(args, "config", None) or default_config_path(os.environ)
+    config = unwrap_or_raise(load_client_config(flags, os.environ, config_path))
+    return unwrap_or_raise(bootstrap(config))
 
 
-upload = download = list_folder = login = fingerprint = serve = users_add = _not_yet
-seal_images = unlock_images = demo = bench = _not_yet
+def upload(args: argparse.Namespace) -> Report:
+    """``splitvault upload``: seal FILE and store it as FOLDER/NAME."""
+    from app.usecases import upload_resource
+
+    source: Path = args.file
+    ref = parse_ref(args.folder, args.name or source.name)
+    client = _client(args)
+    size = source.stat().st_size if source.is_file() else 0
+    try:
+        with transfer_progress(f"sealing {ref.name}", size) as progress:
+            report = unwrap_or_raise(
+                client.with_cdn(
+                    True,
+                    lambda cdn: upload_resource(
+                        ref,
+                        source,
+                        api=client.api,
+                        cdn=cdn,
+                        cache=client.cache,
+                        random=client.random,
+                        publisher_key=client.publisher_key,
+                        workers=client.config.workers,
+                        progress=progress,
+                    ),
+                )
+            )
+    finally:
+        client.close()
+    return {
+        "ref": str(ref),
+        "plaintext_bytes": report.plaintext_bytes,
+        "small_bytes": report.small_bytes,
+        "big_bytes": report.big_bytes,
+        "big_sha256": report.big_sha256,
+        "cache_path": str(report.cache_path),
+        "text": f"uploaded {ref}: small part {report.small_bytes} B to the API, "
+        f"big part {report.big_bytes} B to the CDN",
+    }
+
+
+def download(args: argparse.Namespace) -> Report:
+    """``splitvault download``: FOLDER/NAME → FILE, or no FILE at all."""
+    from app.usecases import download_resource
+
+    ref = parse_ref(args.folder, args.name)
+    client = _client(args)
+    try:
+        with transfer_progress(f"opening {ref.name}", 0) as progress:
+            report = unwrap_or_raise(
+                client.with_cdn(
+                    False,
+                    lambda cdn: download_resource(
+                        ref,
+                        args.out,
+                        api=client.api,
+                        cdn=cdn,
+                        cache=client.cache,
+                        fingerprint=client.fingerprint,
+                        transport_key=client.transport_key,
+                        publisher_key=client.publisher_key,
+                        workers=client.config.workers,
+                        progress=progress,
+                    ),
+                )
+            )
+    finally:
+        client.close()
+    source = "cache" if report.cache_hit else "CDN"
+    return {
+        "ref": str(ref),
+        "out": str(report.out),
+        "bytes": report.plaintext_bytes,
+        "cache_hit": report.cache_hit,
+        "cache_path": str(report.cache_path),
+        "text": f"downloaded {ref} to {report.out} ({report.plaintext_bytes} B, big part from "
+        f"the {source})",
+    }
+
+
+def list_folder(args: argparse.Namespace) -> Report:
+    """``splitvault ls``: the names in a folder."""
+    client = _client(args)
+    try:
+        names = unwrap_or_raise(client.api.list_folder(args.folder))
+    finally:
+        client.close()
+    return {"folder": args.folder, "files": list(names), "text": "\n".join(names)}
+
+
+def login(args: argparse.Namespace) -> Report:
+    """``splitvault login``: check the credentials."""
+    client = _client(args)
+    try:
+        unwrap_or_raise(client.api.login())
+    finally:
+        client.close()
+    return {"email": client.config.email, "text": f"logged in as {client.config.email}"}
+
+
+def fingerprint(args: argparse.Namespace) -> Report:
+    """``splitvault fingerprint``: the components (identifiers masked) and the value."""
+    from adapters.linux_hardware import LinuxHardware
+    from app.bootstrap import HARDWARE_APP_KEY
+    from domain.fingerprint import mask
+
+    probed = LinuxHardware(HARDWARE_APP_KEY).fingerprint()
+    shown = {
+        name: (mask(name, value) if value is not None else None)
+        for name, value in probed.components
+    }
+    lines = [
+        f"{name:16} {value if value is not None else '(absent)'}" for name, value in shown.items()
+    ]
+    lines.append(f"{'fingerprint':16} {probed.value}")
+    return {"components": shown, "fingerprint": probed.value, "text": "\n".join(lines)}
+
+
+def serve(args: argparse.Namespace) -> Report:
+    """``splitvault serve``: the reference resource API server, until interrupted."""
+    import uvicorn
+
+    from app.server import create_app
+
+    uvicorn.run(create_app(args.data), host=args.host, port=args.port, log_level="info")
+    return {"text": "server stopped"}
+
+
+def users_add(args: argparse.Namespace) -> Report:
+    """``splitvault users add EMAIL --role R --data DIR``: the password is read from stdin."""
+    from app.server import add_user
+
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        from domain.errors import ConfigInvalid
+
+        raise to_exception(ConfigInvalid("password", "read an empty password from stdin"))
+    unwrap_or_raise(add_user(args.data, args.email, password, args.role))
+    return {"email": args.email, "role": args.role, "text": f"added {args.email} ({args.role})"}
+
+
+def _images_config() -> Any:
+    from app.images import ImagesConfig
+
+    parsed = ImagesConfig.from_env(os.environ)
+    if isinstance(parsed, ResultFailure):
+        raise to_exception(parsed.failure())
+    return parsed.unwrap()
+
+
+def _engine() -> Any:
+    from adapters.docker_cli import DockerCliEngine
+
+    return DockerCliEngine(docker_host=os.environ.get("DOCKER_HOST"))
+
+
+def seal_images(args: argparse.Namespace) -> Report:
+    """``splitvault seal-images``: docker save, encrypt under a new fragment, register it."""
+    from app.images import seal_images as seal
+
+    client = _client(args)
+    try:
+        with transfer_progress(f"sealing images {args.version}", 0) as progress:
+            report = unwrap_or_raise(
+                seal(
+                    args.images,
+                    args.version,
+                    args.out,
+                    engine_cli=_engine(),
+                    fragments=client.api,
+                    random=client.random,
+                    progress=progress,
+                )
+            )
+    finally:
+        client.close()
+    return {"out": str(args.out), "version": args.version, "text": f"sealed {report}"}
+
+
+def unlock_images(args: argparse.Namespace) -> Report:
+    """``splitvault unlock-images``: fragment, decrypt, docker load, check every service image."""
+    from app.images import unlock_images as unlock
+
+    config = _images_config()
+    client = _client(args)
+    try:
+        with transfer_progress(
+            f"unlocking {args.archive.name}", args.archive.stat().st_size
+        ) as progress:
+            report = unwrap_or_raise(
+                unlock(
+                    args.archive,
+                    args.version,
+                    fragments=client.api,
+                    engine=_engine(),
+                    services=config.services,
+                    registry=config.registry,
+                    progress=progress,
+                )
+            )
+    finally:
+        client.close()
+    return {"version": args.version, "text": f"unlocked {report}"}
+
+
+def demo(args: argparse.Namespace) -> Report:
+    """``splitvault demo``: the main job end to end on loopback servers."""
+    from app import demo as run_demo
+
+    return run_demo.run(size=args.size, offline=args.offline)
+
+
+def bench(args: argparse.Namespace) -> Report:
+    """``splitvault bench``: seal/open throughput and memory against a plain copy."""
+    from app import bench as run_bench
+
+    report = run_bench.run_bench(args.size, args.repetitions)
+    return {**run_bench.report_json(report), "text": run_bench.render(report)}

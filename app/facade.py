@@ -1,4 +1,5 @@
-"""The seed-compatible facade: ``ApiClient``, ``ApiCredentials``, ``CDNCredentials``, ``CDNManager``.
+"""The seed-compatible facade: ``ApiClient``, ``ApiCredentials``, ``CDNCredentials``, ``CDNManager``
+(the original client's names).
 
 Scripts written against the original client keep their method names. What changed, on purpose:
 
@@ -23,6 +24,7 @@ import attrs
 from returns.io import IOResult
 from returns.result import Failure as ResultFailure
 
+from adapters.config_files import default_cache_dir
 from adapters.s3_cdn import S3Cdn
 from app.bootstrap import Client, bootstrap
 from app.errors import to_exception, unwrap_or_raise
@@ -32,6 +34,7 @@ from app.usecases import (
     download_resource,
     open_small_part,
     upload_resource,
+    write_atomically,
 )
 from domain.config import ClientConfig, S3Keys
 from domain.errors import ConfigInvalid, Failure, LimitExceeded, StorageFailed
@@ -121,8 +124,6 @@ class CDNManager:
 
     def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
         """Download the big part under ``key`` into ``file_path`` (atomically)."""
-        from app.usecases import write_atomically
-
         ref = _ref_from_key(key)
         unwrap_or_raise(
             write_atomically(
@@ -260,8 +261,6 @@ class ApiClient:
 
     def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
         """Download ``key`` from the CDN into ``file_path`` (atomically)."""
-        from app.usecases import write_atomically
-
         client = self._session()
         ref = _ref_from_key(key)
 
@@ -333,7 +332,4 @@ def _read_small(path: Path) -> bytes:
 
 
 def _default_cache_dir() -> Path:
-    from adapters.config_files import default_cache_dir
-
     return default_cache_dir(os.environ)
-

@@ -97,21 +97,26 @@ def write_atomically(
 ) -> IOResult[T, Failure]:
     """Run ``write`` on a temp file beside ``final``; rename it into place only on success."""
 
-    class _Abort(Exception):
-        pass
-
     result: IOResult[T, Failure] = IOFailure(StorageFailed(str(final), "nothing was written"))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(final) as temp:
             result = write(temp)
-            if not is_successful(result):
-                raise _Abort
+            _abort_unless_successful(result)
     except _Abort:
         return result
     except OSError as error:
         return IOFailure(StorageFailed(str(final), error.strerror or type(error).__name__))
     return result
+
+
+class _Abort(Exception):
+    """Unwinds ``atomic_path`` so the temp file is removed when a write returned a failure."""
+
+
+def _abort_unless_successful(result: IOResult[object, Failure]) -> None:
+    if not is_successful(result):
+        raise _Abort
 
 
 def upload_resource(
@@ -145,6 +150,7 @@ def upload_resource(
             workers=workers,
             progress=progress,
         )
+
         def keep(parts: pipeline.SealedParts) -> BigPartDigest:
             sealed.append(parts)
             return parts.big_digest
@@ -195,19 +201,16 @@ def download_resource(
 ) -> IOResult[DownloadReport, Failure]:
     """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure."""
     envelope: IOResult[bytes, Failure] = api.download_small_part(ref, fingerprint)
-    return (
-        envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key))
-        .bind(
-            lambda small: _with_big_part(
-                ref,
-                small,
-                out,
-                cdn=cdn,
-                cache=cache,
-                publisher_key=publisher_key,
-                workers=workers,
-                progress=progress,
-            )
+    return envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key)).bind(
+        lambda small: _with_big_part(
+            ref,
+            small,
+            out,
+            cdn=cdn,
+            cache=cache,
+            publisher_key=publisher_key,
+            workers=workers,
+            progress=progress,
         )
     )
 
