@@ -28,12 +28,13 @@ import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 
-from domain import errors
+from domain import errors, legacy
 from domain.errors import NotFound, PartMismatch, StorageFailed
 from domain.format_v1 import DEFAULT_CHUNK_SIZE, Layout, Opener, Sealer, check_big_part
 from domain.keys import TAG_BYTES
 from domain.ports import BigPartDigest
 from domain.ref import ResourceRef
+from domain.split import DEFAULT_RULE
 
 log = logging.getLogger("splitvault.pipeline")
 
@@ -172,7 +173,53 @@ def _pread_exact(fd: int, buf: memoryview, offset: int) -> bool:
 def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
     done = 0
     while done < len(buf):
-        done += os.pwrite(fd, buf[done:], offset + done)
+        wrote = os.pwrite(fd, buf[done:], offset + done)
+        if wrote == 0:  # never for regular files; guard against spinning forever
+            raise OSError(errno.ENOSPC, "no progress writing")
+        done += wrote
+
+
+Segments = Iterator[tuple[bool, int, int]]
+
+
+def _scatter(segments: Segments, data: memoryview, small: memoryview, big_fd: int) -> memoryview:
+    """Send a chunk's output to the small part buffer and the big part file, by segment.
+
+    Returns the part of ``data`` that went to the big part (empty when none did).
+    """
+    pos = 0
+    big_piece = data[:0]
+    for in_big, offset, size in segments:
+        piece = data[pos : pos + size]
+        if in_big:
+            _pwrite_all(big_fd, piece, offset)
+            big_piece = piece
+        else:
+            small[offset : offset + size] = piece
+        pos += size
+    return big_piece
+
+
+def _gather(
+    segments: Segments, buf: memoryview, small: memoryview, big_fd: int
+) -> memoryview | None:
+    """Fill ``buf`` from the small part and the big part file, by segment.
+
+    Returns the part of ``buf`` read from the big part (empty when none was), or None when
+    the big part ended early (it shrank under us).
+    """
+    pos = 0
+    big_piece = buf[:0]
+    for in_big, offset, size in segments:
+        piece = buf[pos : pos + size]
+        if not in_big:
+            piece[:] = small[offset : offset + size]
+        elif not _pread_exact(big_fd, piece, offset):
+            return None
+        else:
+            big_piece = piece
+        pos += size
+    return big_piece
 
 
 def _open_fd(path: Path, flags: int, mode: int = _CREATE_MODE) -> int:
@@ -267,19 +314,15 @@ def seal_file(
                     if not _pread_exact(src_fd, plain, pt_start):
                         return StorageFailed(str(big_out), f"{source} shrank while being sealed")
                     sealer.seal_chunk_into(index, plain, slot.cipher)
-                    pos = 0
-                    for in_big, offset, size in layout.segments(ct_start, ct_end):
-                        piece = slot.cipher[pos : pos + size]
-                        if in_big:
-                            _pwrite_all(big_fd, piece, offset)
-                            with turns.turn(0, index) as go:
-                                if go:
-                                    hasher.update(piece)
-                        else:
-                            small[offset : offset + size] = piece
-                        pos += size
+                    big_piece = _scatter(
+                        layout.segments(ct_start, ct_end), slot.cipher, small, big_fd
+                    )
                 except OSError as exc:
                     return _os_failure(str(big_out), exc)
+                # Every chunk takes its turn, even one wholly in the small part: the next waits.
+                with turns.turn(0, index) as go:
+                    if go and big_piece:
+                        hasher.update(big_piece)
                 return None
 
             failure = _run_chunks(
@@ -343,19 +386,13 @@ def open_file(
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
                 ct_start, ct_end = layout.ciphertext_span(index)
                 cipher = slot.cipher[: ct_end - ct_start]
-                pos = 0
                 try:
-                    for in_big, offset, size in layout.segments(ct_start, ct_end):
-                        piece = cipher[pos : pos + size]
-                        if not in_big:
-                            piece[:] = small_ct[offset : offset + size]
-                        elif not _pread_exact(big_fd, piece, offset):
-                            return PartMismatch(f"the big part {big_path} shrank while being read")
-                        else:
-                            with turns.turn(0, index) as go:
-                                if go:
-                                    hasher.update(piece)
-                        pos += size
+                    big_piece = _gather(layout.segments(ct_start, ct_end), cipher, small_ct, big_fd)
+                    if big_piece is None:
+                        return PartMismatch(f"the big part {big_path} shrank while being read")
+                    with turns.turn(0, index) as go:
+                        if go and big_piece:
+                            hasher.update(big_piece)
                     opened = opener.open_chunk_into(index, cipher, slot.plain)
                     if not is_successful(opened):
                         return opened.failure()
@@ -381,4 +418,204 @@ def open_file(
     if not hmac.compare_digest(hasher.digest(), opener.header.big_sha256):
         return IOFailure(PartMismatch("the big part's SHA-256 differs from the header's"))
     log.debug("opened %s: %d bytes", opener.header.ref, layout.plaintext_length)
+    return IOSuccess(None)
+
+
+# --- the legacy suite (AES-256-CBC, PKCS#7, IV in front, no header) -------------------------
+
+_LEGACY = "legacy resource"
+_LEGACY_SLOT_SLACK = 3 * legacy.BLOCK  # room for the IV, the padding block and update_into's slack
+
+
+def _stream_segments(cut: int, start: int, end: int) -> Segments:
+    """Split a stream range into ``(in_big_part, offset_in_part, length)`` around ``cut``."""
+    if start < cut:
+        stop = min(end, cut)
+        yield False, start, stop - start
+        start = stop
+    if start < end:
+        yield True, start - cut, end - start
+
+
+def _read_stream(small: memoryview, big_fd: int, start: int, buf: memoryview) -> bool:
+    """Fill ``buf`` with stream bytes from ``start``; False when the big part ends first."""
+    segments = _stream_segments(len(small), start, start + len(buf))
+    return _gather(segments, buf, small, big_fd) is not None
+
+
+def seal_file_legacy(
+    source: Path,
+    big_out: Path,
+    *,
+    key: bytes,
+    iv: bytes,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[SealedParts, errors.Failure]:
+    """Seal ``source`` in the legacy suite: ``IV || AES-256-CBC(key, PKCS#7(data))``, split.
+
+    CBC encryption is serial, so chunks are encrypted in order (into reused buffers, no copies)
+    while other workers read ahead, write behind and hash the big part. ``big_out`` is created or
+    truncated; ``iv`` comes from the caller's random source. Fails like ``seal_file``; raises
+    ``ValueError`` for a key that is not 32 bytes, an IV that is not 16 or a chunk size that is
+    not a positive multiple of 16.
+    """
+    threads = _check_workers(workers)
+    if chunk_size <= 0 or chunk_size % legacy.BLOCK:
+        raise ValueError("the legacy chunk size is a positive multiple of 16")
+    sealer = legacy.LegacySealer(key, iv)
+    try:
+        with ExitStack() as stack:
+            src_fd = _open_fd(source, os.O_RDONLY)
+            stack.callback(os.close, src_fd)
+            length = os.fstat(src_fd).st_size
+            stream_length = legacy.legacy_stream_length(length)
+            cut = DEFAULT_RULE.small_length(stream_length)
+            count = max(1, -(-length // chunk_size))
+            big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stack.callback(os.close, big_fd)
+            _advise_sequential(src_fd)
+            _prepare_output(big_fd, stream_length - cut)
+            small = memoryview(bytearray(cut))
+            hasher = hashlib.sha256()
+
+            def plain_span(index: int) -> tuple[int, int]:
+                start = index * chunk_size
+                return start, min(start + chunk_size, length)
+
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+                pt_start, pt_end = plain_span(index)
+                plain = slot.plain[: pt_end - pt_start]
+                # The IV leads chunk 0's output; the padding block ends the last chunk's.
+                out_start = 0 if index == 0 else legacy.IV_BYTES + pt_start
+                try:
+                    if not _pread_exact(src_fd, plain, pt_start):
+                        return StorageFailed(str(big_out), f"{source} shrank while being sealed")
+                    with turns.turn(0, index) as go:
+                        if not go:
+                            return None
+                        written = sealer.update_into(plain, slot.cipher)
+                        if index == count - 1:
+                            written += sealer.finalize_into(slot.cipher[written:])
+                    big_piece = _scatter(
+                        _stream_segments(cut, out_start, out_start + written),
+                        slot.cipher,
+                        small,
+                        big_fd,
+                    )
+                    with turns.turn(1, index) as go:
+                        if go and big_piece:
+                            hasher.update(big_piece)
+                except OSError as exc:
+                    return _os_failure(str(big_out), exc)
+                return None
+
+            failure = _run_chunks(
+                count,
+                workers=threads,
+                slot_sizes=(chunk_size, chunk_size + _LEGACY_SLOT_SLACK),
+                stages=2,
+                task=task,
+                chunk_bytes=lambda index: plain_span(index)[1] - plain_span(index)[0],
+                progress=progress,
+            )
+            if failure is not None:
+                return IOFailure(failure)
+    except OSError as exc:
+        return IOFailure(_os_failure(str(source), exc))
+    digest = BigPartDigest(stream_length - cut, hasher.digest())
+    return IOSuccess(SealedParts(bytes(small), digest))
+
+
+def open_file_legacy(
+    small_part: bytes,
+    big_path: Path,
+    out: Path,
+    *,
+    key: bytes,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[None, errors.Failure]:
+    """Open a legacy resource into ``out``, decrypting chunks in parallel.
+
+    Each CBC block needs only the ciphertext block before it, so every chunk is decrypted on
+    its own. The last block is decrypted and its padding checked first, before anything is
+    written. The format has no integrity: a tampered body decrypts to changed bytes and only
+    the padding is checked. Fails with ``CorruptResource`` for a stream that cannot be legacy,
+    ``PartMismatch`` when the small part's length is not what the split rule gives for the
+    pair, ``WrongKey`` for bad padding, ``NotFound``/``StorageFailed`` for I/O.
+    """
+    threads = _check_workers(workers)
+    if chunk_size <= 0 or chunk_size % legacy.BLOCK:
+        raise ValueError("the legacy chunk size is a positive multiple of 16")
+    small = memoryview(small_part)
+    try:
+        with ExitStack() as stack:
+            big_fd = _open_fd(big_path, os.O_RDONLY)
+            stack.callback(os.close, big_fd)
+            stream_length = len(small) + os.fstat(big_fd).st_size
+            checked = legacy.check_legacy_stream_length(stream_length, _LEGACY)
+            if not is_successful(checked):
+                return IOFailure(checked.failure())
+            if len(small) != DEFAULT_RULE.small_length(stream_length):
+                return IOFailure(
+                    PartMismatch(
+                        f"the small part is {len(small)} bytes; the split rule gives "
+                        f"{DEFAULT_RULE.small_length(stream_length)} for a "
+                        f"{stream_length}-byte stream"
+                    )
+                )
+            tail = memoryview(bytearray(2 * legacy.BLOCK))
+            if not _read_stream(small, big_fd, stream_length - len(tail), tail):
+                return IOFailure(PartMismatch(f"the big part {big_path} shrank while being read"))
+            last = memoryview(bytearray(legacy.BLOCK))
+            legacy.decrypt_blocks_into(key, bytes(tail[: legacy.BLOCK]), tail[legacy.BLOCK :], last)
+            stripped = legacy.strip_padding(bytes(last), _LEGACY)
+            if not is_successful(stripped):
+                return IOFailure(stripped.failure())
+            last_plain = stripped.unwrap()
+            # The body: every ciphertext block after the IV but the padded last one.
+            body = stream_length - legacy.IV_BYTES - legacy.BLOCK
+            out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stack.callback(os.close, out_fd)
+            _advise_sequential(big_fd)
+            _prepare_output(out_fd, body + len(last_plain))
+
+            def body_span(index: int) -> tuple[int, int]:
+                start = index * chunk_size
+                return start, min(start + chunk_size, body)
+
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+                start, end = body_span(index)
+                # The block before the chunk (the IV for chunk 0), then the chunk's blocks.
+                cipher = slot.cipher[: legacy.BLOCK + end - start]
+                try:
+                    if not _read_stream(small, big_fd, start, cipher):
+                        return PartMismatch(f"the big part {big_path} shrank while being read")
+                    legacy.decrypt_blocks_into(
+                        key, bytes(cipher[: legacy.BLOCK]), cipher[legacy.BLOCK :], slot.plain
+                    )
+                    _pwrite_all(out_fd, slot.plain[: end - start], start)
+                except OSError as exc:
+                    return _os_failure(str(out), exc)
+                return None
+
+            failure = _run_chunks(
+                -(-body // chunk_size),
+                workers=threads,
+                slot_sizes=(chunk_size, chunk_size + legacy.BLOCK),
+                stages=0,
+                task=task,
+                chunk_bytes=lambda index: body_span(index)[1] - body_span(index)[0],
+                progress=progress,
+            )
+            if failure is not None:
+                return IOFailure(failure)
+            _pwrite_all(out_fd, memoryview(last_plain), body)
+    except OSError as exc:
+        return IOFailure(_os_failure(str(big_path), exc))
+    if progress is not None:
+        progress(body + len(last_plain))
     return IOSuccess(None)
