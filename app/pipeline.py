@@ -1,13 +1,14 @@
 """File-to-file seal and open: the parallel, streaming pipeline behind upload, download and bench.
 
 A resource is processed chunk by chunk on a small thread pool. Each worker reads its chunk with a
-positional read into a reused buffer, seals or opens it with the AES-GCM ``*_into`` calls (which
-release the GIL, so two cores really work at once) and writes it with a positional write, so chunks
-may finish in any order. The calling thread collects chunks in order and hashes the big part's
-bytes as they go by, which overlaps the SHA-256 with the encryption instead of costing a second
-pass over the file. At most ``2 * workers`` chunk buffers exist at any time, so memory does not
-grow with the resource. Where each chunk's ciphertext lives (small part, big part or both) comes
-from ``domain.format_v1.Layout``; this module only moves bytes.
+positional read into a reused buffer and seals or opens it with the AES ``*_into`` calls, which
+release the GIL, so the cores really work at once. The steps that must follow the file's order
+(hashing the big part, a serial CBC encryption, and the writes, since parallel writers to one file
+only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
+holds the bytes while they are still in its cache: the SHA-256 of the big part overlaps the
+encryption instead of costing a second pass over the file. At most ``2 * workers`` chunk buffers
+exist at any time, so memory does not grow with the resource. Where each chunk's ciphertext lives
+(small part, big part or both) comes from ``domain.format_v1.Layout``; this module moves bytes.
 """
 
 from __future__ import annotations
@@ -222,6 +223,11 @@ def _gather(
     return big_piece
 
 
+def _small_share(cut: int, start: int, length: int) -> int:
+    """How many of the ``length`` stream bytes from ``start`` fall before ``cut`` (small part)."""
+    return max(0, min(start + length, cut) - start)
+
+
 def _open_fd(path: Path, flags: int, mode: int = _CREATE_MODE) -> int:
     return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
 
@@ -313,23 +319,31 @@ def seal_file(
                 try:
                     if not _pread_exact(src_fd, plain, pt_start):
                         return StorageFailed(str(big_out), f"{source} shrank while being sealed")
-                    sealer.seal_chunk_into(index, plain, slot.cipher)
-                    big_piece = _scatter(
-                        layout.segments(ct_start, ct_end), slot.cipher, small, big_fd
-                    )
+                    size = sealer.seal_chunk_into(index, plain, slot.cipher)
+                    sealed = slot.cipher[:size]
+                    # Hash while the ciphertext is still in this core's cache. Every chunk
+                    # takes its turn, even one wholly in the small part: the next one waits.
+                    with turns.turn(0, index) as go:
+                        if go:
+                            hasher.update(
+                                sealed[
+                                    _small_share(layout.small_ciphertext_length, ct_start, size) :
+                                ]
+                            )
+                    # One writer at a time, in file order: parallel writers to one file only
+                    # spin on its inode lock.
+                    with turns.turn(1, index) as go:
+                        if go:
+                            _scatter(layout.segments(ct_start, ct_end), sealed, small, big_fd)
                 except OSError as exc:
                     return _os_failure(str(big_out), exc)
-                # Every chunk takes its turn, even one wholly in the small part: the next waits.
-                with turns.turn(0, index) as go:
-                    if go and big_piece:
-                        hasher.update(big_piece)
                 return None
 
             failure = _run_chunks(
                 layout.chunk_count,
                 workers=threads,
                 slot_sizes=(layout.chunk_size, layout.chunk_size + TAG_BYTES),
-                stages=1,
+                stages=2,
                 task=task,
                 chunk_bytes=_plain_length(layout),
                 progress=progress,
@@ -397,7 +411,9 @@ def open_file(
                     if not is_successful(opened):
                         return opened.failure()
                     pt_start, pt_end = layout.plaintext_span(index)
-                    _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
+                    with turns.turn(1, index) as go:
+                        if go:
+                            _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
                 except OSError as exc:
                     return _os_failure(str(out), exc)
                 return None
@@ -406,7 +422,7 @@ def open_file(
                 layout.chunk_count,
                 workers=threads,
                 slot_sizes=(layout.chunk_size, layout.chunk_size + TAG_BYTES),
-                stages=1,
+                stages=2,
                 task=task,
                 chunk_bytes=_plain_length(layout),
                 progress=progress,
@@ -498,15 +514,14 @@ def seal_file_legacy(
                         written = sealer.update_into(plain, slot.cipher)
                         if index == count - 1:
                             written += sealer.finalize_into(slot.cipher[written:])
-                    big_piece = _scatter(
-                        _stream_segments(cut, out_start, out_start + written),
-                        slot.cipher,
-                        small,
-                        big_fd,
-                    )
+                    sealed = slot.cipher[:written]
                     with turns.turn(1, index) as go:
-                        if go and big_piece:
-                            hasher.update(big_piece)
+                        if go:
+                            hasher.update(sealed[_small_share(cut, out_start, written) :])
+                    with turns.turn(2, index) as go:
+                        if go:
+                            segments = _stream_segments(cut, out_start, out_start + written)
+                            _scatter(segments, sealed, small, big_fd)
                 except OSError as exc:
                     return _os_failure(str(big_out), exc)
                 return None
@@ -515,7 +530,7 @@ def seal_file_legacy(
                 count,
                 workers=threads,
                 slot_sizes=(chunk_size, chunk_size + _LEGACY_SLOT_SLACK),
-                stages=2,
+                stages=3,
                 task=task,
                 chunk_bytes=lambda index: plain_span(index)[1] - plain_span(index)[0],
                 progress=progress,
@@ -597,7 +612,9 @@ def open_file_legacy(
                     legacy.decrypt_blocks_into(
                         key, bytes(cipher[: legacy.BLOCK]), cipher[legacy.BLOCK :], slot.plain
                     )
-                    _pwrite_all(out_fd, slot.plain[: end - start], start)
+                    with turns.turn(0, index) as go:
+                        if go:
+                            _pwrite_all(out_fd, slot.plain[: end - start], start)
                 except OSError as exc:
                     return _os_failure(str(out), exc)
                 return None
@@ -606,7 +623,7 @@ def open_file_legacy(
                 -(-body // chunk_size),
                 workers=threads,
                 slot_sizes=(chunk_size, chunk_size + legacy.BLOCK),
-                stages=0,
+                stages=1,
                 task=task,
                 chunk_bytes=lambda index: body_span(index)[1] - body_span(index)[0],
                 progress=progress,
