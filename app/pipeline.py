@@ -367,11 +367,16 @@ def open_file(
     expected_ref: ResourceRef | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    verify_big_sha256: bool = True,
 ) -> IOResult[None, errors.Failure]:
     """Open a v1 resource from its small part and the big part at ``big_path`` into ``out``.
 
     ``out`` (the caller's temp path) is created or truncated and sized up front. Every chunk is
     authenticated and the big part's SHA-256, computed while reading, must match the header.
+    The SHA-256 is the one serial step and costs about as much as the rest together; a caller
+    that has just verified the same big part (a cache check) may pass
+    ``verify_big_sha256=False``: every chunk is still authenticated under a key bound to the
+    header, so a changed, swapped or stale big part still fails, only as ``CorruptResource``.
     Fails with the small part's format failures (``WrongKey``, ``CorruptResource``,
     ``UnsupportedFormat``...), ``PartMismatch`` for a big part of the wrong length or hash,
     ``CorruptResource`` for a chunk that does not authenticate, ``NotFound``/``StorageFailed``
@@ -405,7 +410,7 @@ def open_file(
                     if big_piece is None:
                         return PartMismatch(f"the big part {big_path} shrank while being read")
                     with turns.turn(0, index) as go:
-                        if go and big_piece:
+                        if go and big_piece and verify_big_sha256:
                             hasher.update(big_piece)
                     opened = opener.open_chunk_into(index, cipher, slot.plain)
                     if not is_successful(opened):
@@ -431,7 +436,7 @@ def open_file(
                 return IOFailure(failure)
     except OSError as exc:
         return IOFailure(_os_failure(str(big_path), exc))
-    if not hmac.compare_digest(hasher.digest(), opener.header.big_sha256):
+    if verify_big_sha256 and not hmac.compare_digest(hasher.digest(), opener.header.big_sha256):
         return IOFailure(PartMismatch("the big part's SHA-256 differs from the header's"))
     log.debug("opened %s: %d bytes", opener.header.ref, layout.plaintext_length)
     return IOSuccess(None)

@@ -222,6 +222,23 @@ def test_big_part_hash_differing_from_header_is_part_mismatch(tmp_path: Path) ->
     assert "SHA-256" in failure.detail
 
 
+def test_skipping_the_sha256_still_authenticates_every_chunk(tmp_path: Path) -> None:
+    """Without the SHA-256 check the hash is not consulted, but a flipped bit still fails."""
+    data = _data(4 * CHUNK)
+    parts, big = _seal(tmp_path, data)
+    sealer = Sealer.start(REF, len(data), dek=DEK, file_id=FILE_ID, chunk_size=CHUNK).unwrap()
+    small_ct = parts.small_part[-sealer.layout.small_ciphertext_length :]
+    lying = sealer.finish(small_ct, b"\x00" * 32)
+    out = tmp_path / "out"
+    _ok(open_file(lying, big, out, verify_big_sha256=False))
+    assert out.read_bytes() == data
+    tampered = bytearray(big.read_bytes())
+    tampered[len(tampered) // 2] ^= 0x80
+    big.write_bytes(bytes(tampered))
+    failure = _failure(open_file(parts.small_part, big, out, verify_big_sha256=False))
+    assert isinstance(failure, CorruptResource)
+
+
 def test_missing_files_are_not_found(tmp_path: Path) -> None:
     """A missing source or big part is NotFound, not an exception."""
     missing = tmp_path / "missing"
