@@ -1,0 +1,643 @@
+"""File-to-file seal and open: the parallel, streaming pipeline behind upload, download and bench.
+
+A resource is processed chunk by chunk on a small thread pool. Each worker reads its chunk with a
+positional read into a reused buffer and seals or opens it with the AES ``*_into`` calls, which
+release the GIL, so the cores really work at once. The steps that must follow the file's order
+(hashing the big part, a serial CBC encryption, and the writes, since parallel writers to one file
+only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
+holds the bytes while they are still in its cache: the SHA-256 of the big part overlaps the
+encryption instead of costing a second pass over the file. At most ``2 * workers`` chunk buffers
+exist at any time, so memory does not grow with the resource. Where each chunk's ciphertext lives
+(small part, big part or both) comes from ``domain.format_v1.Layout``; this module moves bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import attrs
+from returns.io import IOFailure, IOResult, IOSuccess
+from returns.pipeline import is_successful
+
+from domain import errors, legacy
+from domain.errors import NotFound, PartMismatch, StorageFailed
+from domain.format_v1 import DEFAULT_CHUNK_SIZE, Layout, Opener, Sealer, check_big_part
+from domain.keys import TAG_BYTES
+from domain.ports import BigPartDigest
+from domain.ref import ResourceRef
+from domain.split import DEFAULT_RULE
+
+log = logging.getLogger("splitvault.pipeline")
+
+Progress = Callable[[int], None]
+"""Called on the caller's thread with the plaintext bytes done so far (monotonic, cumulative)."""
+
+MAX_WORKERS = 4
+_CREATE_MODE = 0o600  # the caller owns the path and widens it when it renames into place
+
+
+@attrs.frozen
+class SealedParts:
+    """What sealing a file produced besides the big part on disk.
+
+    ``small_part`` holds the header (with the data key when it is not wrapped) and the first
+    ciphertext bytes; ``big_digest`` is the length and SHA-256 of the big part just written.
+    """
+
+    small_part: bytes = attrs.field(repr=False)
+    big_digest: BigPartDigest
+
+
+def default_workers() -> int:
+    """Threads the pipeline uses when the caller does not say: one per core, at most four."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+class _Slot:
+    """One reusable pair of chunk buffers; a chunk owns a slot from submission until collected."""
+
+    def __init__(self, plain_size: int, cipher_size: int) -> None:
+        self.plain = memoryview(bytearray(plain_size))
+        self.cipher = memoryview(bytearray(cipher_size))
+
+
+class _Turns:
+    """Relay batons that let parallel chunk tasks run some steps strictly in chunk order.
+
+    Stage ``s`` of chunk ``i`` may run once chunk ``i - 1`` has left stage ``s``. Doing the
+    ordered step (hashing, a serial cipher) on the worker that just produced the bytes keeps
+    them in that core's cache and needs no extra thread. Tasks are queued in index order, so
+    the chunk a task waits for has always started: the relay cannot deadlock.
+    """
+
+    def __init__(self, stages: int) -> None:
+        self._next = [0] * stages
+        self._cond = threading.Condition()
+        self._stopped = False
+
+    @contextmanager
+    def turn(self, stage: int, index: int) -> Iterator[bool]:
+        """Wait for chunk ``index``'s turn at ``stage``; yields False when the run was stopped."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._next[stage] == index or self._stopped)
+            go = not self._stopped
+        try:
+            yield go
+        finally:
+            if go:
+                with self._cond:
+                    self._next[stage] = index + 1
+                    self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+# task(index, slot, turns) runs on a worker thread and returns a failure or None.
+_Task = Callable[[int, _Slot, _Turns], "errors.Failure | None"]
+
+
+def _run_chunks(
+    count: int,
+    *,
+    workers: int,
+    slot_sizes: tuple[int, int],
+    stages: int,
+    task: _Task,
+    chunk_bytes: Callable[[int], int],
+    progress: Progress | None,
+) -> errors.Failure | None:
+    """Run ``task`` for chunks ``0..count-1`` on a pool with at most ``2 * workers`` in flight.
+
+    The calling thread waits for chunks in order, reports progress and stops at the first
+    failure, returning it once every task already started has finished: no worker touches a
+    file descriptor or buffer after this returns.
+    """
+    turns = _Turns(stages)
+    slots = deque(_Slot(*slot_sizes) for _ in range(min(count, 2 * workers)))
+    inflight: deque[tuple[int, _Slot, Future[errors.Failure | None]]] = deque()
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-chunk") as pool:
+        try:
+            next_index = 0
+            while next_index < count or inflight:
+                while next_index < count and slots:
+                    slot = slots.popleft()
+                    future = pool.submit(task, next_index, slot, turns)
+                    inflight.append((next_index, slot, future))
+                    next_index += 1
+                index, slot, future = inflight.popleft()
+                failure = future.result()
+                if failure is not None:
+                    return failure
+                slots.append(slot)
+                done += chunk_bytes(index)
+                if progress is not None:
+                    progress(done)
+            return None
+        finally:
+            turns.stop()
+            for _, _, pending in inflight:
+                pending.cancel()
+            wait([pending for _, _, pending in inflight])
+
+
+def _os_failure(what: str, exc: OSError) -> errors.Failure:
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(what)
+    return StorageFailed(what, exc.strerror or type(exc).__name__)
+
+
+def _pread_exact(fd: int, buf: memoryview, offset: int) -> bool:
+    """Fill ``buf`` from ``offset``; False when the file ends first (it shrank under us)."""
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got == 0:
+            return False
+        done += got
+    return True
+
+
+def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buf):
+        wrote = os.pwrite(fd, buf[done:], offset + done)
+        if wrote == 0:  # never for regular files; guard against spinning forever
+            raise OSError(errno.ENOSPC, "no progress writing")
+        done += wrote
+
+
+Segments = Iterator[tuple[bool, int, int]]
+
+
+def _scatter(segments: Segments, data: memoryview, small: memoryview, big_fd: int) -> memoryview:
+    """Send a chunk's output to the small part buffer and the big part file, by segment.
+
+    Returns the part of ``data`` that went to the big part (empty when none did).
+    """
+    pos = 0
+    big_piece = data[:0]
+    for in_big, offset, size in segments:
+        piece = data[pos : pos + size]
+        if in_big:
+            _pwrite_all(big_fd, piece, offset)
+            big_piece = piece
+        else:
+            small[offset : offset + size] = piece
+        pos += size
+    return big_piece
+
+
+def _gather(
+    segments: Segments, buf: memoryview, small: memoryview, big_fd: int
+) -> memoryview | None:
+    """Fill ``buf`` from the small part and the big part file, by segment.
+
+    Returns the part of ``buf`` read from the big part (empty when none was), or None when
+    the big part ended early (it shrank under us).
+    """
+    pos = 0
+    big_piece = buf[:0]
+    for in_big, offset, size in segments:
+        piece = buf[pos : pos + size]
+        if not in_big:
+            piece[:] = small[offset : offset + size]
+        elif not _pread_exact(big_fd, piece, offset):
+            return None
+        else:
+            big_piece = piece
+        pos += size
+    return big_piece
+
+
+def _small_share(cut: int, start: int, length: int) -> int:
+    """How many of the ``length`` stream bytes from ``start`` fall before ``cut`` (small part)."""
+    return max(0, min(start + length, cut) - start)
+
+
+def _open_fd(path: Path, flags: int, mode: int = _CREATE_MODE) -> int:
+    return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+
+def _prepare_output(fd: int, length: int) -> None:
+    """Size the output up front: positional writes never extend it and a full disk fails early."""
+    os.ftruncate(fd, length)
+    if length and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, length)
+        except OSError as exc:
+            # Some file systems cannot reserve space; the writes will still report ENOSPC.
+            if exc.errno not in {errno.EOPNOTSUPP, errno.EINVAL}:
+                raise
+
+
+def _advise_sequential(fd: int) -> None:
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def _check_workers(workers: int | None) -> int:
+    chosen = default_workers() if workers is None else workers
+    if chosen < 1:
+        raise ValueError("workers must be at least 1")
+    return chosen
+
+
+def _plain_length(layout: Layout) -> Callable[[int], int]:
+    def length(index: int) -> int:
+        start, end = layout.plaintext_span(index)
+        return end - start
+
+    return length
+
+
+def seal_file(
+    source: Path,
+    big_out: Path,
+    *,
+    ref: ResourceRef,
+    dek: bytes,
+    file_id: bytes,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    publisher_key: bytes | None = None,
+    wrap_nonce: bytes | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[SealedParts, errors.Failure]:
+    """Seal ``source`` with format v1: write the big part to ``big_out``, return the small part.
+
+    ``big_out`` is created or truncated (mode 0600 when created); the caller renames it into
+    place and fsyncs if it needs durability. The output is byte-for-byte what
+    ``format_v1.seal_bytes`` gives for the same inputs, whatever ``workers`` is.
+    Fails with ``NotFound`` when ``source`` is missing, ``StorageFailed`` on I/O errors (or when
+    ``source`` shrinks while being read) and ``LimitExceeded`` for a chunk size or length the
+    format refuses. Raises ``ValueError`` for a malformed key, file id or worker count.
+    """
+    threads = _check_workers(workers)
+    try:
+        with ExitStack() as stack:
+            src_fd = _open_fd(source, os.O_RDONLY)
+            stack.callback(os.close, src_fd)
+            length = os.fstat(src_fd).st_size
+            started = Sealer.start(
+                ref,
+                length,
+                dek=dek,
+                file_id=file_id,
+                chunk_size=chunk_size,
+                publisher_key=publisher_key,
+                wrap_nonce=wrap_nonce,
+            )
+            if not is_successful(started):
+                return IOFailure(started.failure())
+            sealer = started.unwrap()
+            layout = sealer.layout
+            big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stack.callback(os.close, big_fd)
+            _advise_sequential(src_fd)
+            _prepare_output(big_fd, layout.big_length)
+            small = memoryview(bytearray(layout.small_ciphertext_length))
+            hasher = hashlib.sha256()
+
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+                pt_start, pt_end = layout.plaintext_span(index)
+                plain = slot.plain[: pt_end - pt_start]
+                ct_start, ct_end = layout.ciphertext_span(index)
+                try:
+                    if not _pread_exact(src_fd, plain, pt_start):
+                        return StorageFailed(str(big_out), f"{source} shrank while being sealed")
+                    size = sealer.seal_chunk_into(index, plain, slot.cipher)
+                    sealed = slot.cipher[:size]
+                    # Hash while the ciphertext is still in this core's cache. Every chunk
+                    # takes its turn, even one wholly in the small part: the next one waits.
+                    with turns.turn(0, index) as go:
+                        if go:
+                            hasher.update(
+                                sealed[
+                                    _small_share(layout.small_ciphertext_length, ct_start, size) :
+                                ]
+                            )
+                    # One writer at a time, in file order: parallel writers to one file only
+                    # spin on its inode lock.
+                    with turns.turn(1, index) as go:
+                        if go:
+                            _scatter(layout.segments(ct_start, ct_end), sealed, small, big_fd)
+                except OSError as exc:
+                    return _os_failure(str(big_out), exc)
+                return None
+
+            failure = _run_chunks(
+                layout.chunk_count,
+                workers=threads,
+                slot_sizes=(layout.chunk_size, layout.chunk_size + TAG_BYTES),
+                stages=2,
+                task=task,
+                chunk_bytes=_plain_length(layout),
+                progress=progress,
+            )
+            if failure is not None:
+                return IOFailure(failure)
+            digest = hasher.digest()
+            small_part = sealer.finish(bytes(small), digest)
+    except OSError as exc:
+        return IOFailure(_os_failure(str(source), exc))
+    log.debug("sealed %s: %d bytes, %d chunks", ref, length, layout.chunk_count)
+    return IOSuccess(SealedParts(small_part, BigPartDigest(layout.big_length, digest)))
+
+
+def open_file(
+    small_part: bytes,
+    big_path: Path,
+    out: Path,
+    *,
+    publisher_key: bytes | None = None,
+    expected_ref: ResourceRef | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    verify_big_sha256: bool = True,
+) -> IOResult[None, errors.Failure]:
+    """Open a v1 resource from its small part and the big part at ``big_path`` into ``out``.
+
+    ``out`` (the caller's temp path) is created or truncated and sized up front. Every chunk is
+    authenticated and the big part's SHA-256, computed while reading, must match the header.
+    The SHA-256 is the one serial step and costs about as much as the rest together; a caller
+    that has just verified the same big part (a cache check) may pass
+    ``verify_big_sha256=False``: every chunk is still authenticated under a key bound to the
+    header, so a changed, swapped or stale big part still fails, only as ``CorruptResource``.
+    Fails with the small part's format failures (``WrongKey``, ``CorruptResource``,
+    ``UnsupportedFormat``...), ``PartMismatch`` for a big part of the wrong length or hash,
+    ``CorruptResource`` for a chunk that does not authenticate, ``NotFound``/``StorageFailed``
+    for I/O. On failure ``out`` holds garbage: the caller deletes it.
+    """
+    threads = _check_workers(workers)
+    started = Opener.start(small_part, publisher_key=publisher_key, expected_ref=expected_ref)
+    if not is_successful(started):
+        return IOFailure(started.failure())
+    opener = started.unwrap()
+    layout = opener.layout
+    small_ct = memoryview(opener.small_ciphertext)
+    try:
+        with ExitStack() as stack:
+            big_fd = _open_fd(big_path, os.O_RDONLY)
+            stack.callback(os.close, big_fd)
+            checked = check_big_part(opener, os.fstat(big_fd).st_size)
+            if not is_successful(checked):
+                return IOFailure(checked.failure())
+            out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stack.callback(os.close, out_fd)
+            _advise_sequential(big_fd)
+            _prepare_output(out_fd, layout.plaintext_length)
+            hasher = hashlib.sha256()
+
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+                ct_start, ct_end = layout.ciphertext_span(index)
+                cipher = slot.cipher[: ct_end - ct_start]
+                try:
+                    big_piece = _gather(layout.segments(ct_start, ct_end), cipher, small_ct, big_fd)
+                    if big_piece is None:
+                        return PartMismatch(f"the big part {big_path} shrank while being read")
+                    with turns.turn(0, index) as go:
+                        if go and big_piece and verify_big_sha256:
+                            hasher.update(big_piece)
+                    opened = opener.open_chunk_into(index, cipher, slot.plain)
+                    if not is_successful(opened):
+                        return opened.failure()
+                    pt_start, pt_end = layout.plaintext_span(index)
+                    with turns.turn(1, index) as go:
+                        if go:
+                            _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
+                except OSError as exc:
+                    return _os_failure(str(out), exc)
+                return None
+
+            failure = _run_chunks(
+                layout.chunk_count,
+                workers=threads,
+                slot_sizes=(layout.chunk_size, layout.chunk_size + TAG_BYTES),
+                stages=2,
+                task=task,
+                chunk_bytes=_plain_length(layout),
+                progress=progress,
+            )
+            if failure is not None:
+                return IOFailure(failure)
+    except OSError as exc:
+        return IOFailure(_os_failure(str(big_path), exc))
+    if verify_big_sha256 and not hmac.compare_digest(hasher.digest(), opener.header.big_sha256):
+        return IOFailure(PartMismatch("the big part's SHA-256 differs from the header's"))
+    log.debug("opened %s: %d bytes", opener.header.ref, layout.plaintext_length)
+    return IOSuccess(None)
+
+
+# --- the legacy suite (AES-256-CBC, PKCS#7, IV in front, no header) -------------------------
+
+_LEGACY = "legacy resource"
+_LEGACY_SLOT_SLACK = 3 * legacy.BLOCK  # room for the IV, the padding block and update_into's slack
+
+
+def _stream_segments(cut: int, start: int, end: int) -> Segments:
+    """Split a stream range into ``(in_big_part, offset_in_part, length)`` around ``cut``."""
+    if start < cut:
+        stop = min(end, cut)
+        yield False, start, stop - start
+        start = stop
+    if start < end:
+        yield True, start - cut, end - start
+
+
+def _read_stream(small: memoryview, big_fd: int, start: int, buf: memoryview) -> bool:
+    """Fill ``buf`` with stream bytes from ``start``; False when the big part ends first."""
+    segments = _stream_segments(len(small), start, start + len(buf))
+    return _gather(segments, buf, small, big_fd) is not None
+
+
+def seal_file_legacy(
+    source: Path,
+    big_out: Path,
+    *,
+    key: bytes,
+    iv: bytes,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[SealedParts, errors.Failure]:
+    """Seal ``source`` in the legacy suite: ``IV || AES-256-CBC(key, PKCS#7(data))``, split.
+
+    CBC encryption is serial, so chunks are encrypted in order (into reused buffers, no copies)
+    while other workers read ahead, write behind and hash the big part. ``big_out`` is created or
+    truncated; ``iv`` comes from the caller's random source. Fails like ``seal_file``; raises
+    ``ValueError`` for a key that is not 32 bytes, an IV that is not 16 or a chunk size that is
+    not a positive multiple of 16.
+    """
+    threads = _check_workers(workers)
+    if chunk_size <= 0 or chunk_size % legacy.BLOCK:
+        raise ValueError("the legacy chunk size is a positive multiple of 16")
+    sealer = legacy.LegacySealer(key, iv)
+    try:
+        with ExitStack() as stack:
+            src_fd = _open_fd(source, os.O_RDONLY)
+            stack.callback(os.close, src_fd)
+            length = os.fstat(src_fd).st_size
+            stream_length = legacy.legacy_stream_length(length)
+            cut = DEFAULT_RULE.small_length(stream_length)
+            count = max(1, -(-length // chunk_size))
+            big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stack.callback(os.close, big_fd)
+            _advise_sequential(src_fd)
+            _prepare_output(big_fd, stream_length - cut)
+            small = memoryview(bytearray(cut))
+            hasher = hashlib.sha256()
+
+            def plain_span(index: int) -> tuple[int, int]:
+                start = index * chunk_size
+                return start, min(start + chunk_size, length)
+
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+                pt_start, pt_end = plain_span(index)
+                plain = slot.plain[: pt_end - pt_start]
+                # The IV leads chunk 0's output; the padding block ends the last chunk's.
+                out_start = 0 if index == 0 else legacy.IV_BYTES + pt_start
+                try:
+                    if not _pread_exact(src_fd, plain, pt_start):
+                        return StorageFailed(str(big_out), f"{source} shrank while being sealed")
+                    with turns.turn(0, index) as go:
+                        if not go:
+                            return None
+                        written = sealer.update_into(plain, slot.cipher)
+                        if index == count - 1:
+                            written += sealer.finalize_into(slot.cipher[written:])
+                    sealed = slot.cipher[:written]
+                    with turns.turn(1, index) as go:
+                        if go:
+                            hasher.update(sealed[_small_share(cut, out_start, written) :])
+                    with turns.turn(2, index) as go:
+                        if go:
+                            segments = _stream_segments(cut, out_start, out_start + written)
+                            _scatter(segments, sealed, small, big_fd)
+                except OSError as exc:
+                    return _os_failure(str(big_out), exc)
+                return None
+
+            failure = _run_chunks(
+                count,
+                workers=threads,
+                slot_sizes=(chunk_size, chunk_size + _LEGACY_SLOT_SLACK),
+                stages=3,
+                task=task,
+                chunk_bytes=lambda index: plain_span(index)[1] - plain_span(index)[0],
+                progress=progress,
+            )
+            if failure is not None:
+                return IOFailure(failure)
+    except OSError as exc:
+        return IOFailure(_os_failure(str(source), exc))
+    digest = BigPartDigest(stream_length - cut, hasher.digest())
+    return IOSuccess(SealedParts(bytes(small), digest))
+
+
+def open_file_legacy(
+    small_part: bytes,
+    big_path: Path,
+    out: Path,
+    *,
+    key: bytes,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IOResult[None, errors.Failure]:
+    """Open a legacy resource into ``out``, decrypting chunks in parallel.
+
+    Each CBC block needs only the ciphertext block before it, so every chunk is decrypted on
+    its own. The last block is decrypted and its padding checked first, before anything is
+    written. The format has no integrity: a tampered body decrypts to changed bytes and only
+    the padding is checked. Fails with ``CorruptResource`` for a stream that cannot be legacy,
+    ``PartMismatch`` when the small part's length is not what the split rule gives for the
+    pair, ``WrongKey`` for bad padding, ``NotFound``/``StorageFailed`` for I/O.
+    """
+    threads = _check_workers(workers)
+    if chunk_size <= 0 or chunk_size % legacy.BLOCK:
+        raise ValueError("the legacy chunk size is a positive multiple of 16")
+    small = memoryview(small_part)
+    try:
+        with ExitStack() as stack:
+            big_fd = _open_fd(big_path, os.O_RDONLY)
+            stack.callback(os.close, big_fd)
+            stream_length = len(small) + os.fstat(big_fd).st_size
+            checked = legacy.check_legacy_stream_length(stream_length, _LEGACY)
+            if not is_successful(checked):
+                return IOFailure(checked.failure())
+            if len(small) != DEFAULT_RULE.small_length(stream_length):
+                return IOFailure(
+                    PartMismatch(
+                        f"the small part is {len(small)} bytes; the split rule gives "
+                        f"{DEFAULT_RULE.small_length(stream_length)} for a "
+                        f"{stream_length}-byte stream"
+                    )
+                )
+            tail = memoryview(bytearray(2 * legacy.BLOCK))
+            if not _read_stream(small, big_fd, stream_length - len(tail), tail):
+                return IOFailure(PartMismatch(f"the big part {big_path} shrank while being read"))
+            last = memoryview(bytearray(legacy.BLOCK))
+            legacy.decrypt_blocks_into(key, bytes(tail[: legacy.BLOCK]), tail[legacy.BLOCK :], last)
+            stripped = legacy.strip_padding(bytes(last), _LEGACY)
+            if not is_successful(stripped):
+                return IOFailure(stripped.failure())
+            last_plain = stripped.unwrap()
+            # The body: every ciphertext block after the IV but the padded last one.
+            body = stream_length - legacy.IV_BYTES - legacy.BLOCK
+            out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stack.callback(os.close, out_fd)
+            _advise_sequential(big_fd)
+            _prepare_output(out_fd, body + len(last_plain))
+
+            def body_span(index: int) -> tuple[int, int]:
+                start = index * chunk_size
+                return start, min(start + chunk_size, body)
+
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+                start, end = body_span(index)
+                # The block before the chunk (the IV for chunk 0), then the chunk's blocks.
+                cipher = slot.cipher[: legacy.BLOCK + end - start]
+                try:
+                    if not _read_stream(small, big_fd, start, cipher):
+                        return PartMismatch(f"the big part {big_path} shrank while being read")
+                    legacy.decrypt_blocks_into(
+                        key, bytes(cipher[: legacy.BLOCK]), cipher[legacy.BLOCK :], slot.plain
+                    )
+                    with turns.turn(0, index) as go:
+                        if go:
+                            _pwrite_all(out_fd, slot.plain[: end - start], start)
+                except OSError as exc:
+                    return _os_failure(str(out), exc)
+                return None
+
+            failure = _run_chunks(
+                -(-body // chunk_size),
+                workers=threads,
+                slot_sizes=(chunk_size, chunk_size + legacy.BLOCK),
+                stages=1,
+                task=task,
+                chunk_bytes=lambda index: body_span(index)[1] - body_span(index)[0],
+                progress=progress,
+            )
+            if failure is not None:
+                return IOFailure(failure)
+            _pwrite_all(out_fd, memoryview(last_plain), body)
+    except OSError as exc:
+        return IOFailure(_os_failure(str(big_path), exc))
+    if progress is not None:
+        progress(body + len(last_plain))
+    return IOSuccess(None)

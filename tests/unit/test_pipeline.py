@@ -1,0 +1,367 @@
+"""The file-to-file pipeline: same bytes as the in-memory format, typed failures, bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from returns.io import IOResult
+from returns.pipeline import is_successful
+from returns.unsafe import unsafe_perform_io
+
+from app.pipeline import (
+    SealedParts,
+    open_file,
+    open_file_legacy,
+    seal_file,
+    seal_file_legacy,
+)
+from domain import errors
+from domain.errors import CorruptResource, NotFound, PartMismatch, WrongKey
+from domain.format_v1 import Sealer, seal_bytes
+from domain.legacy import open_legacy_bytes, seal_legacy_bytes
+from domain.ref import ResourceRef
+
+T = TypeVar("T")
+
+REF = ResourceRef("models", "resnet")
+DEK = bytes(range(32))
+FILE_ID = bytes(range(16))
+OTHER_DEK = bytes(range(1, 33))
+OTHER_FILE_ID = bytes(range(2, 18))
+LEGACY_KEY = bytes(range(64, 96))
+LEGACY_IV = bytes(range(100, 116))
+CHUNK = 4096
+CT_CHUNK = CHUNK + 16
+
+# Around chunk boundaries (plaintext and ciphertext) and the small/big cut (3 KiB of ciphertext).
+EDGE_SIZES = [0, 1, 15, 16, 17, 3055, 3056, 3057, CHUNK - 1, CHUNK, CHUNK + 1]
+EDGE_SIZES += [2 * CHUNK - 1, 2 * CHUNK, 2 * CHUNK + 1, 10 * CHUNK + 7, 24 * CHUNK]
+
+
+def _ok(result: IOResult[T, errors.Failure]) -> T:
+    assert is_successful(result), result
+    return unsafe_perform_io(result.unwrap())
+
+
+def _failure(result: IOResult[object, errors.Failure]) -> errors.Failure:
+    assert not is_successful(result), result
+    return unsafe_perform_io(result.failure())
+
+
+def _data(size: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def _seal(
+    directory: Path,
+    data: bytes,
+    *,
+    chunk_size: int = CHUNK,
+    workers: int = 4,
+    dek: bytes = DEK,
+    file_id: bytes = FILE_ID,
+    publisher_key: bytes | None = None,
+    wrap_nonce: bytes | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[SealedParts, Path]:
+    source = directory / "source"
+    source.write_bytes(data)
+    big = directory / f"big-{workers}"
+    parts = _ok(
+        seal_file(
+            source,
+            big,
+            ref=REF,
+            dek=dek,
+            file_id=file_id,
+            chunk_size=chunk_size,
+            publisher_key=publisher_key,
+            wrap_nonce=wrap_nonce,
+            workers=workers,
+            progress=progress,
+        )
+    )
+    return parts, big
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+@pytest.mark.parametrize("workers", [1, 4])
+def test_seal_file_matches_seal_bytes_and_opens(tmp_path: Path, size: int, workers: int) -> None:
+    """Sealing a file gives exactly seal_bytes' parts for any worker count, and opens back."""
+    data = _data(size)
+    parts, big = _seal(tmp_path, data, workers=workers)
+    small_expected, big_expected = seal_bytes(
+        REF, data, dek=DEK, file_id=FILE_ID, chunk_size=CHUNK
+    ).unwrap()
+    assert parts.small_part == small_expected
+    assert big.read_bytes() == big_expected
+    assert parts.big_digest.length == len(big_expected)
+    assert parts.big_digest.sha256 == hashlib.sha256(big_expected).digest()
+    out = tmp_path / "out"
+    assert _ok(open_file(parts.small_part, big, out, expected_ref=REF, workers=workers)) is None
+    assert out.read_bytes() == data
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(min_value=0, max_value=20_000),
+    chunk_size=st.sampled_from([16, 100, 1024, 4096]),
+    workers=st.sampled_from([1, 2, 4]),
+)
+def test_any_size_and_chunking_round_trips(
+    tmp_path: Path, size: int, chunk_size: int, workers: int
+) -> None:
+    """Any size and chunk size (even chunks wholly in the small part) gives the serial bytes."""
+    data = _data(size, seed=size)
+    parts, big = _seal(tmp_path, data, chunk_size=chunk_size, workers=workers)
+    small_expected, big_expected = seal_bytes(
+        REF, data, dek=DEK, file_id=FILE_ID, chunk_size=chunk_size
+    ).unwrap()
+    assert (parts.small_part, big.read_bytes()) == (small_expected, big_expected)
+    out = tmp_path / "out"
+    _ok(open_file(parts.small_part, big, out, workers=workers))
+    assert out.read_bytes() == data
+
+
+def test_progress_reports_cumulative_plaintext_bytes(tmp_path: Path) -> None:
+    """Progress rises monotonically to the plaintext size on both seal and open."""
+    data = _data(5 * CHUNK + 9)
+    seen: list[int] = []
+    parts, big = _seal(tmp_path, data, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == len(data) and len(seen) == 6
+    opened: list[int] = []
+    _ok(open_file(parts.small_part, big, tmp_path / "out", progress=opened.append))
+    assert opened == seen
+
+
+def test_publisher_key_wraps_and_opens(tmp_path: Path) -> None:
+    """A DEK wrapped under a publisher key opens with it and is WrongKey without it."""
+    data = _data(3 * CHUNK)
+    publisher = bytes(range(7, 39))
+    parts, big = _seal(tmp_path, data, publisher_key=publisher, wrap_nonce=b"n" * 12)
+    expected = seal_bytes(
+        REF,
+        data,
+        dek=DEK,
+        file_id=FILE_ID,
+        chunk_size=CHUNK,
+        publisher_key=publisher,
+        wrap_nonce=b"n" * 12,
+    ).unwrap()
+    assert (parts.small_part, big.read_bytes()) == expected
+    _ok(open_file(parts.small_part, big, tmp_path / "out", publisher_key=publisher))
+    assert (tmp_path / "out").read_bytes() == data
+    assert isinstance(_failure(open_file(parts.small_part, big, tmp_path / "o2")), WrongKey)
+
+
+@pytest.mark.parametrize("position", [0, 5000, -1])
+def test_flipped_byte_in_big_part_is_corrupt(tmp_path: Path, position: int) -> None:
+    """A single flipped bit anywhere in the big part fails to authenticate."""
+    parts, big = _seal(tmp_path, _data(6 * CHUNK))
+    tampered = bytearray(big.read_bytes())
+    tampered[position] ^= 0x01
+    big.write_bytes(bytes(tampered))
+    failure = _failure(open_file(parts.small_part, big, tmp_path / "out"))
+    assert isinstance(failure, CorruptResource)
+
+
+def test_swapped_big_parts_do_not_open(tmp_path: Path) -> None:
+    """Big parts of two same-size resources swapped: each small part refuses the other's."""
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first, first_big = _seal(first_dir, _data(6 * CHUNK, seed=1))
+    second, second_big = _seal(
+        second_dir, _data(6 * CHUNK, seed=2), dek=OTHER_DEK, file_id=OTHER_FILE_ID
+    )
+    assert first_big.stat().st_size == second_big.stat().st_size
+    for small, big in ((first.small_part, second_big), (second.small_part, first_big)):
+        failure = _failure(open_file(small, big, tmp_path / "out"))
+        assert isinstance(failure, CorruptResource | PartMismatch)
+
+
+@pytest.mark.parametrize("cut", [1, CT_CHUNK, "all"])
+def test_truncated_or_extended_big_part_is_part_mismatch(tmp_path: Path, cut: int | str) -> None:
+    """A big part of the wrong length is refused before anything is decrypted."""
+    parts, big = _seal(tmp_path, _data(6 * CHUNK))
+    content = big.read_bytes()
+    big.write_bytes(b"" if cut == "all" else content[: -int(cut)])
+    assert isinstance(_failure(open_file(parts.small_part, big, tmp_path / "out")), PartMismatch)
+    big.write_bytes(content + b"\x00")
+    assert isinstance(_failure(open_file(parts.small_part, big, tmp_path / "out")), PartMismatch)
+
+
+def test_big_part_hash_differing_from_header_is_part_mismatch(tmp_path: Path) -> None:
+    """A header (validly MACed) naming another big-part hash is caught by the streamed SHA-256."""
+    data = _data(4 * CHUNK)
+    parts, big = _seal(tmp_path, data)
+    sealer = Sealer.start(REF, len(data), dek=DEK, file_id=FILE_ID, chunk_size=CHUNK).unwrap()
+    small_ct = parts.small_part[-sealer.layout.small_ciphertext_length :]
+    lying = sealer.finish(small_ct, b"\x00" * 32)
+    failure = _failure(open_file(lying, big, tmp_path / "out"))
+    assert isinstance(failure, PartMismatch)
+    assert "SHA-256" in failure.detail
+
+
+def test_skipping_the_sha256_still_authenticates_every_chunk(tmp_path: Path) -> None:
+    """Without the SHA-256 check the hash is not consulted, but a flipped bit still fails."""
+    data = _data(4 * CHUNK)
+    parts, big = _seal(tmp_path, data)
+    sealer = Sealer.start(REF, len(data), dek=DEK, file_id=FILE_ID, chunk_size=CHUNK).unwrap()
+    small_ct = parts.small_part[-sealer.layout.small_ciphertext_length :]
+    lying = sealer.finish(small_ct, b"\x00" * 32)
+    out = tmp_path / "out"
+    _ok(open_file(lying, big, out, verify_big_sha256=False))
+    assert out.read_bytes() == data
+    tampered = bytearray(big.read_bytes())
+    tampered[len(tampered) // 2] ^= 0x80
+    big.write_bytes(bytes(tampered))
+    failure = _failure(open_file(parts.small_part, big, out, verify_big_sha256=False))
+    assert isinstance(failure, CorruptResource)
+
+
+def test_missing_files_are_not_found(tmp_path: Path) -> None:
+    """A missing source or big part is NotFound, not an exception."""
+    missing = tmp_path / "missing"
+    sealed = seal_file(missing, tmp_path / "big", ref=REF, dek=DEK, file_id=FILE_ID)
+    assert isinstance(_failure(sealed), NotFound)
+    parts, _ = _seal(tmp_path, _data(100))
+    assert isinstance(_failure(open_file(parts.small_part, missing, tmp_path / "out")), NotFound)
+
+
+def test_bad_worker_count_is_a_programming_error(tmp_path: Path) -> None:
+    """Zero workers raise instead of hanging."""
+    (tmp_path / "source").write_bytes(b"x")
+    with pytest.raises(ValueError, match="workers"):
+        seal_file(
+            tmp_path / "source", tmp_path / "big", ref=REF, dek=DEK, file_id=FILE_ID, workers=0
+        )
+
+
+# --- legacy -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+@pytest.mark.parametrize("workers", [1, 4])
+def test_legacy_matches_in_memory_suite(tmp_path: Path, size: int, workers: int) -> None:
+    """Legacy seal_file/open_file give and take exactly the in-memory legacy suite's parts."""
+    data = _data(size)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    big = tmp_path / "big"
+    parts = _ok(
+        seal_file_legacy(
+            source, big, key=LEGACY_KEY, iv=LEGACY_IV, chunk_size=1024, workers=workers
+        )
+    )
+    small_expected, big_expected = seal_legacy_bytes(data, LEGACY_KEY, LEGACY_IV)
+    assert (parts.small_part, big.read_bytes()) == (small_expected, big_expected)
+    assert parts.big_digest.sha256 == hashlib.sha256(big_expected).digest()
+    out = tmp_path / "out"
+    _ok(
+        open_file_legacy(
+            parts.small_part, big, out, key=LEGACY_KEY, chunk_size=1024, workers=workers
+        )
+    )
+    assert out.read_bytes() == data
+    assert open_legacy_bytes(small_expected, big_expected, LEGACY_KEY).unwrap() == data
+
+
+def test_legacy_wrong_key_is_wrong_key(tmp_path: Path) -> None:
+    """Bad padding under another key is WrongKey, found before the output is written."""
+    source = tmp_path / "source"
+    source.write_bytes(_data(10_000))
+    parts = _ok(seal_file_legacy(source, tmp_path / "big", key=LEGACY_KEY, iv=LEGACY_IV))
+    out = tmp_path / "out"
+    failure = _failure(open_file_legacy(parts.small_part, tmp_path / "big", out, key=bytes(32)))
+    assert isinstance(failure, WrongKey)
+    assert not out.exists()
+
+
+def test_legacy_truncated_or_mismatched_parts_fail(tmp_path: Path) -> None:
+    """A big part cut mid-block is corrupt; a small part of the wrong length is a mismatch."""
+    source = tmp_path / "source"
+    source.write_bytes(_data(20_000))
+    big = tmp_path / "big"
+    parts = _ok(seal_file_legacy(source, big, key=LEGACY_KEY, iv=LEGACY_IV))
+    content = big.read_bytes()
+    big.write_bytes(content[:-1])
+    failure = _failure(open_file_legacy(parts.small_part, big, tmp_path / "out", key=LEGACY_KEY))
+    assert isinstance(failure, CorruptResource)
+    big.write_bytes(content)
+    failure = _failure(
+        open_file_legacy(parts.small_part[:-16], big, tmp_path / "out", key=LEGACY_KEY)
+    )
+    assert isinstance(failure, PartMismatch)
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+_MEMORY_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from returns.pipeline import is_successful
+    from returns.unsafe import unsafe_perform_io
+    from app.bench import generate_file, peak_rss_of
+    from app.pipeline import open_file, seal_file
+    from domain.ref import ResourceRef
+
+    size, directory = int(sys.argv[1]), Path(sys.argv[2])
+    if size:
+        source, big, out = directory / "source", directory / "big", directory / "out"
+        generate_file(source, size)
+        sealed = seal_file(source, big, ref=ResourceRef("m", "n"), dek=bytes(32),
+                           file_id=bytes(16), workers=2)
+        small = unsafe_perform_io(sealed.unwrap()).small_part
+        assert is_successful(open_file(small, big, out, workers=2))
+        assert out.stat().st_size == size
+        for path in (source, big, out):
+            path.unlink()
+    print(json.dumps(peak_rss_of()))
+    """
+)
+
+
+def _peak_rss(size: int, directory: Path) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(size), str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    peak = json.loads(done.stdout)
+    assert isinstance(peak, int)
+    return peak
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    """Seal+open of 64 MiB and 256 MiB peak within a few MiB of each other, far under the size."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to read the peak RSS")
+    baseline = _peak_rss(0, tmp_path)
+    small_file = _peak_rss(64 << 20, tmp_path)
+    large_file = _peak_rss(256 << 20, tmp_path)
+    assert abs(large_file - small_file) < 16 << 20
+    assert large_file - baseline < 64 << 20
