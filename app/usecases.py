@@ -247,6 +247,7 @@ def _with_big_part(
             expected_ref=ref,
             workers=workers,
             progress=progress,
+            verify_big_sha256=False,  # the cache just verified it before handing the path out
         )
 
     def report(big_path: Path) -> DownloadReport:

@@ -27,10 +27,10 @@ def check_name(field: str, value: object) -> InvalidRef | None:
         return InvalidRef(field, f"longer than {MAX_NAME_BYTES} bytes in UTF-8")
     if value in {".", ".."}:
         return InvalidRef(field, f"{value!r} is a path component, not a name")
-    if value.startswith("."):
-        return InvalidRef(field, "must not start with a dot (reserved for temp and lock files)")
     if "/" in value or "\\" in value:
         return InvalidRef(field, "must not contain a path separator")
+    if value.startswith("."):
+        return InvalidRef(field, "must not start with a dot (reserved for temp and lock files)")
     if value != value.strip():
         return InvalidRef(field, "must not start or end with whitespace")
     for char in value:
