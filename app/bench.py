@@ -1,12 +1,14 @@
 """``splitvault bench``: how fast seal and open run on this machine, next to a plain file copy.
 
 One run generates a file and measures, on that same file, a plain chunked copy (read and write
-1 MiB at a time: the ceiling for any file-to-file transform here), format v1 seal and open, the
-legacy suite's seal and open, and ``openssl enc -aes-256-cbc`` both ways. Every operation runs in
-a fresh child process, so its peak RSS is its own (``wait4``'s ``ru_maxrss``) and can be set
-against a child that only imports the same modules (the interpreter baseline). The page cache
-cannot be dropped without root, so one untimed warm-up pass runs first and every timed operation
-reads from the cache alike. Each figure is the median of the repetitions.
+1 MiB at a time: the ceiling for any file-to-file transform here), format v1 seal and open (also
+without the big part's SHA-256, to show what that serial step costs), the legacy suite's seal and
+open, and ``openssl enc -aes-256-cbc`` both ways. Every operation runs in a fresh child process,
+so its peak RSS (``VmHWM``) is its own and can be set against a child that only imports the same
+modules (the interpreter baseline). The page cache cannot be dropped without root, so one untimed
+warm-up pass runs first and every timed operation reads from the cache alike; before each one a
+scratch file is written and deleted so that every operation also writes into equally warm memory.
+Each figure is the median of the repetitions, and the CPU seconds show how busy the cores were.
 """
 
 from __future__ import annotations
