@@ -1,12 +1,14 @@
 """``splitvault bench``: how fast seal and open run on this machine, next to a plain file copy.
 
 One run generates a file and measures, on that same file, a plain chunked copy (read and write
-1 MiB at a time: the ceiling for any file-to-file transform here), format v1 seal and open, the
-legacy suite's seal and open, and ``openssl enc -aes-256-cbc`` both ways. Every operation runs in
-a fresh child process, so its peak RSS is its own (``wait4``'s ``ru_maxrss``) and can be set
-against a child that only imports the same modules (the interpreter baseline). The page cache
-cannot be dropped without root, so one untimed warm-up pass runs first and every timed operation
-reads from the cache alike. Each figure is the median of the repetitions.
+1 MiB at a time: the ceiling for any file-to-file transform here), format v1 seal and open (also
+without the big part's SHA-256, to show what that serial step costs), the legacy suite's seal and
+open, and ``openssl enc -aes-256-cbc`` both ways. Every operation runs in a fresh child process,
+so its peak RSS (``VmHWM``) is its own and can be set against a child that only imports the same
+modules (the interpreter baseline). The page cache cannot be dropped without root, so one untimed
+warm-up pass runs first and every timed operation reads from the cache alike; before each one a
+scratch file is written and deleted so that every operation also writes into equally warm memory.
+Each figure is the median of the repetitions, and the CPU seconds show how busy the cores were.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,8 +59,8 @@ _SIZE_UNITS = {
     "tb": 1000**4,
     "tib": 1 << 40,
 }
-# Room the run needs on disk, in multiples of the size: the source, a big part and an output.
-_DISK_FACTOR = 3.1
+# Room the run needs on disk, in multiples of the size: source, big part, output and scratch.
+_DISK_FACTOR = 4.2
 
 
 class BenchFailed(RuntimeError):
@@ -68,6 +71,7 @@ class BenchFailed(RuntimeError):
 class Measurement:
     """One operation's figures: the median time of the repetitions and the highest peak RSS.
 
+    ``cpu_seconds`` (user + system, median) shows how much of both cores an operation used;
     ``above_baseline`` is the peak RSS minus the interpreter baseline, or None for a program
     that is not our interpreter (openssl).
     """
@@ -75,6 +79,7 @@ class Measurement:
     name: str
     seconds: float
     runs: tuple[float, ...]
+    cpu_seconds: float
     gb_per_s: float
     ratio_to_copy: float
     peak_rss: int
@@ -215,14 +220,19 @@ def peak_rss_of(pid: int | str = "self") -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_main(argv: Sequence[str]) -> None:
     """Entry point of a measuring child: run one operation, print its time and peak as JSON."""
     op = argv[0]
     args = json.loads(Path(argv[1]).read_text()) if len(argv) > 1 else {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     _child_operation(op, args)
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_of()}))
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak_rss_of()}))
 
 
 # --- the parent side -----------------------------------------------------------------------------
@@ -231,6 +241,7 @@ def child_main(argv: Sequence[str]) -> None:
 @attrs.frozen
 class _Run:
     seconds: float
+    cpu_seconds: float
     peak_rss: int
 
 
@@ -285,11 +296,12 @@ def _run_child(command: Sequence[str], scratch: Path, *, self_timed: bool) -> _R
         detail = err_path.read_text(errors="replace")[-800:]
         raise BenchFailed(f"{' '.join(command[:4])} exited {proc.returncode}: {detail}")
     peak: int | None = watcher.peak if watcher is not None else None
+    cpu = usage.ru_utime + usage.ru_stime
     if self_timed:
         reported = json.loads(out_path.read_text().strip().splitlines()[-1])
-        elapsed = float(reported["seconds"])
+        elapsed, cpu = float(reported["seconds"]), float(reported["cpu_seconds"])
         peak = reported["peak_rss"]
-    return _Run(elapsed, peak if peak is not None else _maxrss_bytes(usage.ru_maxrss))
+    return _Run(elapsed, cpu, peak if peak is not None else _maxrss_bytes(usage.ru_maxrss))
 
 
 @attrs.frozen
@@ -409,6 +421,24 @@ def _same_bytes(expected: Path, got: Path) -> bool:
     return True
 
 
+def _prime_page_cache(base: Path, size: int) -> None:
+    """Write and delete a scratch file a little larger than ``size``.
+
+    Each operation writes a new file, and a VM that hands freed memory back to its host makes
+    the first write into such memory up to 1 s/GiB slower. Freeing a file's worth of page cache
+    just before every operation gives every one (the copy too) equally warm pages.
+    """
+    scratch = base / "scratch"
+    block = bytes(MIB)
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(-(-(size + size // 16) // MIB)):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        scratch.unlink()
+
+
 def _unlink(paths: Sequence[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
@@ -435,7 +465,7 @@ def run_bench(
     Files go to a fresh directory under ``workdir`` (the system temp directory by default),
     removed at the end. ``on_step(name, repetition)`` is called before each measured step, for
     progress output. Raises ``ValueError`` for a size or repetition count below 1, ``OSError``
-    when the disk lacks room for three copies of the file, ``BenchFailed`` when an operation
+    when the disk lacks room for four copies of the file, ``BenchFailed`` when an operation
     fails or writes wrong bytes.
     """
     if size < 1 or repetitions < 1:
@@ -459,6 +489,7 @@ def run_bench(
                 if on_step is not None and repetition:
                     on_step(step.name, repetition)
                 _unlink(step.outputs)
+                _prime_page_cache(base, size)
                 run = _run_child(step.command, base, self_timed=step.self_timed)
                 if step.verify is not None and not _same_bytes(source, step.verify):
                     raise BenchFailed(f"{step.name} did not give back the source's bytes")
@@ -483,6 +514,7 @@ def run_bench(
                 name=name,
                 seconds=seconds,
                 runs=tuple(run.seconds for run in runs),
+                cpu_seconds=statistics.median(run.cpu_seconds for run in runs),
                 gb_per_s=size / max(seconds, 1e-9) / 1e9,
                 ratio_to_copy=copy_seconds / max(seconds, 1e-9),
                 peak_rss=peak,
@@ -501,6 +533,8 @@ def run_bench(
             "v1 open -sha = v1 open without the big part's SHA-256 (every chunk still "
             "authenticated)",
             "one untimed warm-up pass ran first; every operation reads from the page cache",
+            "before each operation a scratch file of the same size is written and deleted, "
+            "so every operation writes into equally warm memory",
             *notes,
         ),
         versions=versions,
@@ -525,14 +559,14 @@ def render(report: BenchReport) -> str:
         f"runs, {report.cpu_count} cores, {report.workers} workers",
         f"interpreter baseline peak RSS: {_mib(report.baseline_rss)}",
         "",
-        f"{'operation':<14}{'seconds':>9}{'GB/s':>8}{'x copy':>8}{'peak RSS':>12}"
+        f"{'operation':<14}{'seconds':>9}{'GB/s':>8}{'x copy':>8}{'CPU s':>8}{'peak RSS':>12}"
         f"{'above base':>12}",
     ]
     for m in report.measurements:
         above = _mib(m.above_baseline) if m.above_baseline is not None else "-"
         lines.append(
             f"{m.name:<14}{m.seconds:>9.3f}{m.gb_per_s:>8.2f}{m.ratio_to_copy:>8.2f}"
-            f"{_mib(m.peak_rss):>12}{above:>12}"
+            f"{m.cpu_seconds:>8.2f}{_mib(m.peak_rss):>12}{above:>12}"
         )
     lines.append("")
     lines.extend(f"note: {note}" for note in report.notes)
@@ -553,6 +587,7 @@ def report_json(report: BenchReport) -> dict[str, Any]:
                 "name": m.name,
                 "seconds": m.seconds,
                 "runs": list(m.runs),
+                "cpu_seconds": m.cpu_seconds,
                 "gb_per_s": m.gb_per_s,
                 "ratio_to_copy": m.ratio_to_copy,
                 "peak_rss": m.peak_rss,

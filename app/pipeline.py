@@ -59,8 +59,12 @@ class SealedParts:
 
 
 def default_workers() -> int:
-    """Threads the pipeline uses when the caller does not say: one per core, at most four."""
-    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    """Threads the pipeline uses when the caller does not say: one per usable core, at most four.
+
+    More threads than cores only steal time from the one serial step (the big part's hash).
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, usable or 1))
 
 
 class _Slot:

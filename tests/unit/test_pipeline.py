@@ -19,6 +19,7 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
+from app.bench import parse_size, render, report_json, run_bench
 from app.pipeline import (
     SealedParts,
     open_file,
@@ -365,3 +366,38 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
     large_file = _peak_rss(256 << 20, tmp_path)
     assert abs(large_file - small_file) < 16 << 20
     assert large_file - baseline < 64 << 20
+
+
+# --- the bench's plumbing (speed itself is never asserted) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1GiB", 1 << 30), ("512MiB", 512 << 20), ("100M", 100_000_000), ("4096", 4096)],
+)
+def test_parse_size_reads_units(text: str, size: int) -> None:
+    """Sizes with binary and decimal units parse to bytes."""
+    assert parse_size(text) == size
+
+
+def test_parse_size_refuses_nonsense() -> None:
+    """An unknown unit is a ValueError naming the input."""
+    with pytest.raises(ValueError, match="1 parsec"):
+        parse_size("1 parsec")
+
+
+@pytest.mark.slow
+def test_bench_runs_every_operation_and_reports(tmp_path: Path) -> None:
+    """A tiny bench run measures every row, verifies outputs and renders text and JSON."""
+    report = run_bench(256 << 10, repetitions=1, workdir=tmp_path)
+    names = [m.name for m in report.measurements]
+    assert names[:2] == ["plain copy", "v1 seal"]
+    assert {"v1 open", "legacy seal", "legacy open"} <= set(names)
+    copy = report.measurements[0]
+    assert copy.ratio_to_copy == 1.0
+    assert all(m.peak_rss > 0 and m.seconds > 0 for m in report.measurements)
+    assert report.baseline_rss > 0
+    text = render(report)
+    assert "v1 seal" in text and "baseline" in text
+    assert json.loads(json.dumps(report_json(report)))["size"] == 256 << 10
+    assert list(tmp_path.iterdir()) == []
