@@ -1,0 +1,676 @@
+"""The resource API over HTTP (httpx): ``ResourceApi`` and ``KeyFragments``, with login and retries.
+
+``HttpResourceApi`` speaks the wire protocol of ``app.server``: ``POST /login``, multipart upload to
+``POST /resources/{folder}``, ``POST /resources/get/{folder}`` for the transport envelope,
+``GET /resources/list/{folder}`` and ``GET|PUT /keys/{version}``. Tokens are handled by
+``LoginTokenAuth``, an ``httpx.Auth`` flow: it logs in on first use, refreshes before the token's
+lifetime runs out (``domain.token``), re-logs in once on 401/403 and does all of that under one lock
+so that many threads sharing a client log in once. Transient failures (connect/read errors,
+timeouts, 408/429/5xx) are retried as ``domain.retry.decide`` says, within a time budget.
+
+Every request this adapter makes is safe to repeat, which is why all of them are retried: login and
+listing are reads, a download only records the machine binding (the same value again), and an
+upload of a small part or a key fragment overwrites the object with the same bytes (PUT-like).
+httpx types never leave this module: every method returns an ``IOResult`` whose failure is one of
+``domain.ports.ApiFailure``. Passwords and tokens are never logged and never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import ssl
+import threading
+from collections.abc import AsyncGenerator, Callable, Generator
+from pathlib import Path
+from types import TracebackType
+from typing import Final, TypeVar
+from urllib.parse import quote
+
+import attrs
+import httpx
+from returns.io import IOFailure, IOResult, IOSuccess
+from returns.result import Failure as ResultFailure
+
+from domain.errors import (
+    AccessDenied,
+    AuthFailed,
+    HardwareMismatch,
+    NotFound,
+    RemoteError,
+    TimedOut,
+    Transient,
+)
+from domain.ports import ApiFailure, Clock, Random
+from domain.ref import ResourceRef, check_name, parse_folder
+from domain.retry import (
+    GiveUp,
+    HttpStatus,
+    Outcome,
+    Retry,
+    RetryPolicy,
+    TransportFault,
+    decide,
+    is_transient,
+    parse_retry_after,
+)
+from domain.token import TokenTiming, plan_refresh
+
+log = logging.getLogger("splitvault.http_api")
+
+T = TypeVar("T")
+
+MAX_ENVELOPE_BYTES: Final = 1 << 20  # small parts are a few KB; the server stores at most 1 MiB
+MAX_FRAGMENT_BYTES: Final = 1 << 20
+MAX_SMALL_BODY_BYTES: Final = 64 * 1024  # logins, listings and error answers
+MAX_MESSAGE_CHARS: Final = 300
+CONFIG_REF: Final = ResourceRef("config", "cdn.yaml")
+
+
+class LoginRefused(Exception):
+    """Raised out of the auth flow when a login did not yield a token.
+
+    ``outcome`` is set when the refusal is transient (the caller's retry loop decides);
+    ``failure`` is what to report if it gives up.
+    """
+
+    def __init__(self, failure: ApiFailure, outcome: Outcome | None = None) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+        self.outcome = outcome
+
+
+@attrs.frozen
+class _Credentials:
+    email: str
+    password: str = attrs.field(repr=False)
+
+
+class LoginTokenAuth(httpx.Auth):
+    """Bearer tokens from ``POST /login``, for a sync ``httpx.Client`` shared by many threads.
+
+    The flow logs in when there is no token or ``domain.token`` says it is due for refresh, sends
+    the request, and on 401/403 logs in once more and resends (unless the 403 came with a token
+    fetched by this very flow: that is a role problem, not a stale session). All token work is
+    under one lock, so concurrent requests trigger one login. A login that does not produce a
+    token raises ``LoginRefused``.
+
+    Args:
+        login_url: the absolute URL of ``/login``.
+        email, password: the account's credentials.
+        clock: the monotonic clock times refreshes; the wall clock is only a fallback.
+        timeout: the login request's timeouts (requests built outside a client carry none).
+    """
+
+    requires_request_body = True  # the body is resent after a re-login
+
+    def __init__(
+        self,
+        login_url: httpx.URL,
+        email: str,
+        password: str,
+        clock: Clock,
+        timeout: httpx.Timeout,
+    ) -> None:
+        self._login_url = login_url
+        self._timeout = timeout
+        self._credentials = _Credentials(email, password)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._timing: TokenTiming | None = None
+        self.logins = 0  # successful logins by this client; observable, not secret
+
+    def __repr__(self) -> str:
+        return f"LoginTokenAuth({str(self._login_url)!r}, email={self._credentials.email!r})"
+
+    def login_request(self) -> httpx.Request:
+        """The ``POST /login`` request (holds the password; never log it)."""
+        return httpx.Request(
+            "POST",
+            self._login_url,
+            extensions={"timeout": self._timeout.as_dict()},
+            json={"email": self._credentials.email, "password": self._credentials.password},
+            # No compression: the size check on the answer must hold for the decoded bytes.
+            headers={"Accept-Encoding": "identity"},
+        )
+
+    def accept_login(self, response: httpx.Response) -> None:
+        """Install the token from a login answer, or raise ``LoginRefused``. Caller holds lock."""
+        body = _read_login_answer(response)
+        status = response.status_code
+        if status == 200 and body is not None:
+            token = _json_field(body, "token")
+            if token:
+                self._token = token
+                self._timing = plan_refresh(
+                    token,
+                    received_monotonic=self._clock.monotonic(),
+                    received_wall=self._clock.wall(),
+                )
+                self.logins += 1
+                log.debug(
+                    "logged in; refresh due in %.0f s",
+                    self._timing.refresh_at - self._timing.received_at,
+                )
+                return
+            raise LoginRefused(RemoteError("login", status, "the answer carried no token"))
+        message = _error_message(body)
+        if status == 401:
+            raise LoginRefused(AuthFailed(f"the server refused the login: {message}", 401))
+        if status == 403:
+            raise LoginRefused(AccessDenied("login", message))
+        outcome = HttpStatus(
+            status, parse_retry_after(response.headers.get("retry-after"), self._clock.wall())
+        )
+        if is_transient(outcome):
+            raise LoginRefused(
+                Transient("login", f"HTTP {status}: {message}", outcome.retry_after), outcome
+            )
+        raise LoginRefused(RemoteError("login", status, message))
+
+    def install(self, response: httpx.Response) -> None:
+        """Accept a login answer fetched outside a flow (explicit ``login()``)."""
+        with self._lock:
+            self.accept_login(response)
+
+    def _due(self) -> bool:
+        return (
+            self._token is None
+            or self._timing is None
+            or self._timing.should_refresh(self._clock.monotonic())
+        )
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        """Log in if needed, send, and on 401/403 log in once more and resend."""
+        request.read()
+        fresh = False
+        with self._lock:
+            if self._due():
+                self.accept_login((yield self.login_request()))
+                fresh = True
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code not in (401, 403):
+            return
+        if response.status_code == 403 and fresh:
+            return  # a token from a moment ago: the role is wrong, a new login changes nothing
+        with self._lock:
+            if self._token == token:  # nobody else has renewed it while we waited
+                self.accept_login((yield self.login_request()))
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """Not supported: the lock is a thread lock; use a sync ``httpx.Client``."""
+        raise RuntimeError("LoginTokenAuth works with httpx.Client only")
+        yield request  # pragma: no cover - makes this an async generator
+
+
+@attrs.frozen
+class _Answer:
+    """A final (non-transient) HTTP answer, its body read up to a cap."""
+
+    status: int
+    body: bytes
+
+
+@attrs.frozen
+class _Retryable:
+    outcome: Outcome
+    failure: ApiFailure
+
+
+@attrs.frozen
+class _Final:
+    failure: ApiFailure
+
+
+class HttpResourceApi:
+    """The resource API over HTTPS (or HTTP on loopback), with login, refresh and retries.
+
+    Implements ``ResourceApi`` and ``KeyFragments``. Thread-safe: share one instance.
+
+    Args:
+        base_url: where the API lives, e.g. ``https://api.example.com``.
+        email, password: the account (the password is also sent with downloads, as the protocol
+            requires, so the server can seal the transport envelope for it).
+        ca_bundle: a PEM file of CA certificates to trust instead of the system's.
+        timeout: seconds for reads, writes and pool waits; ``connect_timeout`` for connecting.
+        policy: how hard to retry transient failures.
+        clock, random, sleep: time, jitter and waiting, passed in.
+        transport: an httpx transport to use instead of the network (tests).
+
+    Failures: ``AuthFailed`` (wrong credentials, or 401 after a fresh login), ``AccessDenied``
+    (wrong role), ``HardwareMismatch`` (409), ``NotFound`` (404), ``RemoteError`` (400/413, other
+    statuses, TLS verification, oversized answers), ``TimedOut`` and ``Transient`` once retries
+    are exhausted.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        email: str,
+        password: str,
+        *,
+        ca_bundle: Path | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - a frozen value, not an adapter
+        clock: Clock,
+        random: Random,
+        sleep: Callable[[float], None],
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._base_url = httpx.URL(base_url.rstrip("/") + "/")
+        self._email = email
+        self._password = password
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._policy = policy
+        self._clock = clock
+        self._random = random
+        self._sleep = sleep
+        verify: ssl.SSLContext | bool = True
+        if ca_bundle is not None:
+            verify = ssl.create_default_context(cafile=str(ca_bundle))
+        timeouts = httpx.Timeout(timeout, connect=connect_timeout)
+        self._auth = LoginTokenAuth(self._base_url.join("login"), email, password, clock, timeouts)
+        self._client = httpx.Client(
+            verify=verify,
+            timeout=timeouts,
+            auth=self._auth,
+            follow_redirects=False,  # a redirect would resend the password somewhere else
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpResourceApi({str(self._base_url)!r}, email={self._email!r})"
+
+    @property
+    def logins(self) -> int:
+        """How many times this client has logged in (for diagnostics and tests)."""
+        return self._auth.logins
+
+    # -- the ports ---------------------------------------------------------------------------
+
+    def login(self) -> IOResult[None, ApiFailure]:
+        """Log in now, checking the credentials; the token is kept for later requests."""
+
+        def accept(answer: httpx.Response) -> None:
+            self._auth.install(answer)
+
+        return self._exchange(
+            "login", self._auth.login_request, authenticated=False, on_login=accept
+        ).map(lambda _answer: None)
+
+    def upload_small_part(self, ref: ResourceRef, small_part: bytes) -> IOResult[None, ApiFailure]:
+        """Store a small part; an existing one of the same name is replaced."""
+        what = f"upload of {ref}"
+        url = self._url("resources", ref.folder)
+        content, content_type = _multipart_file(ref.name, small_part)
+
+        def build() -> httpx.Request:
+            return self._client.build_request(
+                "POST", url, content=content, headers={"Content-Type": content_type}
+            )
+
+        return self._exchange(what, build).bind(
+            lambda answer: _expect(what, str(ref), answer, 201, None)
+        )
+
+    def download_small_part(
+        self, ref: ResourceRef, fingerprint: str
+    ) -> IOResult[bytes, ApiFailure]:
+        """The small part sealed in the transport envelope for this user and ``fingerprint``."""
+        what = f"download of {ref}"
+        url = self._url("resources", "get", ref.folder)
+        payload = {
+            "file_name": ref.name,
+            "password": self._password,
+            "hardware_fingerprint": fingerprint,
+        }
+
+        def build() -> httpx.Request:
+            return self._client.build_request("POST", url, json=payload)
+
+        return self._exchange(what, build, body_cap=MAX_ENVELOPE_BYTES).bind(
+            lambda answer: _expect(what, str(ref), answer, 200, answer.body)
+        )
+
+    def download_cdn_config(self, fingerprint: str) -> IOResult[bytes, ApiFailure]:
+        """``config/cdn.yaml`` for this user's role, as a transport envelope."""
+        return self.download_small_part(CONFIG_REF, fingerprint)
+
+    def list_folder(self, folder: str) -> IOResult[tuple[str, ...], ApiFailure]:
+        """Names of the resources in ``folder``, sorted.
+
+        Raises:
+            ValueError: for an invalid folder (validate with ``domain.ref.parse_folder`` first).
+        """
+        if isinstance(parse_folder(folder), ResultFailure):
+            raise ValueError(  # noqa: TRY004 - a bad value from the caller, not a bad type
+                f"invalid folder {folder!r}; validate with parse_folder first"
+            )
+        what = f"listing of {folder}"
+        url = self._url("resources", "list", folder)
+        return self._exchange(what, lambda: self._client.build_request("GET", url)).bind(
+            lambda answer: _names(what, f"folder {folder}", answer)
+        )
+
+    def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
+        """The key fragment of an image archive version."""
+        what = f"key fragment {version}"
+        url = self._url("keys", _checked_version(version))
+        return self._exchange(
+            what, lambda: self._client.build_request("GET", url), body_cap=MAX_FRAGMENT_BYTES
+        ).bind(lambda answer: _expect(what, what, answer, 200, answer.body))
+
+    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
+        """Register the key fragment of a version (uploader role)."""
+        what = f"key fragment {version}"
+        url = self._url("keys", _checked_version(version))
+
+        def build() -> httpx.Request:
+            return self._client.build_request(
+                "PUT", url, content=fragment, headers={"Content-Type": "application/octet-stream"}
+            )
+
+        return self._exchange(what, build).bind(
+            lambda answer: _expect(what, what, answer, 201, None)
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> HttpResourceApi:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the retry loop ----------------------------------------------------------------------
+
+    def _url(self, *segments: str) -> httpx.URL:
+        # Every segment is percent-encoded whole: names may hold '%', '#', '?' or spaces.
+        return self._base_url.join("/".join(quote(segment, safe="") for segment in segments))
+
+    def _exchange(
+        self,
+        what: str,
+        build: Callable[[], httpx.Request],
+        *,
+        authenticated: bool = True,
+        body_cap: int = MAX_SMALL_BODY_BYTES,
+        on_login: Callable[[httpx.Response], None] | None = None,
+    ) -> IOResult[_Answer, ApiFailure]:
+        """Send until a final answer, retrying transient failures per ``domain.retry``."""
+        started = self._clock.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            step = self._attempt(what, build(), authenticated, body_cap, on_login)
+            if isinstance(step, _Answer):
+                return IOSuccess(step)
+            if isinstance(step, _Final):
+                return IOFailure(step.failure)
+            decision = decide(
+                self._policy,
+                attempt=attempt,
+                elapsed=max(0.0, self._clock.monotonic() - started),
+                outcome=step.outcome,
+                jitter=self._jitter(),
+            )
+            if isinstance(decision, Retry):
+                log.info(
+                    "%s: %s; retry %d in %.2f s",
+                    what,
+                    step.failure.describe(),
+                    attempt,
+                    decision.delay,
+                )
+                self._sleep(decision.delay)
+                continue
+            reason = decision.reason if isinstance(decision, GiveUp) else "re-login did not help"
+            log.warning("%s: giving up: %s", what, reason)
+            return IOFailure(_exhausted(step.failure, reason))
+
+    def _jitter(self) -> float:
+        value = self._random.uniform()
+        return min(max(value, 0.0), 0.999_999)
+
+    def _attempt(
+        self,
+        what: str,
+        request: httpx.Request,
+        authenticated: bool,
+        body_cap: int,
+        on_login: Callable[[httpx.Response], None] | None,
+    ) -> _Answer | _Retryable | _Final:
+        try:
+            response = self._client.send(
+                request, stream=True, auth=httpx.USE_CLIENT_DEFAULT if authenticated else None
+            )
+        except LoginRefused as refused:
+            return _step_for(refused)
+        except httpx.HTTPError as exc:
+            return self._transport_failure(what, exc)
+        try:
+            if on_login is not None:
+                try:
+                    on_login(response)
+                except LoginRefused as refused:
+                    return _step_for(refused)
+                return _Answer(response.status_code, b"")
+            status = response.status_code
+            cap = body_cap if 200 <= status < 300 else MAX_SMALL_BODY_BYTES
+            body = _read_capped(response, cap)
+        except httpx.HTTPError as exc:
+            return self._transport_failure(what, exc)
+        finally:
+            response.close()
+        outcome = HttpStatus(
+            status, parse_retry_after(response.headers.get("retry-after"), self._clock.wall())
+        )
+        if body is None:
+            if 200 <= status < 300:
+                return _Final(RemoteError(what, status, f"the answer is larger than {cap} bytes"))
+            body = b""
+        if is_transient(outcome):
+            return _Retryable(
+                outcome,
+                Transient(what, f"HTTP {status}: {_error_message(body)}", outcome.retry_after),
+            )
+        return _Answer(status, body)
+
+    def _transport_failure(self, what: str, exc: httpx.HTTPError) -> _Retryable | _Final:
+        if isinstance(exc, httpx.TimeoutException):
+            seconds = (
+                self._connect_timeout if isinstance(exc, httpx.ConnectTimeout) else self._timeout
+            )
+            return _Retryable(TransportFault("timeout"), TimedOut(what, seconds))
+        if isinstance(exc, httpx.ConnectError):
+            tls = _tls_problem(exc)
+            if tls is not None:
+                return _Final(
+                    RemoteError(
+                        what,
+                        0,
+                        f"TLS verification failed ({tls}); trust the server's CA with ca_bundle",
+                    )
+                )
+            return _Retryable(
+                TransportFault("connect"), Transient(what, f"could not connect: {exc}")
+            )
+        kinds: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+            (httpx.ReadError, "read"),
+            (httpx.WriteError, "write"),
+            (httpx.CloseError, "reset"),
+            (httpx.RemoteProtocolError, "protocol"),
+        )
+        for kind, name in kinds:
+            if isinstance(exc, kind):
+                return _Retryable(TransportFault(name), Transient(what, f"{name} error: {exc}"))
+        return _Final(RemoteError(what, 0, f"{type(exc).__name__}: {exc}"))
+
+
+# --- helpers: pure functions over answers --------------------------------------------------------
+
+
+def _step_for(refused: LoginRefused) -> _Retryable | _Final:
+    """A refused login is retried when transient, final otherwise."""
+    if refused.outcome is not None:
+        return _Retryable(refused.outcome, refused.failure)
+    return _Final(refused.failure)
+
+
+def _checked_version(version: str) -> str:
+    problem = check_name("version", version)
+    if problem is not None:
+        raise ValueError(problem.describe())
+    return version
+
+
+def _multipart_file(name: str, data: bytes) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body with one field ``file`` whose filename is ``name``.
+
+    Built by hand because httpx writes '"' in a filename as '%22' (the HTML form convention), which
+    the server cannot tell from a literal '%22'; a quoted-string escape round-trips exactly.
+    """
+    boundary = secrets.token_hex(16)
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + data + tail, f"multipart/form-data; boundary={boundary}"
+
+
+def _read_login_answer(response: httpx.Response) -> bytes | None:
+    """A login answer's body, or ``None`` when it declares more than a login answer can be.
+
+    Read with ``read()``, not a capped iteration: inside an auth flow httpx reads the response
+    again after the flow yields its next request, and a stream read once cannot be read twice.
+    """
+    declared = response.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_SMALL_BODY_BYTES):
+        return None
+    body = response.read()
+    return body if len(body) <= MAX_SMALL_BODY_BYTES else None
+
+
+def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, or ``None`` when it is longer than ``cap`` (stops reading there)."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_field(body: bytes, field: str) -> str | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = data.get(field) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _clean(text: str) -> str:
+    # The peer's words end up in logs and terminals: printable characters only, bounded.
+    printable = "".join(char if char.isprintable() else "?" for char in text)
+    return printable[:MAX_MESSAGE_CHARS]
+
+
+def _error_message(body: bytes | None) -> str:
+    if not body:
+        return "no details"
+    message = _json_field(body, "Message")
+    return _clean(message) if message else "no details"
+
+
+def _error_code(body: bytes) -> str:
+    code = _json_field(body, "ErrorCode")
+    return _clean(code) if code else "Unknown"
+
+
+def _expect(
+    what: str, subject: str, answer: _Answer, status: int, value: T
+) -> IOResult[T, ApiFailure]:
+    """``value`` when the answer has the expected status, else the failure it stands for."""
+    if answer.status == status:
+        return IOSuccess(value)
+    return IOFailure(_failure_for(what, subject, answer))
+
+
+def _failure_for(what: str, subject: str, answer: _Answer) -> ApiFailure:
+    """The typed failure for a final answer; ``subject`` is the thing a 404 did not find."""
+    message = _error_message(answer.body)
+    if answer.status == 401:
+        return AuthFailed(f"{what} was refused after a fresh login: {message}", 401)
+    if answer.status == 403:
+        return AccessDenied(what, message)
+    if answer.status == 404:
+        return NotFound(subject)
+    if answer.status == 409:
+        return HardwareMismatch(_error_code(answer.body), message)
+    return RemoteError(what, answer.status, message)
+
+
+def _names(what: str, subject: str, answer: _Answer) -> IOResult[tuple[str, ...], ApiFailure]:
+    if answer.status != 200:
+        return IOFailure(_failure_for(what, subject, answer))
+    try:
+        data = json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return IOFailure(RemoteError(what, 200, "the answer is not {'files': [names]}"))
+    return IOSuccess(tuple(files))
+
+
+def _exhausted(failure: ApiFailure, reason: str) -> ApiFailure:
+    if isinstance(failure, Transient):
+        return Transient(failure.what, f"{failure.detail}; {reason}", failure.retry_after)
+    return failure
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The TLS error behind a connect error, if that is what it was."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return (
+                getattr(current, "verify_message", None)
+                or getattr(current, "reason", None)
+                or "handshake failed"
+            )
+        current = current.__cause__ or current.__context__
+    return None

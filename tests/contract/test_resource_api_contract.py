@@ -1,0 +1,174 @@
+"""Contract of the ``ResourceApi`` and ``KeyFragments`` ports, run against every adapter.
+
+Each adapter is built by a factory in ``ADAPTERS`` and talks to a real reference server on
+loopback. Today there is one adapter (httpx); a new one joins by adding a factory. The tests speak
+only the ports' methods and the failure values from ``domain.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from returns.io import IOResult
+
+from app.server_runner import RunningServer
+from domain import keys
+from domain.errors import AccessDenied, AuthFailed, HardwareMismatch, NotFound, WrongKey
+from domain.ports import ApiFailure, KeyFragments, ResourceApi
+from domain.ref import ResourceRef
+from tests.api_support import (
+    DOWNLOADER,
+    OTHER_DOWNLOADER,
+    PASSWORD,
+    UPLOADER,
+    AppSlot,
+    ServerWorld,
+    failure,
+    make_template,
+    running_world,
+    slot_server,
+    value,
+)
+
+
+class ApiAdapter(ResourceApi, KeyFragments, Protocol):
+    """What the contract needs: both ports on one object."""
+
+
+Factory = Callable[[str, str], ApiAdapter]
+
+
+def _httpx_factory(world: ServerWorld) -> Factory:
+    return world.client
+
+
+ADAPTERS: dict[str, Callable[[ServerWorld], Factory]] = {"httpx": _httpx_factory}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_template(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[RunningServer, AppSlot]]:
+    with slot_server() as server:
+        yield server
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def connect(
+    request: pytest.FixtureRequest,
+    template: Path,
+    tmp_path: Path,
+    served: tuple[RunningServer, AppSlot],
+) -> Iterator[Factory]:
+    with running_world(template, tmp_path, served) as world:
+        yield ADAPTERS[request.param](world)
+
+
+REF = ResourceRef("models", "resnet.small")
+SMALL_PART = b"header+key material+first ciphertext bytes" * 10
+
+
+def _open(envelope: bytes, email: str, fingerprint: str, ref: ResourceRef) -> bytes:
+    opened = keys.open_envelope(
+        keys.transport_key(PASSWORD, email, fingerprint), envelope, str(ref)
+    )
+    return opened.unwrap()
+
+
+def test_uploaded_names_are_listed_sorted(connect: Factory) -> None:
+    """An uploader's small parts appear in the folder listing, sorted by name."""
+    api = connect(UPLOADER, PASSWORD)
+    for name in ("b.bin", "a.bin", "c.bin"):
+        value(api.upload_small_part(ResourceRef("models", name), b"x"))
+    assert value(api.list_folder("models")) == ("a.bin", "b.bin", "c.bin")
+
+
+def test_empty_folder_lists_nothing(connect: Factory) -> None:
+    """A folder nobody uploaded to lists as empty, not as missing."""
+    assert value(connect(DOWNLOADER, PASSWORD).list_folder("nothing-here")) == ()
+
+
+def test_download_is_an_envelope_for_this_user_and_machine(connect: Factory) -> None:
+    """The download opens with the downloader's transport key for its fingerprint, no other."""
+    value(connect(UPLOADER, PASSWORD).upload_small_part(REF, SMALL_PART))
+    envelope = value(connect(DOWNLOADER, PASSWORD).download_small_part(REF, "machine-1"))
+    assert SMALL_PART not in envelope
+    assert _open(envelope, DOWNLOADER, "machine-1", REF) == SMALL_PART
+    other_key = keys.transport_key(PASSWORD, DOWNLOADER, "machine-2")
+    assert isinstance(keys.open_envelope(other_key, envelope, str(REF)).failure(), WrongKey)
+
+
+@pytest.mark.parametrize(
+    "name", ['say "hi".bin', "per%22cent", "a b", "ü名.bin", "#frag?q=1&x", "semi;colon=x"]
+)
+def test_odd_names_round_trip(connect: Factory, name: str) -> None:
+    """Names with quotes, percent signs, spaces, Unicode or URL syntax arrive unchanged."""
+    api = connect(UPLOADER, PASSWORD)
+    ref = ResourceRef("odd folder %", name)
+    value(api.upload_small_part(ref, b"payload"))
+    assert value(api.list_folder(ref.folder)) == (name,)
+    assert _open(value(api.download_small_part(ref, "m")), UPLOADER, "m", ref) == b"payload"
+
+
+def test_upload_replaces_the_previous_small_part(connect: Factory) -> None:
+    """Uploading again under the same name replaces the bytes (uploads are idempotent puts)."""
+    api = connect(UPLOADER, PASSWORD)
+    value(api.upload_small_part(REF, b"first"))
+    value(api.upload_small_part(REF, b"second"))
+    assert _open(value(api.download_small_part(REF, "m")), UPLOADER, "m", REF) == b"second"
+
+
+def test_downloader_cannot_upload(connect: Factory) -> None:
+    """A downloader's upload is refused as AccessDenied and stores nothing."""
+    result = connect(DOWNLOADER, PASSWORD).upload_small_part(REF, SMALL_PART)
+    assert isinstance(failure(result), AccessDenied)
+    assert value(connect(UPLOADER, PASSWORD).list_folder(REF.folder)) == ()
+
+
+def test_second_machine_is_refused_with_the_servers_code(connect: Factory) -> None:
+    """After a download on one machine, another fingerprint gets HardwareMismatch (409)."""
+    value(connect(UPLOADER, PASSWORD).upload_small_part(REF, SMALL_PART))
+    api = connect(OTHER_DOWNLOADER, PASSWORD)
+    value(api.download_small_part(REF, "first-machine"))
+    refused = failure(api.download_small_part(REF, "second-machine"))
+    assert isinstance(refused, HardwareMismatch)
+    assert refused.error_code == "HardwareMismatch"
+    assert "another machine" in refused.message
+    value(api.download_small_part(REF, "first-machine"))  # the bound machine still works
+
+
+def test_unknown_resource_is_not_found(connect: Factory) -> None:
+    """Downloading a name nobody uploaded is NotFound naming the resource."""
+    missing = ResourceRef("models", "never-uploaded")
+    refused = failure(connect(DOWNLOADER, PASSWORD).download_small_part(missing, "m"))
+    assert refused == NotFound("models/never-uploaded")
+
+
+def test_wrong_password_is_auth_failed(connect: Factory) -> None:
+    """Every call with a wrong password fails as AuthFailed (401), not as a retryable error."""
+    api = connect(DOWNLOADER, "not the password")
+    results: list[IOResult[object, ApiFailure]] = [
+        api.list_folder("models"),
+        api.download_small_part(REF, "m"),
+        api.get_fragment("1.0.0"),
+    ]
+    for result in results:
+        refused = failure(result)
+        assert isinstance(refused, AuthFailed)
+        assert refused.status == 401
+
+
+def test_key_fragments_by_role(connect: Factory) -> None:
+    """Uploaders register fragments, anyone logged in reads them, downloaders cannot write."""
+    uploader, downloader = connect(UPLOADER, PASSWORD), connect(DOWNLOADER, PASSWORD)
+    value(uploader.put_fragment("2.1.0", b"\x00fragment\xff"))
+    assert value(downloader.get_fragment("2.1.0")) == b"\x00fragment\xff"
+    assert isinstance(failure(downloader.put_fragment("2.1.0", b"evil")), AccessDenied)
+    assert value(uploader.get_fragment("2.1.0")) == b"\x00fragment\xff"
+    assert isinstance(failure(downloader.get_fragment("9.9.9")), NotFound)

@@ -1,0 +1,623 @@
+"""The reference API server and the httpx adapter over real loopback HTTP.
+
+Raw httpx requests check the server's wire behaviour (statuses, error bodies, tokens, limits,
+throttling, files on disk); ``HttpResourceApi`` checks the client's side of it: logins, refreshes,
+re-logins, retries with their budget, single-flight logins and TLS. No mocks: a real uvicorn server,
+a fault switch in front of it, and fake clocks so nothing waits for real time.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import logging
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from returns.pipeline import is_successful
+
+from adapters.http_api import HttpResourceApi
+from app.server import add_user, create_app, reset_binding
+from app.server_runner import RunningServer
+from domain import keys
+from domain.errors import (
+    AccessDenied,
+    AuthFailed,
+    ConfigInvalid,
+    HardwareMismatch,
+    RemoteError,
+    TimedOut,
+    Transient,
+)
+from domain.ref import ResourceRef
+from domain.retry import RetryPolicy
+from tests.api_support import (
+    CDN_CONFIG,
+    DOWNLOADER,
+    FAST_RETRIES,
+    PASSWORD,
+    UPLOADER,
+    AppSlot,
+    FakeClock,
+    FakeRandom,
+    FakeSleep,
+    ServerWorld,
+    failure,
+    make_template,
+    running_world,
+    slot_server,
+    value,
+)
+
+REF = ResourceRef("models", "bert.small")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_template(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[RunningServer, AppSlot]]:
+    with slot_server() as server:
+        yield server
+
+
+@pytest.fixture
+def world(
+    template: Path, tmp_path: Path, served: tuple[RunningServer, AppSlot]
+) -> Iterator[ServerWorld]:
+    with running_world(template, tmp_path, served) as running:
+        yield running
+
+
+@pytest.fixture
+def http(world: ServerWorld) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=world.url) as client:
+        yield client
+
+
+def _login(http: httpx.Client, email: str = UPLOADER, password: str = PASSWORD) -> str:
+    response = http.post("/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"ErrorCode", "Message"}
+    assert body["ErrorCode"] == code
+    assert "Traceback" not in response.text and 'File "' not in response.text
+
+
+# --- login and tokens ----------------------------------------------------------------------------
+
+
+def test_login_issues_a_pinned_hs256_token_with_the_claims(world: ServerWorld) -> None:
+    """A login returns an HS256 JWT with sub, role, iat, jti and exp = iat + lifetime."""
+    with httpx.Client(base_url=world.url) as http:
+        token = _login(http, DOWNLOADER.upper())
+    key = (world.data_dir / "jwt.key").read_bytes()
+    claims = jwt.decode(
+        token, key, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
+    )
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    assert claims["sub"] == DOWNLOADER and claims["role"] == "downloader"
+    assert claims["exp"] - claims["iat"] == 900
+    assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
+
+
+def test_wrong_password_and_unknown_email_look_the_same(http: httpx.Client) -> None:
+    """A wrong password and an unknown e-mail both get the same 401 body."""
+    wrong = http.post("/login", json={"email": UPLOADER, "password": "nope"})
+    unknown = http.post("/login", json={"email": "nobody@example.com", "password": "nope"})
+    _assert_error(wrong, 401, "InvalidCredentials")
+    assert wrong.json() == unknown.json()
+
+
+def test_login_is_throttled_after_five_failures(world: ServerWorld, http: httpx.Client) -> None:
+    """Five wrong passwords lock the account out with 429 + Retry-After until the window ends."""
+    for _ in range(5):
+        _assert_error(
+            http.post("/login", json={"email": UPLOADER, "password": "guess"}),
+            401,
+            "InvalidCredentials",
+        )
+    locked = http.post("/login", json={"email": UPLOADER, "password": PASSWORD})
+    _assert_error(locked, 429, "TooManyAttempts")
+    assert 1 <= int(locked.headers["retry-after"]) <= 300
+    # Another account is unaffected; the locked one opens again once the window has passed.
+    _login(http, DOWNLOADER)
+    world.server_clock.advance(301)
+    _login(http, UPLOADER)
+    assert world.stats.throttled == 1
+
+
+def test_throttled_login_is_a_transient_failure_with_retry_after(world: ServerWorld) -> None:
+    """The adapter reports a throttled login as Transient carrying the server's Retry-After."""
+    for _ in range(5):
+        assert isinstance(failure(world.client(password="guess").login()), AuthFailed)
+    refused = failure(world.client().login())
+    assert isinstance(refused, Transient)
+    assert refused.retry_after is not None and refused.retry_after > FAST_RETRIES.budget
+    assert world.sleep.waits == []  # waiting longer than the budget is pointless
+
+
+def test_bad_tokens_are_401(world: ServerWorld, http: httpx.Client) -> None:
+    """Missing, tampered, unsigned, claim-less and expired tokens are all refused with 401."""
+    token = _login(http)
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "uploader"
+    claims["sub"] = DOWNLOADER
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    key = (world.data_dir / "jwt.key").read_bytes()
+    tampered = ("A" if signature[0] != "A" else "B") + signature[1:]
+    cases: dict[str, list[str | None]] = {
+        "MissingToken": [None, "Basic dXNlcjpwYXNz", "Bearer"],
+        "InvalidToken": [
+            f"Bearer {header}.{forged_payload}.{signature}",
+            f"Bearer {header}.{payload}.{tampered}",
+            "Bearer " + jwt.encode(claims, key="", algorithm="none"),
+            "Bearer " + jwt.encode({"sub": UPLOADER, "iat": 1, "jti": "x"}, key, "HS256"),
+            "Bearer " + jwt.encode(claims, b"another key of thirty-two bytes!", "HS256"),
+        ],
+    }
+    for code, headers in cases.items():
+        for value_ in headers:
+            sent = {"Authorization": value_} if value_ is not None else {}
+            _assert_error(http.get("/resources/list/models", headers=sent), 401, code)
+    assert http.get("/resources/list/models", headers=_bearer(token)).status_code == 200
+    world.server_clock.advance(901)
+    _assert_error(http.get("/resources/list/models", headers=_bearer(token)), 401, "TokenExpired")
+
+
+def test_expired_token_is_renewed_transparently(world: ServerWorld) -> None:
+    """When the server says the token expired, the client logs in again and the call succeeds."""
+    api = world.client(DOWNLOADER)
+    value(api.list_folder("models"))
+    world.server_clock.advance(1000)  # the server's clock moves; the client's does not
+    assert value(api.list_folder("models")) == ()
+    assert api.logins == 2 and world.stats.logins == 2
+    assert world.stats.rejected_tokens == 1
+
+
+def test_token_is_refreshed_before_it_expires(world: ServerWorld) -> None:
+    """At 80 % of its lifetime the client logs in again before sending, so nothing is refused."""
+    api = world.client(DOWNLOADER)
+    value(api.list_folder("models"))
+    world.clock.advance(0.79 * 900)
+    value(api.list_folder("models"))
+    assert world.stats.logins == 1
+    world.clock.advance(0.02 * 900)
+    value(api.list_folder("models"))
+    assert world.stats.logins == 2
+    assert world.stats.rejected_tokens == 0
+
+
+def test_a_token_the_server_no_longer_accepts_leads_to_one_relogin(world: ServerWorld) -> None:
+    """After the signing key rotates (old tokens fail verification) the client re-logs in once."""
+    api = world.client(UPLOADER)
+    value(api.upload_small_part(REF, b"v1"))
+    world.app.state.signing.rotate()
+    value(api.upload_small_part(REF, b"v2"))
+    assert api.logins == 2 and world.stats.rejected_tokens == 1
+
+
+def test_many_threads_sharing_a_client_log_in_once(world: ServerWorld) -> None:
+    """Sixteen threads calling through one fresh client cause exactly one login."""
+    api = world.client(DOWNLOADER)
+    start = threading.Barrier(16)
+    results: list[bool] = []
+
+    def call() -> None:
+        start.wait()
+        results.append(is_successful(api.list_folder("models")))
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 16
+    assert world.stats.logins == 1 and api.logins == 1
+
+
+def test_wrong_role_is_access_denied_without_a_second_login(world: ServerWorld) -> None:
+    """A downloader's upload is AccessDenied at once: a fresh token's 403 is about the role."""
+    api = world.client(DOWNLOADER)
+    refused = failure(api.upload_small_part(REF, b"x"))
+    assert isinstance(refused, AccessDenied) and "downloader" in refused.detail
+    assert world.stats.logins == 1
+
+
+# --- uploads, downloads and the data directory ---------------------------------------------------
+
+
+def test_small_parts_are_stored_whole_under_the_data_directory(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """An upload lands in resources/{folder}/{name}.small, 0600, with no temp files left."""
+    value(world.client().upload_small_part(REF, b"\x00small part\xff"))
+    stored = world.data_dir / "resources" / "models" / "bert.small.small"
+    assert stored.read_bytes() == b"\x00small part\xff"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert [p.name for p in stored.parent.iterdir()] == ["bert.small.small"]
+    assert stat.S_IMODE((world.data_dir / "jwt.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((world.data_dir / "users.json").stat().st_mode) == 0o600
+
+
+def test_hostile_names_are_refused_and_create_nothing(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """Traversal and control characters in folder, file name or version are 400 InvalidName."""
+    headers = _bearer(_login(http))
+    hostile = (
+        "../escape",
+        "..",
+        ".hidden",
+        "a\x00b",
+        "a\x1bb",
+        "x" * 300,
+        "\uff46\uff55\uff4c\uff4c",
+    )
+    for name in hostile:
+        # Built by hand: httpx would percent-escape the control characters for us.
+        body = (
+            b'--sv\r\nContent-Disposition: form-data; name="file"; filename="'
+            + name.encode()
+            + b'"\r\n\r\ndata\r\n--sv--\r\n'
+        )
+        upload = http.post(
+            "/resources/models",
+            content=body,
+            headers={**headers, "Content-Type": "multipart/form-data; boundary=sv"},
+        )
+        _assert_error(upload, 400, "InvalidName")
+    for folder in ("..%2F..", "%2E%2E", "a%00b"):
+        response = http.get(f"/resources/list/{folder}", headers=headers)
+        assert response.status_code in (400, 404), folder
+        assert response.json()["ErrorCode"] in ("InvalidName", "NotFound")
+    _assert_error(http.put("/keys/%2E%2E", content=b"k", headers=headers), 400, "InvalidName")
+    before = sorted(p.name for p in world.data_dir.parent.iterdir())
+    assert before == ["server-data"]
+    assert not (world.data_dir / "resources").exists()
+
+
+def test_bodies_over_one_mebibyte_are_413(world: ServerWorld, http: httpx.Client) -> None:
+    """Declared or streamed, a body over 1 MiB is refused; the adapter reports RemoteError 413."""
+    headers = _bearer(_login(http))
+    big = b"x" * (1 << 20)
+    declared = http.post(
+        "/resources/models",
+        files={"file": ("big", big, "application/octet-stream")},
+        headers=headers,
+    )
+    _assert_error(declared, 413, "TooLarge")
+    streamed = http.put(
+        "/keys/1.0.0", content=iter([big[:600_000], big[:600_000]]), headers=headers
+    )
+    _assert_error(streamed, 413, "TooLarge")
+    refused = failure(world.client().upload_small_part(REF, big))
+    assert isinstance(refused, RemoteError) and refused.status == 413
+    assert "limit" in refused.detail
+
+
+def test_config_folder_is_reserved(world: ServerWorld) -> None:
+    """Nobody uploads into the config folder; the CDN config is the server's to serve."""
+    refused = failure(world.client().upload_small_part(ResourceRef("config", "cdn.yaml"), b"x"))
+    assert isinstance(refused, AccessDenied) and "config" in refused.detail
+
+
+def test_cdn_config_is_rendered_per_role(world: ServerWorld) -> None:
+    """Uploaders receive read and write keys; downloaders receive the read keys only."""
+    rendered = {}
+    for email in (UPLOADER, DOWNLOADER):
+        envelope = value(world.client(email).download_cdn_config("machine"))
+        key = keys.transport_key(PASSWORD, email, "machine")
+        rendered[email] = yaml.safe_load(
+            keys.open_envelope(key, envelope, "config/cdn.yaml").unwrap()
+        )
+    assert rendered[UPLOADER] == CDN_CONFIG
+    assert "write" not in rendered[DOWNLOADER]
+    assert rendered[DOWNLOADER]["read"] == CDN_CONFIG["read"]
+    assert b"write-secret" not in yaml.safe_dump(rendered[DOWNLOADER]).encode()
+    listing = value(world.client(DOWNLOADER).list_folder("config"))
+    assert listing == ("cdn.yaml",)
+
+
+def test_download_needs_the_account_password(world: ServerWorld, http: httpx.Client) -> None:
+    """A valid token with the wrong password in the body gets 401 and no envelope."""
+    value(world.client().upload_small_part(REF, b"secret small part"))
+    headers = _bearer(_login(http, DOWNLOADER))
+    body = {"file_name": REF.name, "password": "guess", "hardware_fingerprint": "m"}
+    _assert_error(
+        http.post("/resources/get/models", json=body, headers=headers), 401, "InvalidCredentials"
+    )
+
+
+def test_binding_reset_lets_another_machine_in(world: ServerWorld) -> None:
+    """After an administrator resets the binding, the next machine becomes the bound one."""
+    value(world.client().upload_small_part(REF, b"part"))
+    api = world.client(DOWNLOADER)
+    value(api.download_small_part(REF, "old-machine"))
+    assert isinstance(failure(api.download_small_part(REF, "new-machine")), HardwareMismatch)
+    assert value(reset_binding(world.data_dir, DOWNLOADER)) is True
+    value(api.download_small_part(REF, "new-machine"))
+    assert isinstance(failure(api.download_small_part(REF, "old-machine")), HardwareMismatch)
+
+
+def test_add_user_validates_and_concurrent_edits_are_all_kept(tmp_path: Path) -> None:
+    """add_user names a bad field; users added from many threads are all in users.json."""
+    assert failure(add_user(tmp_path, "no-at-sign", "pw", "uploader")) == ConfigInvalid(
+        "email", "expected an e-mail address like name@example.com"
+    )
+    assert isinstance(failure(add_user(tmp_path, "a@b.c", "pw", "admin")), ConfigInvalid)
+    threads = [
+        threading.Thread(target=add_user, args=(tmp_path, f"u{i}@example.com", "pw", "downloader"))
+        for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    users = json.loads((tmp_path / "users.json").read_text())
+    assert sorted(users) == [f"u{i}@example.com" for i in range(6)]
+    assert all(entry["hash"].startswith("$argon2id$") for entry in users.values())
+
+
+# --- error bodies --------------------------------------------------------------------------------
+
+
+def test_errors_are_json_without_tracebacks(world: ServerWorld, http: httpx.Client) -> None:
+    """Unknown routes, wrong methods, bad JSON and a server crash all answer a bare JSON error."""
+    _assert_error(http.get("/no/such/route"), 404, "NotFound")
+    _assert_error(http.get("/login"), 405, "MethodNotAllowed")
+    _assert_error(http.post("/login", content=b"{not json"), 400, "BadRequest")
+    _assert_error(http.post("/login", json=["a", "list"]), 400, "BadRequest")
+    token = _login(http)
+    (world.data_dir / "users.json").write_text("{corrupt")  # an operator's mistake
+    crash = http.get("/resources/list/models", headers=_bearer(token))
+    _assert_error(crash, 500, "InternalError")
+    assert str(world.data_dir) not in crash.text and "users.json" not in crash.text
+
+
+# --- retries -------------------------------------------------------------------------------------
+
+
+def test_a_short_5xx_burst_is_retried(world: ServerWorld) -> None:
+    """Two 503s in a row are retried with backoff and the call then succeeds."""
+    api = world.client(UPLOADER)
+    value(api.login())
+    world.faults.fail_next(2)
+    value(api.upload_small_part(REF, b"part"))
+    assert len(world.sleep.waits) == 2
+    assert world.sleep.waits[1] > world.sleep.waits[0]  # exponential ceiling, fixed jitter
+    assert world.faults.injected == 2
+
+
+def test_retry_after_is_honoured(world: ServerWorld) -> None:
+    """A 503 with Retry-After: 3 makes the client wait at least three seconds."""
+    api = world.client(UPLOADER, policy=RetryPolicy(base_delay=0.01, budget=10))
+    value(api.login())
+    world.faults.fail_next(1, status=503, retry_after=3)
+    value(api.list_folder("models"))
+    assert world.sleep.waits == [3.0]
+
+
+def test_a_long_burst_gives_transient_within_the_budget(world: ServerWorld) -> None:
+    """An outage longer than the budget ends as Transient; the waits never pass the budget."""
+    policy = RetryPolicy(base_delay=0.5, max_delay=2.0, max_attempts=100, budget=5.0)
+    api = world.client(UPLOADER, policy=policy)
+    world.faults.fail_next(1000, status=502)
+    refused = failure(api.list_folder("models"))
+    assert isinstance(refused, Transient)
+    assert "HTTP 502" in refused.detail and "budget" in refused.detail
+    assert 0 < sum(world.sleep.waits) <= 5.0
+    assert world.stats.logins == 0  # even the login was answered by the fault switch
+
+
+def test_a_login_during_an_outage_is_retried_too(world: ServerWorld) -> None:
+    """A 503 on the implicit login is retried like any other transient failure."""
+    api = world.client(DOWNLOADER)
+    world.faults.fail_next(1, path_prefix="/login")
+    assert value(api.list_folder("models")) == ()
+    assert len(world.sleep.waits) == 1 and world.stats.logins == 1
+
+
+def test_a_refused_connection_is_transient_after_retries(tmp_path: Path) -> None:
+    """With nothing listening, every attempt fails to connect and the result is Transient."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clock = FakeClock()
+    sleep = FakeSleep(clock)
+    with HttpResourceApi(
+        f"http://127.0.0.1:{port}",
+        UPLOADER,
+        PASSWORD,
+        policy=FAST_RETRIES,
+        clock=clock,
+        random=FakeRandom(),
+        sleep=sleep,
+    ) as api:
+        refused = failure(api.list_folder("models"))
+    assert isinstance(refused, Transient) and "connect" in refused.detail
+    assert len(sleep.waits) == FAST_RETRIES.max_attempts - 1
+
+
+def test_a_stalled_server_is_timed_out(tmp_path: Path) -> None:
+    """A peer that accepts but never answers ends as TimedOut after the retries."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        clock = FakeClock()
+        with HttpResourceApi(
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+            UPLOADER,
+            PASSWORD,
+            timeout=0.2,
+            policy=RetryPolicy(base_delay=0.01, max_attempts=2),
+            clock=clock,
+            random=FakeRandom(),
+            sleep=FakeSleep(clock),
+        ) as api:
+            refused = failure(api.list_folder("models"))
+    assert refused == TimedOut("listing of models", 0.2)
+
+
+# --- secrets and TLS -----------------------------------------------------------------------------
+
+
+def test_reprs_hide_the_password_and_token(world: ServerWorld) -> None:
+    """Neither the adapter's nor its auth's repr shows the password or the token."""
+    api = world.client(UPLOADER)
+    value(api.login())
+    token = _login(httpx.Client(base_url=world.url))
+    text = repr(api) + repr(api._auth) + repr(vars(api).get("_auth"))
+    assert PASSWORD not in text and token.split(".")[0] + "." not in text
+    assert UPLOADER in repr(api)
+
+
+def test_no_password_or_token_reaches_the_logs(
+    world: ServerWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With our, httpx's and httpcore's loggers at DEBUG, a whole session logs no secret."""
+    for name in ("splitvault", "httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    uploader, downloader = world.client(UPLOADER), world.client(DOWNLOADER)
+    value(uploader.upload_small_part(REF, b"part"))
+    world.faults.fail_next(1)
+    value(downloader.download_small_part(REF, "machine"))
+    world.server_clock.advance(1000)
+    value(downloader.download_cdn_config("machine"))
+    tokens = [uploader._auth._token, downloader._auth._token]
+    assert all(tokens) and downloader.logins == 2
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "HTTP Request" in text  # httpx did log; it just logged nothing secret
+    for secret in (PASSWORD, *[token for token in tokens if token]):
+        assert secret not in text
+    assert "read-secret-value" not in text and "write-secret-value" not in text
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "splitvault test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def test_tls_is_verified_and_a_ca_bundle_is_honoured(tmp_path: Path) -> None:
+    """An unknown CA is refused without retries; with ca_bundle the server is trusted."""
+    ca_path, cert_path, key_path = _tls_files(tmp_path)
+    app = create_app(tmp_path / "data")
+    add_user(tmp_path / "data", UPLOADER, PASSWORD, "uploader")
+    clock = FakeClock()
+    sleep = FakeSleep(clock)
+
+    def client(url: str, ca_bundle: Path | None) -> HttpResourceApi:
+        return HttpResourceApi(
+            url,
+            UPLOADER,
+            PASSWORD,
+            ca_bundle=ca_bundle,
+            policy=FAST_RETRIES,
+            clock=clock,
+            random=FakeRandom(),
+            sleep=sleep,
+        )
+
+    with RunningServer(
+        app, fault_injection=True, ssl_certfile=cert_path, ssl_keyfile=key_path
+    ) as server:
+        assert server.url.startswith("https://")
+        with client(server.url, None) as untrusting:
+            refused = failure(untrusting.login())
+        assert isinstance(refused, RemoteError) and "TLS" in refused.detail
+        assert sleep.waits == []
+        with client(server.url, ca_path) as trusting:
+            server.faults.fail_next(1)  # the fault switch works behind TLS too
+            value(trusting.login())
+        assert len(sleep.waits) == 1 and server.faults.injected == 1
