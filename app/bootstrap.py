@@ -139,11 +139,10 @@ class Client:
                 return IOFailure(made.failure())
             return IOSuccess(made.unwrap())
 
-        return (
-            self.api.download_cdn_config(self.fingerprint)
-            .bind(lambda envelope: open_small_part(CDN_CONFIG_REF, envelope, self.transport_key))
-            .bind(build)
-        )
+        envelope: IOResult[bytes, Failure] = self.api.download_cdn_config(self.fingerprint)
+        return envelope.bind(
+            lambda sealed: open_small_part(CDN_CONFIG_REF, sealed, self.transport_key)
+        ).bind(build)
 
     def close(self) -> None:
         """Release connection pools."""

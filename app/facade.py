@@ -228,10 +228,9 @@ class ApiClient:
         """A file stored with ``upload_file``, opened from its transport envelope."""
         client = self._session()
         ref = _ref(folder, file_name)
+        envelope: IOResult[bytes, Failure] = client.api.download_small_part(ref, client.fingerprint)
         return unwrap_or_raise(
-            client.api.download_small_part(ref, client.fingerprint).bind(
-                lambda envelope: open_small_part(ref, envelope, client.transport_key)
-            )
+            envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
         )
 
     def list_files(self, folder: str) -> list[str]:
