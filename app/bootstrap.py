@@ -134,7 +134,15 @@ class Client:
             parsed = parse_cdn_yaml(decoded)
             if isinstance(parsed, ResultFailure):
                 return IOFailure(parsed.failure())
-            made = S3Cdn.from_config(parsed.unwrap(), write=write)
+            config = parsed.unwrap()
+            if write and config.write_keys is None:
+                # The server hands write keys only to uploaders: this account may not upload.
+                return IOFailure(
+                    AccessDenied(
+                        "the CDN", "this account's role has read keys only (uploader needed)"
+                    )
+                )
+            made = S3Cdn.from_config(config, write=write)
             if isinstance(made, ResultFailure):
                 return IOFailure(made.failure())
             return IOSuccess(made.unwrap())

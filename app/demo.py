@@ -9,6 +9,7 @@ seals and opens a 64 MiB file locally. Everything lives in a temp directory remo
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -118,6 +119,7 @@ def _moto_s3() -> Iterator[str]:
         from moto.server import ThreadedMotoServer  # noqa: PLC0415 - only the demo needs moto
     except ImportError:  # pragma: no cover - the demo extra is missing
         raise SystemExit("the demo needs moto's server: pip install 'splitvault[dev]'") from None
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -1,0 +1,168 @@
+"""The whole product on loopback for integration tests: reference API server + moto S3 server.
+
+``Stack`` holds a moto S3 server (shared per session) with a fresh bucket and real IAM users for
+the read and write keys, a reference API server over a fresh copy of a user template (Argon2 runs
+once per session), behind its fault switch, and a factory for clients built through the real
+composition root with a fixed hardware fingerprint per simulated machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+from returns.io import IOResult
+from returns.pipeline import is_successful
+from returns.unsafe import unsafe_perform_io
+from starlette.applications import Starlette
+
+from adapters.fixed_hardware import FixedHardware
+from adapters.http_api import HttpResourceApi
+from adapters.system import SystemClock, SystemRandom
+from app.bootstrap import Client, bootstrap
+from app.server import create_app, set_cdn_config
+from app.server_runner import FaultInjector, RunningServer
+from app.usecases import DownloadReport, UploadReport, download_resource, upload_resource
+from domain.config import ClientConfig, S3Keys
+from domain.errors import Failure
+from domain.ports import Cdn
+from domain.ref import ResourceRef
+from domain.retry import RetryPolicy
+from tests.api_support import DOWNLOADER, OTHER_DOWNLOADER, PASSWORD, UPLOADER, make_template
+from tests.support.moto_server import MotoS3
+
+__all__ = ["DOWNLOADER", "OTHER_DOWNLOADER", "PASSWORD", "UPLOADER", "Stack", "running_stack"]
+
+QUICK_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=4, budget=5.0)
+
+
+@attrs.define
+class Stack:
+    """A running reference server and S3 bucket, and a way to make clients of them."""
+
+    moto: MotoS3
+    bucket: str
+    read_keys: S3Keys
+    write_keys: S3Keys
+    data_dir: Path
+    app: Starlette
+    faults: FaultInjector
+    server: RunningServer
+    root: Path
+    clients: list[Client] = attrs.field(factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(
+        self,
+        email: str,
+        *,
+        machine: str = "machine-a",
+        cache: Path | None = None,
+        password: str = PASSWORD,
+        policy: RetryPolicy = QUICK_RETRIES,
+        sleep: Callable[[float], None] | None = None,
+    ) -> Client:
+        """A client for ``email`` on the simulated ``machine`` with its own cache."""
+        cache_dir = cache or self.root / f"cache-{email.split('@', maxsplit=1)[0]}-{machine}"
+        config = ClientConfig(cache_dir=cache_dir, api_url=self.url, email=email, password=password)
+        api = HttpResourceApi(
+            self.url,
+            email,
+            password,
+            policy=policy,
+            clock=SystemClock(),
+            random=SystemRandom(),
+            sleep=sleep or (lambda _seconds: None),
+        )
+        built = bootstrap(config, api=api, hardware=FixedHardware(machine))
+        assert is_successful(built), built
+        client: Client = unsafe_perform_io(built.unwrap())
+        self.clients.append(client)
+        return client
+
+    def small_part_path(self, ref: ResourceRef) -> Path:
+        """Where the server stores a small part."""
+        return self.data_dir / "resources" / ref.folder / f"{ref.name}.small"
+
+
+def upload(client: Client, ref: ResourceRef, source: Path) -> IOResult[UploadReport, Failure]:
+    """Upload through the use case with the client's write-capable CDN."""
+
+    def run(cdn: Cdn) -> IOResult[UploadReport, Failure]:
+        return upload_resource(
+            ref, source, api=client.api, cdn=cdn, cache=client.cache, random=client.random
+        )
+
+    return client.with_cdn(True, run)
+
+
+def download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadReport, Failure]:
+    """Download through the use case with the client's read-only CDN."""
+
+    def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
+        return download_resource(
+            ref,
+            out,
+            api=client.api,
+            cdn=cdn,
+            cache=client.cache,
+            fingerprint=client.fingerprint,
+            transport_key=client.transport_key,
+        )
+
+    return client.with_cdn(False, run)
+
+
+@pytest.fixture(scope="session")
+def user_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A server data directory with an uploader and two downloaders (Argon2 runs once)."""
+    return make_template(tmp_path_factory.mktemp("users-template"))
+
+
+@contextmanager
+def running_stack(
+    moto: MotoS3, template: Path, root: Path, **app_options: float
+) -> Iterator[Stack]:
+    """A fresh bucket with IAM read/write keys and a fresh reference server over ``template``."""
+    bucket = moto.create_bucket()
+    read_keys = moto.create_keys("reader", ["s3:GetObject", "s3:ListBucket"], bucket)
+    write_keys = moto.create_keys(
+        "writer",
+        [
+            "s3:GetObject",
+            "s3:PutObject",
+            "s3:ListBucket",
+            "s3:AbortMultipartUpload",
+            "s3:ListMultipartUploadParts",
+        ],
+        bucket,
+    )
+    data_dir = root / "server-data"
+    shutil.copytree(template, data_dir)
+    stored = set_cdn_config(
+        data_dir,
+        {
+            "endpoint": moto.endpoint_url,
+            "bucket": bucket,
+            "region": moto.region,
+            "read": attrs.asdict(read_keys),
+            "write": attrs.asdict(write_keys),
+        },
+    )
+    assert is_successful(stored), stored
+    app = create_app(data_dir, **app_options)
+    faults = FaultInjector(app)
+    with RunningServer(faults) as server:
+        stack = Stack(moto, bucket, read_keys, write_keys, data_dir, app, faults, server, root)
+        try:
+            yield stack
+        finally:
+            for client in stack.clients:
+                client.close()
