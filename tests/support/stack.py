@@ -157,7 +157,7 @@ def running_stack(
         },
     )
     assert is_successful(stored), stored
-    app = create_app(data_dir, **app_options)
+    app = create_app(data_dir, token_lifetime=token_lifetime)
     faults = FaultInjector(app)
     with RunningServer(faults) as server:
         stack = Stack(moto, bucket, read_keys, write_keys, data_dir, app, faults, server, root)
