@@ -128,7 +128,7 @@ def user_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def running_stack(
-    moto: MotoS3, template: Path, root: Path, **app_options: float
+    moto: MotoS3, template: Path, root: Path, *, token_lifetime: float = 900.0
 ) -> Iterator[Stack]:
     """A fresh bucket with IAM read/write keys and a fresh reference server over ``template``."""
     bucket = moto.create_bucket()
