@@ -44,6 +44,7 @@ PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 ENTRY_SUFFIX = ".big"
 HASH_PREFIX_HEX = 16
+STAMP_SUFFIX = ".verified"
 
 
 def file_digest(path: Path) -> BigPartDigest:
@@ -84,6 +85,39 @@ def mismatch_reason(path: Path, expected: BigPartDigest) -> str | None:
     return None
 
 
+def _stamp_path(entry: Path) -> Path:
+    return entry.parent / f".{entry.name}{STAMP_SUFFIX}"
+
+
+def _stamp_text(entry: Path, digest: BigPartDigest) -> str:
+    """What identifies an entry whose bytes were hashed: digest, size, inode, mtime."""
+    info = entry.stat()
+    return f"{digest.sha256.hex()} {info.st_size} {info.st_ino} {info.st_mtime_ns}\n"
+
+
+def write_stamp(entry: Path, digest: BigPartDigest) -> None:
+    """Record that ``entry`` was verified, so the next fetch need not hash it again.
+
+    Raises ``OSError``.
+    """
+    text = _stamp_text(entry, digest)
+    with atomic_path(_stamp_path(entry)) as temp:
+        temp.write_text(text)
+
+
+def stamp_matches(entry: Path, expected: BigPartDigest) -> bool:
+    """Whether ``entry`` is unchanged since it was verified as ``expected``.
+
+    A stamp only spares a re-hash; it is not what makes a download safe: every chunk is still
+    authenticated when the resource is opened, and an entry that fails then is discarded.
+    """
+    try:
+        recorded = _stamp_path(entry).read_text()
+        return recorded == _stamp_text(entry, expected)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _is_cache_temp(name: str) -> bool:
     return is_temp_name(name) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
 
@@ -109,14 +143,19 @@ def _keep_or_abandon(outcome: IOResult[None, Failure]) -> None:
         raise _Abandon(outcome)
 
 
-def _produce_checked(ref: ResourceRef, temp: Path, produce: Produce) -> IOResult[None, Failure]:
+def _produce_checked(
+    ref: ResourceRef, temp: Path, produce: Produce
+) -> IOResult[BigPartDigest, Failure]:
+    # Re-hash what the producer wrote even though it hashed while writing: this runs before the
+    # upload's commit point, so a wrong digest is caught here instead of by every downloader.
     produced = produce(temp)
     if not is_successful(produced):
-        return produced.map(lambda _: None)
-    reason = mismatch_reason(temp, unsafe_perform_io(produced.unwrap()))
+        return produced
+    digest = unsafe_perform_io(produced.unwrap())
+    reason = mismatch_reason(temp, digest)
     if reason is not None:
         return IOFailure(PartMismatch(f"the new cache entry for {ref} as written: {reason}"))
-    return IOSuccess(None)
+    return IOSuccess(digest)
 
 
 class FileCache:
@@ -202,11 +241,14 @@ class FileCache:
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._locked(ref):
                 if entry.exists():
+                    if stamp_matches(entry, expected):
+                        return IOSuccess(entry)
                     reason = mismatch_reason(entry, expected)
                     if reason is None:
+                        write_stamp(entry, expected)
                         return IOSuccess(entry)
                     log.warning("discarding cache entry %s: %s", entry, reason)
-                    entry.unlink(missing_ok=True)
+                    self._remove(entry)
                 return self._fill(ref, expected, fill)
         except OSError as error:
             return IOFailure(_storage_failed(entry, error))
@@ -242,8 +284,10 @@ class FileCache:
             partial.unlink(missing_ok=True)
             return IOFailure(PartMismatch(f"the big part of {ref} as downloaded: {reason}"))
         fsync_file(partial)
+        _stamp_path(entry).unlink(missing_ok=True)
         os.replace(partial, entry)
         fsync_dir(entry.parent)
+        write_stamp(entry, expected)
         return IOSuccess(entry)
 
     def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Failure]:
@@ -255,8 +299,12 @@ class FileCache:
         entry = self.entry_path(ref)
         try:
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self._locked(ref), atomic_path(entry) as temp:
-                _keep_or_abandon(_produce_checked(ref, temp, produce))
+            with self._locked(ref):
+                _stamp_path(entry).unlink(missing_ok=True)
+                with atomic_path(entry) as temp:
+                    produced = _produce_checked(ref, temp, produce)
+                    _keep_or_abandon(produced.map(lambda _: None))
+                write_stamp(entry, unsafe_perform_io(produced.unwrap()))
         except _Abandon as abandon:
             return abandon.outcome.map(lambda _: entry)
         except OSError as error:
@@ -268,13 +316,18 @@ class FileCache:
         entry = self.entry_path(ref)
         try:
             with self._locked(ref):
-                entry.unlink(missing_ok=True)
+                self._remove(entry)
                 for partial in self._partials(ref):
                     partial.unlink(missing_ok=True)
         except FileNotFoundError:
             return  # the folder does not exist: nothing to discard
         except OSError as error:
             log.warning("could not discard cache entry %s: %s", entry, error.strerror)
+
+    @staticmethod
+    def _remove(entry: Path) -> None:
+        _stamp_path(entry).unlink(missing_ok=True)
+        entry.unlink(missing_ok=True)
 
     def _partial_path(self, ref: ResourceRef, expected: BigPartDigest) -> Path:
         tag = expected.sha256.hex()[:HASH_PREFIX_HEX]

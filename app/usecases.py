@@ -20,11 +20,12 @@ import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.result import Failure as ResultFailure
+from returns.unsafe import unsafe_perform_io
 
 from adapters.atomic_file import atomic_path
 from app import pipeline
 from domain import keys
-from domain.errors import Failure, NotFound, StorageFailed
+from domain.errors import CorruptResource, Failure, NotFound, PartMismatch, StorageFailed
 from domain.format_v1 import DEFAULT_CHUNK_SIZE, parse_header
 from domain.ports import BigPartDigest, Cache, Cdn, Random, ResourceApi
 from domain.ref import ResourceRef
@@ -247,7 +248,9 @@ def _with_big_part(
             expected_ref=ref,
             workers=workers,
             progress=progress,
-            verify_big_sha256=False,  # the cache just verified it before handing the path out
+            # The cache verified the hash (or its stamp says the entry is unchanged since) and
+            # every chunk is authenticated below: a second serial SHA-256 pass buys nothing.
+            verify_big_sha256=False,
         )
 
     def report(big_path: Path) -> DownloadReport:
@@ -261,8 +264,25 @@ def _with_big_part(
             cache_path=big_path,
         )
 
-    return cache.fetch(ref, expected, fill).bind(
-        lambda big_path: write_atomically(out, lambda temp: open_into(big_path, temp)).map(
-            lambda _: report(big_path)
+    def attempt() -> IOResult[DownloadReport, Failure]:
+        return cache.fetch(ref, expected, fill).bind(
+            lambda big_path: write_atomically(out, lambda temp: open_into(big_path, temp)).map(
+                lambda _: report(big_path)
+            )
         )
+
+    first = attempt()
+    if filled or is_successful(first):
+        return first
+    problem = unsafe_perform_io(first.failure())
+    if not isinstance(problem, CorruptResource | PartMismatch):
+        return first
+    # A cached entry changed after it was verified (bit rot, a stray writer): every chunk is
+    # authenticated on open, so it was caught; drop it and fetch the big part once more.
+    log.warning(
+        "the cached big part of %s did not authenticate (%s); fetching it again",
+        ref,
+        problem.describe(),
     )
+    cache.discard(ref)
+    return attempt()

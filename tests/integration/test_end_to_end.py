@@ -169,3 +169,25 @@ def test_least_privilege_keys_work_end_to_end(stack: Stack, tmp_path: Path) -> N
 def test_hostile_names_never_reach_the_server(name: str) -> None:
     """Names that could escape a directory are refused before any request is made."""
     assert not is_successful(ResourceRef.parse("models", name).map(lambda ref: ref))
+
+
+def test_tampering_that_hides_from_the_stamp_is_caught_on_open(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """An entry changed in place with its mtime restored passes the cheap stamp check, fails
+    chunk authentication on open, and is fetched again: the output is still the right bytes."""
+    plaintext = model(tmp_path / "model.onnx", 300_000)
+    ok(upload(stack.client(UPLOADER), REF, tmp_path / "model.onnx"))
+    reader = stack.client(DOWNLOADER)
+    first = ok(download(reader, REF, tmp_path / "a.onnx"))
+    cached: Path = first.cache_path  # type: ignore[attr-defined]
+    before = cached.stat()
+    with cached.open("r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = ok(download(reader, REF, tmp_path / "b.onnx"))
+    assert again.cache_hit is False  # type: ignore[attr-defined]
+    assert (tmp_path / "b.onnx").read_bytes() == plaintext
