@@ -1,0 +1,104 @@
+"""The seed-compatible facade over real HTTP and S3: original names, typed exceptions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+import pytest
+
+from adapters.fixed_hardware import FixedHardware
+from app import ApiClient, ApiCredentials
+from app.errors import (
+    AuthError,
+    HardwareMismatchError,
+    IntegrityError,
+    InvalidNameError,
+    NotFoundError,
+)
+from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
+
+
+def client(stack: Stack, email: str, tmp_path: Path, machine: str = "m1") -> ApiClient:
+    return ApiClient(
+        stack.url,
+        ApiCredentials(email, PASSWORD),
+        cache_dir=tmp_path / f"cache-{email}-{machine}",
+        hardware=FixedHardware(machine),
+    )
+
+
+def test_original_methods_round_trip(stack: Stack, tmp_path: Path) -> None:
+    """upload_big_small_resource / load_big_small_resource / list_files / upload_file /
+    load_bytes work under their original names."""
+    data = os.urandom(2_000_000)
+    (tmp_path / "weights.bin").write_bytes(data)
+    (tmp_path / "labels.txt").write_bytes(b"cat\ndog\n")
+    with client(stack, UPLOADER, tmp_path) as up:
+        up.login()
+        up.upload_big_small_resource(tmp_path / "weights.bin", "models")
+        up.upload_file(tmp_path / "labels.txt", "models")
+    with client(stack, DOWNLOADER, tmp_path) as down:
+        assert set(down.list_files("models")) >= {"weights.bin", "labels.txt"}
+        assert down.load_big_small_resource("weights.bin", "models") == data
+        assert down.load_bytes("labels.txt", "models") == b"cat\ndog\n"
+        report = down.download_resource_file("weights.bin", "models", tmp_path / "o" / "w.bin")
+        assert report.cache_hit is True
+        assert (tmp_path / "o" / "w.bin").read_bytes() == data
+
+
+def test_facade_raises_typed_exceptions(stack: Stack, tmp_path: Path) -> None:
+    """Wrong password, unknown resource, bad name, second machine: each its own exception."""
+    with (
+        ApiClient(
+            stack.url, ApiCredentials(DOWNLOADER, "wrong password"), cache_dir=tmp_path / "c"
+        ) as bad,
+        pytest.raises(AuthError),
+    ):
+        bad.login()
+    with client(stack, DOWNLOADER, tmp_path) as down:
+        with pytest.raises(NotFoundError):
+            down.download_resource_file("absent.bin", "models", tmp_path / "x.bin")
+        with pytest.raises(InvalidNameError):
+            down.download_resource_file("../etc/passwd", "models", tmp_path / "x.bin")
+        assert not (tmp_path / "x.bin").exists()
+    with client(stack, DOWNLOADER, tmp_path, machine="m2") as other:
+        with pytest.raises(HardwareMismatchError) as raised:
+            other.load_bytes("anything", "models")
+        assert raised.value.failure.error_code == "HardwareMismatch"  # type: ignore[union-attr]
+
+
+def test_direct_cdn_transfers_and_explicit_credentials(stack: Stack, tmp_path: Path) -> None:
+    """upload_to_cdn/download_from_cdn move raw objects; set_credentials_from_dict overrides
+    the API's cdn.yaml."""
+    blob = os.urandom(100_000)
+    (tmp_path / "raw.bin").write_bytes(blob)
+    with client(stack, UPLOADER, tmp_path) as up:
+        up.upload_to_cdn(tmp_path / "raw.bin", "scratch/raw.bin.big")
+        up.download_from_cdn("scratch/raw.bin.big", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == blob
+    with client(stack, DOWNLOADER, tmp_path) as down:
+        down.set_credentials_from_dict(
+            {
+                "endpoint_url": stack.moto.endpoint_url,
+                "bucket": stack.bucket,
+                **attrs.asdict(stack.read_keys),
+            }
+        )
+        down.download_from_cdn("scratch/raw.bin", tmp_path / "again.bin")
+    assert (tmp_path / "again.bin").read_bytes() == blob
+
+
+def test_tampered_download_raises_integrity_error(stack: Stack, tmp_path: Path) -> None:
+    """A big part changed on the CDN is refused with IntegrityError and no output file."""
+    (tmp_path / "m.bin").write_bytes(os.urandom(500_000))
+    with client(stack, UPLOADER, tmp_path) as up:
+        up.upload_resource_file(tmp_path / "m.bin", "m.bin", "models")
+    s3 = stack.moto.s3_client()
+    body = bytearray(s3.get_object(Bucket=stack.bucket, Key="models/m.bin.big")["Body"].read())
+    body[100] ^= 0xFF
+    s3.put_object(Bucket=stack.bucket, Key="models/m.bin.big", Body=bytes(body))
+    with client(stack, DOWNLOADER, tmp_path) as down, pytest.raises(IntegrityError):
+        down.download_resource_file("m.bin", "models", tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
