@@ -520,7 +520,6 @@ class _DownloadWorld:
         from app.bootstrap import bootstrap
         from app.server import add_user, create_app
         from app.server_runner import RunningServer
-        from app.usecases import upload_resource
         from domain.config import ClientConfig
 
         self._password = os.urandom(12).hex()
@@ -537,22 +536,13 @@ class _DownloadWorld:
             api_url=self._server.url,
             email=uploader,
             password=self._password,
+            workers=workers,
         )
         client = _unwrap(
             bootstrap(config, cdn=DirectoryCdn(self.cdn), hardware=FixedHardware("bench"))
         )
         try:
-            _unwrap(
-                upload_resource(
-                    _BENCH_REF,
-                    source,
-                    api=client.api,
-                    cdn=DirectoryCdn(self.cdn),
-                    cache=client.cache,
-                    random=client.random,
-                    workers=workers,
-                )
-            )
+            _unwrap(client.upload(_BENCH_REF, source))
         finally:
             client.close()
         shutil.rmtree(base / "upload-cache", ignore_errors=True)

@@ -28,7 +28,16 @@ from adapters.http_api import HttpResourceApi
 from adapters.linux_hardware import LinuxHardware
 from adapters.s3_cdn import S3Cdn
 from adapters.system import SystemClock, SystemRandom, sleep
-from app.usecases import Identity, TransportKeys, open_small_part
+from app.usecases import (
+    DownloadReport,
+    Identity,
+    Progress,
+    TransportKeys,
+    UploadReport,
+    download_resource,
+    open_small_part,
+    upload_resource,
+)
 from domain.config import ClientConfig
 from domain.errors import AccessDenied, ConfigInvalid, Failure
 from domain.legacy import parse_shared_key
@@ -124,6 +133,47 @@ class Client:
         log.info("the CDN refused our keys; fetching cdn.yaml again")
         self.forget_cdn()
         return self.cdn(write=write).bind(action)
+
+    def upload(
+        self, ref: ResourceRef, source: Path, *, progress: Progress | None = None
+    ) -> IOResult[UploadReport, Failure]:
+        """``upload_resource`` with this client's API, write-capable CDN, cache and keys."""
+
+        def run(cdn: Cdn) -> IOResult[UploadReport, Failure]:
+            return upload_resource(
+                ref,
+                source,
+                api=self.api,
+                cdn=cdn,
+                cache=self.cache,
+                random=self.random,
+                publisher_key=self.publisher_key,
+                workers=self.config.workers,
+                progress=progress,
+            )
+
+        return self.with_cdn(True, run)
+
+    def download(
+        self, ref: ResourceRef, out: Path, *, progress: Progress | None = None
+    ) -> IOResult[DownloadReport, Failure]:
+        """``download_resource`` with this client's API, read-only CDN, cache and keys."""
+
+        def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
+            return download_resource(
+                ref,
+                out,
+                api=self.api,
+                cdn=cdn,
+                cache=self.cache,
+                fingerprint=self.fingerprint,
+                transport_key=self.transport_key,
+                publisher_key=self.publisher_key,
+                workers=self.config.workers,
+                progress=progress,
+            )
+
+        return self.with_cdn(False, run)
 
     def _fetch_cdn(self, *, write: bool) -> IOResult[Cdn, Failure]:
         def build(text: bytes) -> IOResult[Cdn, Failure]:

@@ -167,30 +167,13 @@ def _client(args: argparse.Namespace) -> Any:
 
 def upload(args: argparse.Namespace) -> Report:
     """``splitvault upload``: seal FILE and store it as FOLDER/NAME."""
-    from app.usecases import upload_resource
-
     source: Path = args.file
     ref = parse_ref(args.folder, args.name or source.name)
     client = _client(args)
     size = source.stat().st_size if source.is_file() else 0
     try:
         with transfer_progress(f"sealing {ref.name}", size) as progress:
-            report = unwrap_or_raise(
-                client.with_cdn(
-                    True,
-                    lambda cdn: upload_resource(
-                        ref,
-                        source,
-                        api=client.api,
-                        cdn=cdn,
-                        cache=client.cache,
-                        random=client.random,
-                        publisher_key=client.publisher_key,
-                        workers=client.config.workers,
-                        progress=progress,
-                    ),
-                )
-            )
+            report = unwrap_or_raise(client.upload(ref, source, progress=progress))
     finally:
         client.close()
     return {
@@ -207,29 +190,11 @@ def upload(args: argparse.Namespace) -> Report:
 
 def download(args: argparse.Namespace) -> Report:
     """``splitvault download``: FOLDER/NAME → FILE, or no FILE at all."""
-    from app.usecases import download_resource
-
     ref = parse_ref(args.folder, args.name)
     client = _client(args)
     try:
         with transfer_progress(f"opening {ref.name}", 0) as progress:
-            report = unwrap_or_raise(
-                client.with_cdn(
-                    False,
-                    lambda cdn: download_resource(
-                        ref,
-                        args.out,
-                        api=client.api,
-                        cdn=cdn,
-                        cache=client.cache,
-                        fingerprint=client.fingerprint,
-                        transport_key=client.transport_key,
-                        publisher_key=client.publisher_key,
-                        workers=client.config.workers,
-                        progress=progress,
-                    ),
-                )
-            )
+            report = unwrap_or_raise(client.download(ref, args.out, progress=progress))
     finally:
         client.close()
     source = "cache" if report.cache_hit else "CDN"

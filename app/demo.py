@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from returns.io import IOResult
 
 from adapters.file_cache import FileCache
 from adapters.fixed_hardware import FixedHardware
@@ -28,10 +27,8 @@ from app.bootstrap import Client, bootstrap
 from app.errors import unwrap_or_raise
 from app.server import add_user, create_app, set_cdn_config
 from app.server_runner import RunningServer
-from app.usecases import DownloadReport, download_resource, upload_resource, write_atomically
+from app.usecases import write_atomically
 from domain.config import ClientConfig
-from domain.errors import Failure
-from domain.ports import Cdn
 from domain.ref import ResourceRef
 
 MiB = 1 << 20
@@ -134,21 +131,6 @@ def _client(url: str, email: str, password: str, cache: Path, machine: str) -> C
     return unwrap_or_raise(bootstrap(config, hardware=FixedHardware(machine)))
 
 
-def _download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadReport, Failure]:
-    def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
-        return download_resource(
-            ref,
-            out,
-            api=client.api,
-            cdn=cdn,
-            cache=client.cache,
-            fingerprint=client.fingerprint,
-            transport_key=client.transport_key,
-        )
-
-    return client.cdn(write=False).bind(run)
-
-
 def _online(root: Path, size: int) -> dict[str, Any]:
     lines: list[str] = []
     with _moto_s3() as endpoint:
@@ -196,18 +178,7 @@ def _online(root: Path, size: int) -> dict[str, Any]:
                 "training-box",
             )
             started = time.perf_counter()
-            uploaded = unwrap_or_raise(
-                trainer.cdn(write=True).bind(
-                    lambda cdn: upload_resource(
-                        ref,
-                        model,
-                        api=trainer.api,
-                        cdn=cdn,
-                        cache=trainer.cache,
-                        random=trainer.random,
-                    )
-                )
-            )
+            uploaded = unwrap_or_raise(trainer.upload(ref, model))
             upload_seconds = time.perf_counter() - started
             trainer.close()
             lines.append(
@@ -225,7 +196,7 @@ def _online(root: Path, size: int) -> dict[str, Any]:
             for label in ("cold cache", "warm cache"):
                 out = root / f"restored-{label.split()[0]}.safetensors"
                 started = time.perf_counter()
-                report = unwrap_or_raise(_download(infer, ref, out))
+                report = unwrap_or_raise(infer.download(ref, out))
                 seconds = time.perf_counter() - started
                 same = file_sha256(out) == expected
                 timings.append((label, seconds, report.cache_hit))

@@ -28,14 +28,7 @@ from adapters.config_files import default_cache_dir
 from adapters.s3_cdn import S3Cdn
 from app.bootstrap import Client, bootstrap
 from app.errors import to_exception, unwrap_or_raise
-from app.usecases import (
-    DownloadReport,
-    UploadReport,
-    download_resource,
-    open_small_part,
-    upload_resource,
-    write_atomically,
-)
+from app.usecases import DownloadReport, UploadReport, open_small_part, write_atomically
 from domain.config import ClientConfig, S3Keys
 from domain.errors import ConfigInvalid, Failure, LimitExceeded, StorageFailed
 from domain.ports import Cdn, Hardware
@@ -276,46 +269,13 @@ class ApiClient:
         self, path: str | os.PathLike[str], name: str, folder: str
     ) -> UploadReport:
         """Seal ``path`` and upload it as ``folder/name``, streaming (constant memory)."""
-        client = self._session()
-        ref = _ref(folder, name)
-        return unwrap_or_raise(
-            client.with_cdn(
-                True,
-                lambda cdn: upload_resource(
-                    ref,
-                    Path(path),
-                    api=client.api,
-                    cdn=cdn,
-                    cache=client.cache,
-                    random=client.random,
-                    publisher_key=client.publisher_key,
-                    workers=self._workers,
-                ),
-            )
-        )
+        return unwrap_or_raise(self._session().upload(_ref(folder, name), Path(path)))
 
     def download_resource_file(
         self, name: str, folder: str, out_path: str | os.PathLike[str]
     ) -> DownloadReport:
         """Download ``folder/name`` into ``out_path``, streaming; nothing is left on failure."""
-        client = self._session()
-        ref = _ref(folder, name)
-        return unwrap_or_raise(
-            client.with_cdn(
-                False,
-                lambda cdn: download_resource(
-                    ref,
-                    Path(out_path),
-                    api=client.api,
-                    cdn=cdn,
-                    cache=client.cache,
-                    fingerprint=client.fingerprint,
-                    transport_key=client.transport_key,
-                    publisher_key=client.publisher_key,
-                    workers=self._workers,
-                ),
-            )
-        )
+        return unwrap_or_raise(self._session().download(_ref(folder, name), Path(out_path)))
 
 
 def _read_small(path: Path) -> bytes:

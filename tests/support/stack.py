@@ -26,10 +26,9 @@ from adapters.system import SystemClock, SystemRandom
 from app.bootstrap import Client, bootstrap
 from app.server import create_app, set_cdn_config
 from app.server_runner import FaultInjector, RunningServer
-from app.usecases import DownloadReport, UploadReport, download_resource, upload_resource
+from app.usecases import DownloadReport, UploadReport
 from domain.config import ClientConfig, S3Keys
 from domain.errors import Failure
-from domain.ports import Cdn
 from domain.ref import ResourceRef
 from domain.retry import RetryPolicy
 from tests.api_support import DOWNLOADER, OTHER_DOWNLOADER, PASSWORD, UPLOADER, make_template
@@ -93,31 +92,13 @@ class Stack:
 
 
 def upload(client: Client, ref: ResourceRef, source: Path) -> IOResult[UploadReport, Failure]:
-    """Upload through the use case with the client's write-capable CDN."""
-
-    def run(cdn: Cdn) -> IOResult[UploadReport, Failure]:
-        return upload_resource(
-            ref, source, api=client.api, cdn=cdn, cache=client.cache, random=client.random
-        )
-
-    return client.with_cdn(True, run)
+    """Upload through the client's use case (write-capable CDN)."""
+    return client.upload(ref, source)
 
 
 def download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadReport, Failure]:
-    """Download through the use case with the client's read-only CDN."""
-
-    def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
-        return download_resource(
-            ref,
-            out,
-            api=client.api,
-            cdn=cdn,
-            cache=client.cache,
-            fingerprint=client.fingerprint,
-            transport_key=client.transport_key,
-        )
-
-    return client.with_cdn(False, run)
+    """Download through the client's use case (read-only CDN)."""
+    return client.download(ref, out)
 
 
 @pytest.fixture(scope="session")
