@@ -27,12 +27,12 @@ from domain.errors import (
     Transient,
 )
 from domain.ports import ApiFailure
+from domain.retry import TRANSIENT_STATUSES
 
 log = logging.getLogger("splitvault.http_key_fragments")
 
 DEFAULT_TIMEOUT = 30.0
 MAX_FRAGMENT_BYTES = 64 << 10
-_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_MESSAGE = 300
 
 
@@ -137,7 +137,7 @@ class HttpKeyFragments:
             return NotFound(f"the key fragment of version {version}")
         if status == 409 and code:
             return HardwareMismatch(code, message)
-        if status in _TRANSIENT_STATUSES:
+        if status in TRANSIENT_STATUSES:
             return Transient(what, f"HTTP {status}: {message}", answer.retry_after)
         return RemoteError(what, status, message)
 

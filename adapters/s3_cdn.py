@@ -68,6 +68,7 @@ from domain.errors import (
 )
 from domain.ports import CdnFailure
 from domain.ref import ResourceRef
+from domain.retry import TRANSIENT_SERVICE_CODES
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -90,19 +91,10 @@ _DENIED_CODES = frozenset(
         "AccountProblem",
     }
 )
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-        "ServiceUnavailable",
-        "PreconditionFailed",  # the object was replaced mid-download: fetching again is right
-        "412",
-    }
-)
+_TRANSIENT_CODES = TRANSIENT_SERVICE_CODES | {
+    "PreconditionFailed",  # the object was replaced mid-download: fetching again is right
+    "412",
+}
 
 
 @attrs.frozen

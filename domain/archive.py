@@ -38,6 +38,7 @@ from domain.format_v1 import (
     MAX_HEADER_BYTES,
     Opener,
     Sealer,
+    open_stream,
     parse_header,
 )
 from domain.keys import NONCE_BYTES, archive_dek, hkdf, legacy_archive_key
@@ -286,16 +287,10 @@ def _open_v1(data: bytes, fragment: bytes) -> Result[bytes, FormatFailure]:
     stream = memoryview(data)[header_length:]
     if not hmac.compare_digest(hashlib.sha256(stream).digest(), opener.header.big_sha256):
         return Failure(CorruptResource(V1_WHAT, "the ciphertext's SHA-256 differs from its header"))
-    layout = opener.layout
-    out = bytearray(layout.plaintext_length)
-    view = memoryview(out)
-    for index in range(layout.chunk_count):
-        ct_start, ct_end = layout.ciphertext_span(index)
-        pt_start, _ = layout.plaintext_span(index)
-        opened = opener.open_chunk_into(index, stream[ct_start:ct_end], view[pt_start:])
-        if isinstance(opened, Failure):
-            return Failure(opened.failure())
-    return Success(bytes(out))
+    opened = open_stream(opener, stream)
+    if isinstance(opened, Failure):
+        return Failure(opened.failure())
+    return Success(opened.unwrap())
 
 
 def open_archive_bytes(data: bytes, fragment: bytes) -> Result[bytes, FormatFailure]:

@@ -464,6 +464,20 @@ def seal_bytes(
     return started.map(run)
 
 
+def open_stream(opener: Opener, stream: bytes | memoryview) -> Result[bytes, CorruptResource]:
+    """Authenticate and decrypt a whole in-memory ciphertext stream. For tests and tiny files."""
+    layout = opener.layout
+    out = bytearray(layout.plaintext_length)
+    view = memoryview(out)
+    for index in range(layout.chunk_count):
+        ct_start, ct_end = layout.ciphertext_span(index)
+        pt_start, _ = layout.plaintext_span(index)
+        opened = opener.open_chunk_into(index, stream[ct_start:ct_end], view[pt_start:])
+        if isinstance(opened, Failure):
+            return Failure(opened.failure())
+    return Success(bytes(out))
+
+
 def check_big_part(opener: Opener, big_part_length: int) -> Result[None, PartMismatch]:
     """Refuse a big part whose length differs from the header's before reading it."""
     if big_part_length != opener.layout.big_length:
@@ -492,16 +506,7 @@ def open_bytes(
             return Failure(checked.failure())
         if not hmac.compare_digest(hashlib.sha256(big_part).digest(), opener.header.big_sha256):
             return Failure(PartMismatch("the big part's SHA-256 differs from the header's"))
-        stream = opener.small_ciphertext + big_part
-        out = bytearray(layout.plaintext_length)
-        view = memoryview(out)
-        for index in range(layout.chunk_count):
-            ct_start, ct_end = layout.ciphertext_span(index)
-            pt_start, _ = layout.plaintext_span(index)
-            opened = opener.open_chunk_into(index, stream[ct_start:ct_end], view[pt_start:])
-            if isinstance(opened, Failure):
-                return Failure(opened.failure())
-        return Success(bytes(out))
+        return open_stream(opener, opener.small_ciphertext + big_part)
 
     return Opener.start(small_part, publisher_key=publisher_key, expected_ref=expected_ref).bind(
         run
