@@ -500,7 +500,6 @@ def open_bytes(
     """Open an in-memory ``(small_part, big_part)`` pair. For tests and tiny files."""
 
     def run(opener: Opener) -> Result[bytes, FormatFailure]:
-        layout = opener.layout
         checked = check_big_part(opener, len(big_part))
         if isinstance(checked, Failure):
             return Failure(checked.failure())
