@@ -246,9 +246,14 @@ def download(args: argparse.Namespace) -> Report:
 
 def list_folder(args: argparse.Namespace) -> Report:
     """``splitvault ls``: the names in a folder."""
+    from domain.ref import parse_folder
+
+    parsed = parse_folder(args.folder)
+    if isinstance(parsed, ResultFailure):
+        raise to_exception(parsed.failure())
     client = _client(args)
     try:
-        names = unwrap_or_raise(client.api.list_folder(args.folder))
+        names = unwrap_or_raise(client.api.list_folder(parsed.unwrap()))
     finally:
         client.close()
     return {"folder": args.folder, "files": list(names), "text": "\n".join(names)}
