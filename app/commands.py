@@ -354,10 +354,10 @@ def unlock_images(args: argparse.Namespace) -> Report:
 
     config = _images_config()
     client = _client(args)
+    # A missing archive is reported by the use case (NotFound, exit 4), not by this stat.
+    size = args.archive.stat().st_size if args.archive.is_file() else 0
     try:
-        with transfer_progress(
-            f"unlocking {args.archive.name}", args.archive.stat().st_size
-        ) as progress:
+        with transfer_progress(f"unlocking {args.archive.name}", size) as progress:
             report = unwrap_or_raise(
                 unlock(
                     args.archive,
