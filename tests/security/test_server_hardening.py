@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -166,7 +167,8 @@ def test_tokens_are_hs256_and_other_algorithms_are_refused(
 # --- garbage and huge bodies ----------------------------------------------------------------------
 
 
-def _garbage_requests() -> list[tuple[str, str, dict[str, object]]]:
+def _garbage_requests() -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, httpx options); ``headers`` in the options are added to the token's."""
     json_type = {"Content-Type": "application/json"}
     deep = "[" * 100_000 + "]" * 100_000
     return [
@@ -223,9 +225,8 @@ def test_garbage_bodies_get_clean_4xx_json(world: ServerWorld, http: httpx.Clien
     token = _token(http)
     with capture_debug_logs(["splitvault", "uvicorn"]) as logs:
         for method, path, options in _garbage_requests():
-            headers = {"Authorization": f"Bearer {token}"}
-            headers.update(options.pop("headers", {}))  # type: ignore[arg-type]
-            answer = http.request(method, path, headers=headers, **options)  # type: ignore[arg-type]
+            headers = {"Authorization": f"Bearer {token}", **options.pop("headers", {})}
+            answer = http.request(method, path, headers=headers, **options)
             _clean_refusal(world, answer, PASSWORD)
     for text in logs.texts():
         assert PASSWORD not in text and "Traceback" not in text
