@@ -10,6 +10,7 @@ A server that redirects the login elsewhere does not get the password sent there
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from app.server import create_app
 from app.server_runner import RunningServer
 from domain.errors import RemoteError
 from tests.api_support import FAST_RETRIES, FakeClock, FakeRandom, FakeSleep
-from tests.security.hostile import failure, tls_files
+from tests.security.hostile import capture_debug_logs, failure, tls_files
 from tests.support.stack import PASSWORD, UPLOADER, Stack
 
 
@@ -171,3 +172,17 @@ def test_a_redirect_never_carries_the_password_elsewhere() -> None:
         refused = failure(api.login())
     assert isinstance(refused, RemoteError) and refused.status == 307
     assert catcher.requests == []
+
+
+def test_plain_http_to_another_host_is_warned_about() -> None:
+    """Building a client for ``http://`` on a remote host logs a warning (the password would
+    travel in the clear); loopback HTTP and any HTTPS do not. No request is made."""
+    sleep = FakeSleep(FakeClock())
+    with capture_debug_logs(["splitvault"]) as logs:
+        for url in ("http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"):
+            _api(url, sleep).close()
+        _api("https://api.example.com", sleep).close()
+        assert [r for r in logs.records if r.levelno >= logging.WARNING] == []
+        _api("http://api.example.com", sleep).close()
+    warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "https://" in warnings[0] and "api.example.com" in warnings[0]
