@@ -238,6 +238,9 @@ class FileCache:
         """
         entry = self.entry_path(ref)
         try:
+            outside = self._outside(ref)
+            if outside is not None:
+                return IOFailure(outside)
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._locked(ref):
                 if entry.exists():
@@ -298,6 +301,9 @@ class FileCache:
         """
         entry = self.entry_path(ref)
         try:
+            outside = self._outside(ref)
+            if outside is not None:
+                return IOFailure(outside)
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._locked(ref):
                 _stamp_path(entry).unlink(missing_ok=True)
@@ -315,6 +321,9 @@ class FileCache:
         """Remove the entry of ``ref`` and any partial of it; log what cannot be removed."""
         entry = self.entry_path(ref)
         try:
+            if self._outside(ref) is not None:
+                log.warning("not discarding %s: its folder resolves outside the cache", entry)
+                return
             with self._locked(ref):
                 self._remove(entry)
                 for partial in self._partials(ref):
@@ -328,6 +337,21 @@ class FileCache:
     def _remove(entry: Path) -> None:
         _stamp_path(entry).unlink(missing_ok=True)
         entry.unlink(missing_ok=True)
+
+    def _outside(self, ref: ResourceRef) -> StorageFailed | None:
+        """A failure when ``ref``'s folder resolves outside the root (a link planted in the cache).
+
+        Refs are validated already; this keeps a symlinked folder from turning the cache into a
+        way to write ``*.big`` files elsewhere, as the directory CDN does for its root.
+        """
+        root = self._root.resolve()
+        folder = (root / ref.folder).resolve()
+        if folder.is_relative_to(root) and folder != root:
+            return None
+        log.warning("refusing cache folder %s: it resolves outside %s", ref.folder, root)
+        return StorageFailed(
+            str(self.entry_path(ref)), "the folder resolves outside the cache directory"
+        )
 
     def _partial_path(self, ref: ResourceRef, expected: BigPartDigest) -> Path:
         tag = expected.sha256.hex()[:HASH_PREFIX_HEX]

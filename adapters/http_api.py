@@ -17,6 +17,7 @@ httpx types never leave this module: every method returns an ``IOResult`` whose 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
@@ -270,6 +271,12 @@ class HttpResourceApi:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._base_url = httpx.URL(base_url.rstrip("/") + "/")
+        if self._base_url.scheme == "http" and not _is_loopback(self._base_url.host):
+            log.warning(
+                "the API at %s is plain HTTP to another host: the password and the machine's "
+                "fingerprint cross the network in the clear; use https://",
+                self._base_url,
+            )
         self._email = email
         self._password = password
         self._timeout = timeout
@@ -658,6 +665,15 @@ def _exhausted(failure: ApiFailure, reason: str) -> ApiFailure:
     if isinstance(failure, Transient):
         return Transient(failure.what, f"{failure.detail}; {reason}", failure.retry_after)
     return failure
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tls_problem(exc: BaseException) -> str | None:

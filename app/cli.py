@@ -22,6 +22,8 @@ from app.errors import SplitvaultError
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 log = logging.getLogger("splitvault.cli")
+# Libraries whose DEBUG output -vv must not switch on (see main).
+LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
 
 
 def _size(text: str) -> int:
@@ -138,11 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if level < logging.INFO:
+        # -vv is DEBUG for splitvault only: botocore's DEBUG records carry every request's
+        # Authorization header (its signature), and the others print wire detail.
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         result = args.handler(args)
     except SplitvaultError as error:

@@ -211,9 +211,14 @@ def download(args: argparse.Namespace) -> Report:
 
 def list_folder(args: argparse.Namespace) -> Report:
     """``splitvault ls``: the names in a folder."""
+    from domain.ref import parse_folder
+
+    parsed = parse_folder(args.folder)
+    if isinstance(parsed, ResultFailure):
+        raise to_exception(parsed.failure())
     client = _client(args)
     try:
-        names = unwrap_or_raise(client.api.list_folder(args.folder))
+        names = unwrap_or_raise(client.api.list_folder(parsed.unwrap()))
     finally:
         client.close()
     return {"folder": args.folder, "files": list(names), "text": "\n".join(names)}
@@ -314,10 +319,10 @@ def unlock_images(args: argparse.Namespace) -> Report:
 
     config = _images_config()
     client = _client(args)
+    # A missing archive is reported by the use case (NotFound, exit 4), not by this stat.
+    size = args.archive.stat().st_size if args.archive.is_file() else 0
     try:
-        with transfer_progress(
-            f"unlocking {args.archive.name}", args.archive.stat().st_size
-        ) as progress:
+        with transfer_progress(f"unlocking {args.archive.name}", size) as progress:
             report = unwrap_or_raise(
                 unlock(
                     args.archive,

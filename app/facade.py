@@ -32,7 +32,7 @@ from app.usecases import DownloadReport, UploadReport, open_small_part, write_at
 from domain.config import ClientConfig, S3Keys
 from domain.errors import ConfigInvalid, Failure, LimitExceeded, StorageFailed
 from domain.ports import Cdn, Hardware
-from domain.ref import ResourceRef
+from domain.ref import ResourceRef, parse_folder
 
 
 @attrs.frozen
@@ -227,8 +227,11 @@ class ApiClient:
         )
 
     def list_files(self, folder: str) -> list[str]:
-        """Names in a folder."""
-        return list(unwrap_or_raise(self._session().api.list_folder(folder)))
+        """Names in a folder; raises ``InvalidNameError`` for a folder that is not a plain name."""
+        parsed = parse_folder(folder)
+        if isinstance(parsed, ResultFailure):
+            raise to_exception(parsed.failure())
+        return list(unwrap_or_raise(self._session().api.list_folder(parsed.unwrap())))
 
     def upload_big_small_resource(
         self, file_path: str | os.PathLike[str], folder: str, name: str | None = None

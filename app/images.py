@@ -269,8 +269,11 @@ def _open_v1(
         return IOFailure(checked.failure())
     what = f"{V1_WHAT} {opener.header.ref.name}"
     layout = opener.layout
-    cipher = memoryview(bytearray(layout.chunk_size + TAG_BYTES))
-    plain = memoryview(bytearray(layout.chunk_size))
+    # Sized by the largest chunk present (the length was checked against the file above), not
+    # by the chunk size the header claims.
+    span = min(layout.chunk_size, layout.plaintext_length)
+    cipher = memoryview(bytearray(span + TAG_BYTES))
+    plain = memoryview(bytearray(span))
     hasher = hashlib.sha256()
     source.seek(header_length)
     for index in range(layout.chunk_count):

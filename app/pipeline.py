@@ -343,10 +343,14 @@ def seal_file(
                     return _os_failure(str(big_out), exc)
                 return None
 
+            # Buffers as large as the largest chunk present, not the chunk size the header
+            # claims: a 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot.
+            # (The big part's length was checked above, so this is bounded by real data.)
+            span = min(layout.chunk_size, layout.plaintext_length)
             failure = _run_chunks(
                 layout.chunk_count,
                 workers=threads,
-                slot_sizes=(layout.chunk_size, layout.chunk_size + TAG_BYTES),
+                slot_sizes=(span, span + TAG_BYTES),
                 stages=2,
                 task=task,
                 chunk_bytes=_plain_length(layout),
@@ -427,10 +431,14 @@ def open_file(
                     return _os_failure(str(out), exc)
                 return None
 
+            # Buffers as large as the largest chunk present, not the chunk size the header
+            # claims: a 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot.
+            # (The big part's length was checked above, so this is bounded by real data.)
+            span = min(layout.chunk_size, layout.plaintext_length)
             failure = _run_chunks(
                 layout.chunk_count,
                 workers=threads,
-                slot_sizes=(layout.chunk_size, layout.chunk_size + TAG_BYTES),
+                slot_sizes=(span, span + TAG_BYTES),
                 stages=2,
                 task=task,
                 chunk_bytes=_plain_length(layout),

@@ -737,7 +737,8 @@ async def _on_crash(_request: Request, exc: Exception) -> Response:
 async def _json_object(request: Request) -> dict[str, object]:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a body of deeply nested brackets is garbage, not a server failure.
         raise Refusal(400, "BadRequest", "expected a JSON object") from None
     if not isinstance(body, dict):
         raise Refusal(400, "BadRequest", "expected a JSON object")

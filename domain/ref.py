@@ -33,6 +33,10 @@ def check_name(field: str, value: object) -> InvalidRef | None:
         return InvalidRef(field, "must not start with a dot (reserved for temp and lock files)")
     if value != value.strip():
         return InvalidRef(field, "must not start or end with whitespace")
+    if "\ufffd" in value:
+        # U+FFFD is what a lossy decoder leaves for invalid UTF-8 (a server decoding a URL, a
+        # terminal): different byte strings would collide on one name.
+        return InvalidRef(field, "contains U+FFFD, the mark of bytes that were not valid UTF-8")
     for char in value:
         category = unicodedata.category(char)
         if category.startswith("C"):
