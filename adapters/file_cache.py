@@ -1,9 +1,9 @@
 """The local cache of big parts on the file system, behind the ``Cache`` port.
 
 An entry lives at ``{root}/{folder}/{name}.big`` and is handed out only after its length and
-SHA-256 match what the small part's header says; anything else (a corrupted file, an entry of an
+digest (``domain.digest``) match what the small part's header says; anything else (a corrupted file, an entry of an
 older version) is discarded with the reason logged and fetched again. Downloads go into a partial
-file named after the expected hash (``.{name}.big.{sha256[:16]}.partial``) so an interrupted fill
+file named after the expected hash (``.{name}.big.{digest[:16]}.partial``) so an interrupted fill
 resumes where it stopped, while a partial for another hash is stale and removed. A finished partial
 is verified, fsynced, renamed into place and the directory fsynced. An ``flock`` on
 ``.{name}.lock`` keeps two processes (or threads) from downloading the same part at once; it is
@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from adapters.atomic_file import (
     fsync_file,
     is_temp_name,
 )
+from domain import digest
 from domain.errors import Failure, PartMismatch, StorageFailed
 from domain.ports import BigPartDigest, Fill, Produce
 from domain.ref import ResourceRef
@@ -39,6 +41,7 @@ from domain.ref import ResourceRef
 log = logging.getLogger("splitvault.file_cache")
 
 HASH_CHUNK = 1024 * 1024
+HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 STALE_AFTER_SECONDS = 24 * 3600.0
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
@@ -47,40 +50,58 @@ HASH_PREFIX_HEX = 16
 STAMP_SUFFIX = ".verified"
 
 
-def file_digest(path: Path) -> BigPartDigest:
-    """Length and SHA-256 of a file, read in 1 MiB chunks into one reused buffer.
+def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDigest:
+    """Length and segmented digest (``domain.digest``) of a file, its segments hashed on all cores.
 
-    Raises ``OSError`` when the file cannot be read.
+    Each worker reads its segments with positional reads in 1 MiB pieces into its own buffer;
+    hashlib releases the GIL while hashing, so the segments really are hashed in parallel.
+    Raises ``OSError`` when the file cannot be read, ``ValueError`` when it changed size meanwhile.
     """
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    length = 0
-    with path.open("rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-            length += count
-    return BigPartDigest(length, digest.digest())
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        length = os.fstat(fd).st_size
+        bounds = list(digest.segment_bounds(length, max(first_segment, 1), segment_size))
+
+        def hash_segment(bound: tuple[int, int]) -> bytes:
+            start, end = bound
+            hasher = hashlib.sha256()
+            buffer = memoryview(bytearray(min(HASH_CHUNK, end - start)))
+            position = start
+            while position < end:
+                want = min(len(buffer), end - position)
+                got = os.preadv(fd, [buffer[:want]], position)
+                if got == 0:
+                    raise ValueError(f"{path} shrank while being hashed")
+                hasher.update(buffer[:got])
+                position += got
+            return hasher.digest()
+
+        workers = min(HASH_WORKERS, len(bounds)) or 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-hash") as pool:
+            leaves = list(pool.map(hash_segment, bounds))
+    finally:
+        os.close(fd)
+    return BigPartDigest(length, digest.root(length, leaves), first_segment, segment_size)
 
 
 def mismatch_reason(path: Path, expected: BigPartDigest) -> str | None:
     """Why the file at ``path`` is not the expected big part, or ``None`` when it is.
 
-    Compares the length first (a cheap ``stat``), then the SHA-256. Raises ``OSError``.
+    Compares the length first (a cheap ``stat``), then the digest. Raises ``OSError``.
     """
     size = path.stat().st_size
     if size != expected.length:
         return f"length is {size} bytes, expected {expected.length}"
-    actual = file_digest(path)
+    try:
+        actual = file_digest(path, expected.first_segment, expected.segment_size)
+    except ValueError:
+        return "its length changed while it was being hashed"
     if actual.length != expected.length:
         return f"length changed while reading ({actual.length} bytes)"
-    if actual.sha256 != expected.sha256:
+    if actual.root != expected.root:
         return (
-            f"SHA-256 is {actual.sha256.hex()[:HASH_PREFIX_HEX]}…, "
-            f"expected {expected.sha256.hex()[:HASH_PREFIX_HEX]}…"
+            f"digest is {actual.root.hex()[:HASH_PREFIX_HEX]}…, "
+            f"expected {expected.root.hex()[:HASH_PREFIX_HEX]}…"
         )
     return None
 
@@ -89,10 +110,10 @@ def _stamp_path(entry: Path) -> Path:
     return entry.parent / f".{entry.name}{STAMP_SUFFIX}"
 
 
-def _stamp_text(entry: Path, digest: BigPartDigest) -> str:
+def _stamp_text(entry: Path, expected: BigPartDigest) -> str:
     """What identifies an entry whose bytes were hashed: digest, size, inode, mtime."""
     info = entry.stat()
-    return f"{digest.sha256.hex()} {info.st_size} {info.st_ino} {info.st_mtime_ns}\n"
+    return f"{expected.root.hex()} {info.st_size} {info.st_ino} {info.st_mtime_ns}\n"
 
 
 def write_stamp(entry: Path, digest: BigPartDigest) -> None:
@@ -354,7 +375,7 @@ class FileCache:
         )
 
     def _partial_path(self, ref: ResourceRef, expected: BigPartDigest) -> Path:
-        tag = expected.sha256.hex()[:HASH_PREFIX_HEX]
+        tag = expected.root.hex()[:HASH_PREFIX_HEX]
         return self.entry_path(ref).parent / f".{ref.name}{ENTRY_SUFFIX}.{tag}{PARTIAL_SUFFIX}"
 
     def _partials(self, ref: ResourceRef) -> list[Path]:

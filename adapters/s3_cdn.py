@@ -134,7 +134,7 @@ class S3Tuning:
             # Every part or range in flight needs its own connection, or threads queue for one.
             max_pool_connections=max(self.max_concurrency, 10),
             s3={"addressing_style": self.addressing_style},
-            # Integrity is end to end (the big part's SHA-256 is in the small part's header);
+            # Integrity is end to end (the big part's digest is in the small part's header);
             # the newer default checksums break several S3-compatible stores.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",

@@ -2,7 +2,7 @@
 
 One run generates a file and measures, on that same file, a plain chunked copy (read and write
 1 MiB at a time: the ceiling for any file-to-file transform here), format v1 seal and open (also
-without the big part's SHA-256, to show what that serial step costs), the legacy suite's seal and
+without the big part's digest, to show what that step costs), the legacy suite's seal and
 open, and ``openssl enc -aes-256-cbc`` both ways. Every operation runs in a fresh child process,
 so its peak RSS (``VmHWM``) is its own and can be set against a child that only imports the same
 modules (the interpreter baseline). The page cache cannot be dropped without root, so one untimed
@@ -172,7 +172,7 @@ def _child_operation(op: str, args: dict[str, Any]) -> float | None:
             Path(args["big"]),
             Path(args["out"]),
             workers=workers,
-            verify_big_sha256=op == "v1-open",
+            verify_big_digest=op == "v1-open",
         )
         _unwrap(opened)
         return None
@@ -412,7 +412,7 @@ def _plan(
         open_params = {"big": str(big), "small": str(small), "out": str(out), **secret}
         steps.append(_Step(f"{suite} seal", py(seal_op, seal_params), True, (big, small)))
         if suite == "v1":
-            # The same open without the big part's SHA-256 (chunks still authenticated): shows
+            # The same open without the big part's digest (chunks still authenticated): shows
             # what the one serial step costs.
             steps.append(
                 _Step(
@@ -663,7 +663,7 @@ def run_bench(
         measurements=tuple(measurements),
         notes=(
             "x copy = copy time / operation time (1.00 = as fast as the plain copy)",
-            "v1 open -sha = v1 open without the big part's SHA-256 (every chunk still "
+            "v1 open -sha = v1 open without the big part's digest (every chunk still "
             "authenticated)",
             "one untimed warm-up pass ran first; every operation reads from the page cache",
             "before each operation a scratch file of the same size is written and deleted, "

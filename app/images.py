@@ -11,7 +11,7 @@ into place.
 ``decrypt_archive`` streams in fixed-size pieces (memory does not grow with the archive), tells
 the two archive kinds apart by magic and writes a 0600 temp file beside the output that is renamed
 only when everything checked: for a v1 archive every chunk authenticated and the ciphertext's
-SHA-256 matched its header, so nothing unauthenticated ever reaches Docker; for a legacy archive
+digest matched its header, so nothing unauthenticated ever reaches Docker; for a legacy archive
 (which has no integrity) the padding and the tar header checked. The service list and registry
 come from ``ImagesConfig`` (environment ``SPLITVAULT_IMAGE_REGISTRY``,
 ``SPLITVAULT_IMAGE_SERVICES``), never from code.
@@ -20,7 +20,6 @@ come from ``ImagesConfig`` (environment ``SPLITVAULT_IMAGE_REGISTRY``,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import io
 import logging
@@ -39,6 +38,7 @@ from returns.result import Failure as ResultFailure
 from returns.result import Result, Success
 
 from adapters.image_archive import inspect_image_archive
+from domain import digest
 from domain.archive import (
     HEAD_BYTES,
     TAR_BLOCK,
@@ -274,21 +274,21 @@ def _open_v1(
     span = min(layout.chunk_size, layout.plaintext_length)
     cipher = memoryview(bytearray(span + TAG_BYTES))
     plain = memoryview(bytearray(span))
-    hasher = hashlib.sha256()
+    leaves: list[bytes] = []
     source.seek(header_length)
     for index in range(layout.chunk_count):
         start, end = layout.ciphertext_span(index)
         piece = cipher[: end - start]
         if _read_exactly(source, piece) != len(piece):
             return IOFailure(CorruptResource(what, "it shrank while being read"))
-        hasher.update(piece)
+        leaves.append(digest.leaf(piece))  # archives have no small part: a chunk is a segment
         opened = opener.open_chunk_into(index, piece, plain)
         if isinstance(opened, ResultFailure):
             return IOFailure(CorruptResource(what, f"chunk {index} does not authenticate"))
         sink.write(plain[: opened.unwrap()])
         _report(progress, len(piece))
-    if not hmac.compare_digest(hasher.digest(), opener.header.big_sha256):
-        return IOFailure(CorruptResource(what, "the ciphertext's SHA-256 differs from its header"))
+    if not hmac.compare_digest(digest.root(layout.big_length, leaves), opener.header.big_digest):
+        return IOFailure(CorruptResource(what, "the ciphertext's digest differs from its header"))
     return IOSuccess(None)
 
 
@@ -566,7 +566,7 @@ def _seal_v1(
     sink.write(bytes(header_length))
     plain = memoryview(bytearray(layout.chunk_size))
     cipher = memoryview(bytearray(layout.chunk_size + TAG_BYTES))
-    hasher = hashlib.sha256()
+    leaves: list[bytes] = []
     with tar.open("rb") as source:
         for index in range(layout.chunk_count):
             start, end = layout.plaintext_span(index)
@@ -574,11 +574,11 @@ def _seal_v1(
             if _read_exactly(source, piece) != len(piece):
                 return IOFailure(StorageFailed(str(tar), "the image tar shrank while being sealed"))
             written = sealer.seal_chunk_into(index, piece, cipher)
-            hasher.update(cipher[:written])
+            leaves.append(digest.leaf(cipher[:written]))
             sink.write(cipher[:written])
             _report(progress, len(piece))
     sink.seek(0)
-    sink.write(finish_v1_archive(sealer, hasher.digest()))
+    sink.write(finish_v1_archive(sealer, digest.root(layout.big_length, leaves)))
     return IOSuccess(header_length + layout.ciphertext_length)
 
 

@@ -3,9 +3,10 @@
 A resource is processed chunk by chunk on a small thread pool. Each worker reads its chunk with a
 positional read into a reused buffer and seals or opens it with the AES ``*_into`` calls, which
 release the GIL, so the cores really work at once. The steps that must follow the file's order
-(hashing the big part, a serial CBC encryption, and the writes, since parallel writers to one file
-only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
-holds the bytes while they are still in its cache: the SHA-256 of the big part overlaps the
+(a serial CBC encryption, the legacy suite's hash, and the writes, since parallel writers to one
+file only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
+holds the bytes while they are still in its cache. The big part's digest (``domain.digest``) is
+hashed per chunk, by the worker that produced it, so it runs on every core and overlaps the
 encryption instead of costing a second pass over the file. At most ``2 * workers`` chunk buffers
 exist at any time, so memory does not grow with the resource. Where each chunk's ciphertext lives
 (small part, big part or both) comes from ``domain.format_v1.Layout``; this module moves bytes.
@@ -29,7 +30,7 @@ import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 
-from domain import errors, legacy
+from domain import digest, errors, legacy
 from domain.errors import NotFound, PartMismatch, StorageFailed
 from domain.format_v1 import DEFAULT_CHUNK_SIZE, Layout, Opener, Sealer, check_big_part
 from domain.keys import TAG_BYTES
@@ -51,7 +52,7 @@ class SealedParts:
     """What sealing a file produced besides the big part on disk.
 
     ``small_part`` holds the header (with the data key when it is not wrapped) and the first
-    ciphertext bytes; ``big_digest`` is the length and SHA-256 of the big part just written.
+    ciphertext bytes; ``big_digest`` is the length and digest of the big part just written.
     """
 
     small_part: bytes = attrs.field(repr=False)
@@ -61,7 +62,7 @@ class SealedParts:
 def default_workers() -> int:
     """Threads the pipeline uses when the caller does not say: one per usable core, at most four.
 
-    More threads than cores only steal time from the one serial step (the big part's hash).
+    More threads than cores only add switching: every step is CPU- or memory-bound.
     """
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_WORKERS, usable or 1))
@@ -314,7 +315,7 @@ def seal_file(
             _advise_sequential(src_fd)
             _prepare_output(big_fd, layout.big_length)
             small = memoryview(bytearray(layout.small_ciphertext_length))
-            hasher = hashlib.sha256()
+            leaves: list[bytes | None] = [None] * layout.chunk_count
 
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
                 pt_start, pt_end = layout.plaintext_span(index)
@@ -325,18 +326,14 @@ def seal_file(
                         return StorageFailed(str(big_out), f"{source} shrank while being sealed")
                     size = sealer.seal_chunk_into(index, plain, slot.cipher)
                     sealed = slot.cipher[:size]
-                    # Hash while the ciphertext is still in this core's cache. Every chunk
-                    # takes its turn, even one wholly in the small part: the next one waits.
-                    with turns.turn(0, index) as go:
-                        if go:
-                            hasher.update(
-                                sealed[
-                                    _small_share(layout.small_ciphertext_length, ct_start, size) :
-                                ]
-                            )
+                    # Hash this chunk's share of the big part while it is in this core's
+                    # cache; the segmented digest needs no ordering between chunks.
+                    share = sealed[_small_share(layout.small_ciphertext_length, ct_start, size) :]
+                    if share:
+                        leaves[index] = digest.leaf(share)
                     # One writer at a time, in file order: parallel writers to one file only
                     # spin on its inode lock.
-                    with turns.turn(1, index) as go:
+                    with turns.turn(0, index) as go:
                         if go:
                             _scatter(layout.segments(ct_start, ct_end), sealed, small, big_fd)
                 except OSError as exc:
@@ -351,19 +348,20 @@ def seal_file(
                 layout.chunk_count,
                 workers=threads,
                 slot_sizes=(span, span + TAG_BYTES),
-                stages=2,
+                stages=1,
                 task=task,
                 chunk_bytes=_plain_length(layout),
                 progress=progress,
             )
             if failure is not None:
                 return IOFailure(failure)
-            digest = hasher.digest()
-            small_part = sealer.finish(bytes(small), digest)
+            root = digest.root(layout.big_length, (leaf for leaf in leaves if leaf is not None))
+            small_part = sealer.finish(bytes(small), root)
     except OSError as exc:
         return IOFailure(_os_failure(str(source), exc))
     log.debug("sealed %s: %d bytes, %d chunks", ref, length, layout.chunk_count)
-    return IOSuccess(SealedParts(small_part, BigPartDigest(layout.big_length, digest)))
+    first, size = layout.big_segmentation()
+    return IOSuccess(SealedParts(small_part, BigPartDigest(layout.big_length, root, first, size)))
 
 
 def open_file(
@@ -375,15 +373,15 @@ def open_file(
     expected_ref: ResourceRef | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
-    verify_big_sha256: bool = True,
+    verify_big_digest: bool = True,
 ) -> IOResult[None, errors.Failure]:
     """Open a v1 resource from its small part and the big part at ``big_path`` into ``out``.
 
     ``out`` (the caller's temp path) is created or truncated and sized up front. Every chunk is
-    authenticated and the big part's SHA-256, computed while reading, must match the header.
-    The SHA-256 is the one serial step and costs about as much as the rest together; a caller
+    authenticated and the big part's digest, computed while reading, must match the header.
+    The digest costs about as much as the decryption; a caller
     that has just verified the same big part (a cache check) may pass
-    ``verify_big_sha256=False``: every chunk is still authenticated under a key bound to the
+    ``verify_big_digest=False``: every chunk is still authenticated under a key bound to the
     header, so a changed, swapped or stale big part still fails, only as ``CorruptResource``.
     Fails with the small part's format failures (``WrongKey``, ``CorruptResource``,
     ``UnsupportedFormat``...), ``PartMismatch`` for a big part of the wrong length or hash,
@@ -408,7 +406,7 @@ def open_file(
             stack.callback(os.close, out_fd)
             _advise_sequential(big_fd)
             _prepare_output(out_fd, layout.plaintext_length)
-            hasher = hashlib.sha256()
+            leaves: list[bytes | None] = [None] * layout.chunk_count
 
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
                 ct_start, ct_end = layout.ciphertext_span(index)
@@ -417,14 +415,13 @@ def open_file(
                     big_piece = _gather(layout.segments(ct_start, ct_end), cipher, small_ct, big_fd)
                     if big_piece is None:
                         return PartMismatch(f"the big part {big_path} shrank while being read")
-                    with turns.turn(0, index) as go:
-                        if go and big_piece and verify_big_sha256:
-                            hasher.update(big_piece)
+                    if big_piece and verify_big_digest:
+                        leaves[index] = digest.leaf(big_piece)
                     opened = opener.open_chunk_into(index, cipher, slot.plain)
                     if not is_successful(opened):
                         return opened.failure()
                     pt_start, pt_end = layout.plaintext_span(index)
-                    with turns.turn(1, index) as go:
+                    with turns.turn(0, index) as go:
                         if go:
                             _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
                 except OSError as exc:
@@ -439,7 +436,7 @@ def open_file(
                 layout.chunk_count,
                 workers=threads,
                 slot_sizes=(span, span + TAG_BYTES),
-                stages=2,
+                stages=1,
                 task=task,
                 chunk_bytes=_plain_length(layout),
                 progress=progress,
@@ -448,8 +445,10 @@ def open_file(
                 return IOFailure(failure)
     except OSError as exc:
         return IOFailure(_os_failure(str(big_path), exc))
-    if verify_big_sha256 and not hmac.compare_digest(hasher.digest(), opener.header.big_sha256):
-        return IOFailure(PartMismatch("the big part's SHA-256 differs from the header's"))
+    if verify_big_digest:
+        root = digest.root(layout.big_length, (leaf for leaf in leaves if leaf is not None))
+        if not hmac.compare_digest(root, opener.header.big_digest):
+            return IOFailure(PartMismatch("the big part's digest differs from the header's"))
     log.debug("opened %s: %d bytes", opener.header.ref, layout.plaintext_length)
     return IOSuccess(None)
 
@@ -556,8 +555,10 @@ def seal_file_legacy(
                 return IOFailure(failure)
     except OSError as exc:
         return IOFailure(_os_failure(str(source), exc))
-    digest = BigPartDigest(stream_length - cut, hasher.digest())
-    return IOSuccess(SealedParts(bytes(small), digest))
+    big_length = stream_length - cut
+    whole = digest.root(big_length, [hasher.digest()] if big_length else [])
+    big_digest = BigPartDigest(big_length, whole)
+    return IOSuccess(SealedParts(bytes(small), big_digest))
 
 
 def open_file_legacy(

@@ -26,7 +26,7 @@ from adapters.atomic_file import atomic_path
 from app import pipeline
 from domain import keys
 from domain.errors import CorruptResource, Failure, NotFound, PartMismatch, StorageFailed
-from domain.format_v1 import DEFAULT_CHUNK_SIZE, parse_header
+from domain.format_v1 import DEFAULT_CHUNK_SIZE, expected_big_part, parse_header
 from domain.ports import BigPartDigest, Cache, Cdn, Random, ResourceApi
 from domain.ref import ResourceRef
 
@@ -76,7 +76,7 @@ class UploadReport:
     plaintext_bytes: int
     small_bytes: int
     big_bytes: int
-    big_sha256: str
+    big_digest: str
     cache_path: Path
 
 
@@ -165,7 +165,7 @@ def upload_resource(
             plaintext_bytes=source.stat().st_size,
             small_bytes=len(parts.small_part),
             big_bytes=parts.big_digest.length,
-            big_sha256=parts.big_digest.sha256.hex(),
+            big_digest=parts.big_digest.root.hex(),
             cache_path=cache_path,
         )
 
@@ -231,7 +231,7 @@ def _with_big_part(
     if isinstance(parsed, ResultFailure):
         return IOFailure(parsed.failure())
     header, _ = parsed.unwrap()
-    expected = BigPartDigest(header.layout.big_length, header.big_sha256)
+    expected = expected_big_part(header)
     filled: list[int] = []
 
     def fill(temp: Path, start: int) -> IOResult[None, Failure]:
@@ -249,8 +249,8 @@ def _with_big_part(
             workers=workers,
             progress=progress,
             # The cache verified the hash (or its stamp says the entry is unchanged since) and
-            # every chunk is authenticated below: a second serial SHA-256 pass buys nothing.
-            verify_big_sha256=False,
+            # every chunk is authenticated below: a second digest pass buys nothing.
+            verify_big_digest=False,
         )
 
     def report(big_path: Path) -> DownloadReport:

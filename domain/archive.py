@@ -23,6 +23,7 @@ import hmac
 
 from returns.result import Failure, Result, Success
 
+from domain.digest import digest_bytes
 from domain.errors import (
     CorruptResource,
     FormatFailure,
@@ -171,9 +172,9 @@ def v1_archive_header_length(sealer: Sealer) -> int:
     return len(sealer.header.encode())
 
 
-def finish_v1_archive(sealer: Sealer, ciphertext_sha256: bytes) -> bytes:
-    """The archive's header, given the SHA-256 of the whole ciphertext stream after it."""
-    return sealer.finish(b"", ciphertext_sha256)
+def finish_v1_archive(sealer: Sealer, ciphertext_digest: bytes) -> bytes:
+    """The archive's header, given the digest (``domain.digest``) of the ciphertext after it."""
+    return sealer.finish(b"", ciphertext_digest)
 
 
 def open_v1_archive_header(
@@ -252,7 +253,7 @@ def seal_v1_archive_bytes(
             pt_start, pt_end = layout.plaintext_span(index)
             ct_start, _ = layout.ciphertext_span(index)
             sealer.seal_chunk_into(index, tar[pt_start:pt_end], view[ct_start:])
-        header = finish_v1_archive(sealer, hashlib.sha256(stream).digest())
+        header = finish_v1_archive(sealer, digest_bytes(stream, *layout.big_segmentation()))
         assert len(header) == v1_archive_header_length(sealer)
         return header + bytes(stream)
 
@@ -285,8 +286,9 @@ def _open_v1(data: bytes, fragment: bytes) -> Result[bytes, FormatFailure]:
     if isinstance(checked, Failure):
         return Failure(checked.failure())
     stream = memoryview(data)[header_length:]
-    if not hmac.compare_digest(hashlib.sha256(stream).digest(), opener.header.big_sha256):
-        return Failure(CorruptResource(V1_WHAT, "the ciphertext's SHA-256 differs from its header"))
+    expected = digest_bytes(stream, *opener.layout.big_segmentation())
+    if not hmac.compare_digest(expected, opener.header.big_digest):
+        return Failure(CorruptResource(V1_WHAT, "the ciphertext's digest differs from its header"))
     opened = open_stream(opener, stream)
     if isinstance(opened, Failure):
         return Failure(opened.failure())

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from returns.result import Failure, Result, Success
 
+from domain.digest import digest_bytes
 from domain.errors import (
     CorruptResource,
     FormatFailure,
@@ -42,6 +43,7 @@ from domain.keys import (
     unwrap_dek,
     wrap_dek,
 )
+from domain.ports import BigPartDigest
 from domain.ref import ResourceRef, check_name
 from domain.split import DEFAULT_RULE, SplitRule
 
@@ -93,6 +95,15 @@ class Layout:
         pt_start, pt_end = self.plaintext_span(index)
         return start, start + (pt_end - pt_start) + TAG_BYTES
 
+    def big_segmentation(self) -> tuple[int, int]:
+        """``(first, size)`` of the big part's digest segments: each chunk's big-part share."""
+        step = self.chunk_size + TAG_BYTES
+        if self.big_length == 0:
+            return step, step
+        cut = self.small_ciphertext_length
+        _, end = self.ciphertext_span(cut // step)
+        return min(end - cut, self.big_length), step
+
     def segments(self, start: int, end: int) -> Iterator[tuple[bool, int, int]]:
         """Split a ciphertext-stream range into ``(in_big_part, offset_in_part, length)``."""
         cut = self.small_ciphertext_length
@@ -128,7 +139,7 @@ class Header:
     wrapped: bool
     dek_field: bytes = attrs.field(repr=False)
     commitment: bytes = attrs.field(repr=False)
-    big_sha256: bytes = b"\x00" * 32
+    big_digest: bytes = b"\x00" * 32
     mac: bytes = attrs.field(default=b"\x00" * 32, repr=False)
 
     def prefix(self) -> bytes:
@@ -160,7 +171,7 @@ class Header:
         )
 
     def mac_input(self) -> bytes:
-        return self.prefix() + self.big_sha256
+        return self.prefix() + self.big_digest
 
     def encode(self) -> bytes:
         return self.mac_input() + self.mac
@@ -178,7 +189,7 @@ class Sealer:
     """Seals one resource chunk by chunk, in any order, from any thread.
 
     Build it with ``Sealer.start``; feed chunk ``i``'s plaintext to ``seal_chunk_into``; once every
-    chunk is sealed and the big part's SHA-256 is known, ``finish`` returns the small part.
+    chunk is sealed and the big part's digest is known, ``finish`` returns the small part.
     """
 
     def __init__(self, header: Header, chunk_key: bytes, header_mac_key: bytes) -> None:
@@ -244,11 +255,11 @@ class Sealer:
         self.seal_chunk_into(index, plaintext, memoryview(out))
         return bytes(out)
 
-    def finish(self, small_ciphertext: bytes, big_sha256: bytes) -> bytes:
-        """The small part: the header with the big part's hash and MAC, then its ciphertext."""
-        if len(small_ciphertext) != self.layout.small_ciphertext_length or len(big_sha256) != 32:
-            raise ValueError("finish needs the small part's ciphertext and a SHA-256")
-        header = attrs.evolve(self.header, big_sha256=big_sha256)
+    def finish(self, small_ciphertext: bytes, big_digest: bytes) -> bytes:
+        """The small part: the header with the big part's digest and MAC, then its ciphertext."""
+        if len(small_ciphertext) != self.layout.small_ciphertext_length or len(big_digest) != 32:
+            raise ValueError("finish needs the small part's ciphertext and a 32-byte digest")
+        header = attrs.evolve(self.header, big_digest=big_digest)
         mac = hmac.new(self._mac_key, header.mac_input(), hashlib.sha256).digest()
         return attrs.evolve(header, mac=mac).encode() + small_ciphertext
 
@@ -328,7 +339,7 @@ def parse_header(small_part: bytes) -> Result[tuple[Header, int], FormatFailure]
         wrapped=wrapped,
         dek_field=dek_field,
         commitment=commitment,
-        big_sha256=big_sha,
+        big_digest=big_sha,
         mac=mac,
     )
     return Success((header, reader.pos))
@@ -353,9 +364,9 @@ class Opener:
         return f"Opener(ref={self.header.ref}, layout={self.layout})"
 
     @property
-    def big_digest(self) -> tuple[int, bytes]:
-        """``(length, sha256)`` the big part must have."""
-        return self.layout.big_length, self.header.big_sha256
+    def big_digest(self) -> BigPartDigest:
+        """What the big part must be: length, digest and segmentation."""
+        return expected_big_part(self.header)
 
     @classmethod
     def start(
@@ -449,7 +460,8 @@ def seal_bytes(
             sealer.seal_chunk_into(index, plaintext[pt_start:pt_end], view[ct_start:])
         cut = layout.small_ciphertext_length
         big = bytes(view[cut:])
-        return sealer.finish(bytes(view[:cut]), hashlib.sha256(big).digest()), big
+        first, size = layout.big_segmentation()
+        return sealer.finish(bytes(view[:cut]), digest_bytes(big, first, size)), big
 
     started = Sealer.start(
         ref,
@@ -462,6 +474,12 @@ def seal_bytes(
         wrap_nonce=wrap_nonce,
     )
     return started.map(run)
+
+
+def expected_big_part(header: Header) -> BigPartDigest:
+    """What the big part of the resource this header describes must be."""
+    first, size = header.layout.big_segmentation()
+    return BigPartDigest(header.layout.big_length, header.big_digest, first, size)
 
 
 def open_stream(opener: Opener, stream: bytes | memoryview) -> Result[bytes, CorruptResource]:
@@ -503,8 +521,9 @@ def open_bytes(
         checked = check_big_part(opener, len(big_part))
         if isinstance(checked, Failure):
             return Failure(checked.failure())
-        if not hmac.compare_digest(hashlib.sha256(big_part).digest(), opener.header.big_sha256):
-            return Failure(PartMismatch("the big part's SHA-256 differs from the header's"))
+        first, size = opener.layout.big_segmentation()
+        if not hmac.compare_digest(digest_bytes(big_part, first, size), opener.header.big_digest):
+            return Failure(PartMismatch("the big part's digest differs from the header's"))
         return open_stream(opener, opener.small_ciphertext + big_part)
 
     return Opener.start(small_part, publisher_key=publisher_key, expected_ref=expected_ref).bind(

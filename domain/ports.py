@@ -39,10 +39,24 @@ CacheFailure = StorageFailed | PartMismatch | CorruptResource
 
 @attrs.frozen
 class BigPartDigest:
-    """What a big part must be: its length and SHA-256, as recorded in the small part's header."""
+    """What a big part must be: its length and digest, as recorded in the small part's header.
+
+    ``root`` is the segmented SHA-256 of ``domain.digest``; ``first_segment`` and
+    ``segment_size`` say where the segments are (by default the whole part is one segment).
+    """
 
     length: int
-    sha256: bytes
+    root: bytes
+    first_segment: int = attrs.field()
+    segment_size: int = attrs.field()
+
+    @first_segment.default
+    def _whole(self) -> int:
+        return max(self.length, 1)
+
+    @segment_size.default
+    def _whole_size(self) -> int:
+        return max(self.length, 1)
 
 
 class Cdn(Protocol):

@@ -7,7 +7,6 @@ partial that does not verify is never used; two concurrent fetches of one ref fi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -21,6 +20,7 @@ from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
 from adapters.file_cache import FileCache, file_digest
+from domain.digest import digest_bytes
 from domain.errors import Failure, PartMismatch, StorageFailed, Transient
 from domain.ports import BigPartDigest, Produce
 from domain.ref import ResourceRef
@@ -28,9 +28,14 @@ from domain.ref import ResourceRef
 REF = ResourceRef("models", "resnet [v2].bin")  # glob characters on purpose
 
 
+# A segmentation like a real resource's: a short first segment, then fixed-size ones.
+FIRST_SEGMENT, SEGMENT_SIZE = 1000, 4096
+
+
 def digest_of(data: bytes) -> BigPartDigest:
     """What the small part's header would say about ``data``."""
-    return BigPartDigest(len(data), hashlib.sha256(data).digest())
+    root = digest_bytes(data, FIRST_SEGMENT, SEGMENT_SIZE)
+    return BigPartDigest(len(data), root, FIRST_SEGMENT, SEGMENT_SIZE)
 
 
 def blob(size: int, seed: int) -> bytes:
@@ -103,7 +108,7 @@ def test_corrupted_entry_is_discarded_and_fetched_again(
     with caplog.at_level(logging.WARNING, logger="splitvault.file_cache"):
         assert value_of(cache.fetch(REF, digest_of(data), again)).read_bytes() == data
     assert again.starts == [0]
-    assert any("SHA-256" in record.getMessage() for record in caplog.records)
+    assert any("digest is" in record.getMessage() for record in caplog.records)
 
 
 def test_stale_entry_of_another_version_is_replaced(cache: FileCache) -> None:
@@ -255,7 +260,7 @@ def test_store_moves_a_verified_entry_into_place(cache: FileCache) -> None:
     data = blob(123_456, seed=12)
     path = value_of(cache.store(REF, produce_bytes(data)))
     assert path.read_bytes() == data
-    assert file_digest(path) == digest_of(data)
+    assert file_digest(path, FIRST_SEGMENT, SEGMENT_SIZE) == digest_of(data)
     source = Source(data)
     assert value_of(cache.fetch(REF, digest_of(data), source)) == path
     assert source.starts == []

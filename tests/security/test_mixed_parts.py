@@ -122,7 +122,7 @@ def test_offline_open_refuses_a_mixed_pair(tmp_path: Path, verify_hash: bool) ->
         write_atomically(
             out,
             lambda temp: pipeline.open_file(
-                small_a, tmp_path / "big", temp, verify_big_sha256=verify_hash
+                small_a, tmp_path / "big", temp, verify_big_digest=verify_hash
             ),
         )
     )

@@ -29,6 +29,7 @@ from domain.archive import (
     start_v1_archive,
     v1_archive_header_length,
 )
+from domain.digest import digest_bytes
 from domain.errors import (
     CorruptResource,
     InvalidRef,
@@ -154,7 +155,7 @@ def test_v1_streaming_api_places_chunks_after_the_header() -> None:
         pt_start, pt_end = layout.plaintext_span(index)
         ct_start, _ = layout.ciphertext_span(index)
         sealer.seal_chunk_into(index, TAR[pt_start:pt_end], view[header_length + ct_start :])
-    digest = hashlib.sha256(view[header_length:]).digest()
+    digest = digest_bytes(view[header_length:], *layout.big_segmentation())
     header = finish_v1_archive(sealer, digest)
     assert len(header) == header_length
     archive[:header_length] = header

@@ -28,8 +28,10 @@ from app.pipeline import (
     seal_file_legacy,
 )
 from domain import errors
+from domain.digest import digest_bytes
+from domain.digest import root as digest_root
 from domain.errors import CorruptResource, NotFound, PartMismatch, WrongKey
-from domain.format_v1 import Sealer, seal_bytes
+from domain.format_v1 import Sealer, parse_header, seal_bytes
 from domain.legacy import open_legacy_bytes, seal_legacy_bytes
 from domain.ref import ResourceRef
 
@@ -114,7 +116,10 @@ def test_seal_file_matches_seal_bytes_and_opens(tmp_path: Path, size: int, worke
     assert parts.small_part == small_expected
     assert big.read_bytes() == big_expected
     assert parts.big_digest.length == len(big_expected)
-    assert parts.big_digest.sha256 == hashlib.sha256(big_expected).digest()
+    header, _ = parse_header(parts.small_part).unwrap()
+    first, segment = header.layout.big_segmentation()
+    assert (parts.big_digest.first_segment, parts.big_digest.segment_size) == (first, segment)
+    assert parts.big_digest.root == digest_bytes(big_expected, first, segment)
     out = tmp_path / "out"
     assert _ok(open_file(parts.small_part, big, out, expected_ref=REF, workers=workers)) is None
     assert out.read_bytes() == data
@@ -220,7 +225,7 @@ def test_big_part_hash_differing_from_header_is_part_mismatch(tmp_path: Path) ->
     lying = sealer.finish(small_ct, b"\x00" * 32)
     failure = _failure(open_file(lying, big, tmp_path / "out"))
     assert isinstance(failure, PartMismatch)
-    assert "SHA-256" in failure.detail
+    assert "digest" in failure.detail
 
 
 def test_skipping_the_sha256_still_authenticates_every_chunk(tmp_path: Path) -> None:
@@ -231,12 +236,12 @@ def test_skipping_the_sha256_still_authenticates_every_chunk(tmp_path: Path) -> 
     small_ct = parts.small_part[-sealer.layout.small_ciphertext_length :]
     lying = sealer.finish(small_ct, b"\x00" * 32)
     out = tmp_path / "out"
-    _ok(open_file(lying, big, out, verify_big_sha256=False))
+    _ok(open_file(lying, big, out, verify_big_digest=False))
     assert out.read_bytes() == data
     tampered = bytearray(big.read_bytes())
     tampered[len(tampered) // 2] ^= 0x80
     big.write_bytes(bytes(tampered))
-    failure = _failure(open_file(parts.small_part, big, out, verify_big_sha256=False))
+    failure = _failure(open_file(parts.small_part, big, out, verify_big_digest=False))
     assert isinstance(failure, CorruptResource)
 
 
@@ -276,7 +281,8 @@ def test_legacy_matches_in_memory_suite(tmp_path: Path, size: int, workers: int)
     )
     small_expected, big_expected = seal_legacy_bytes(data, LEGACY_KEY, LEGACY_IV)
     assert (parts.small_part, big.read_bytes()) == (small_expected, big_expected)
-    assert parts.big_digest.sha256 == hashlib.sha256(big_expected).digest()
+    whole = [hashlib.sha256(big_expected).digest()] if big_expected else []
+    assert parts.big_digest.root == digest_root(len(big_expected), whole)
     out = tmp_path / "out"
     _ok(
         open_file_legacy(
