@@ -188,6 +188,7 @@ def upload(args: argparse.Namespace) -> Report:
                         publisher_key=client.publisher_key,
                         workers=client.config.workers,
                         progress=progress,
+                        retrier=client.retrier,
                     ),
                 )
             )
@@ -227,6 +228,7 @@ def download(args: argparse.Namespace) -> Report:
                         publisher_key=client.publisher_key,
                         workers=client.config.workers,
                         progress=progress,
+                        retrier=client.retrier,
                     ),
                 )
             )

@@ -144,6 +144,7 @@ def _download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadR
             cache=client.cache,
             fingerprint=client.fingerprint,
             transport_key=client.transport_key,
+            retrier=client.retrier,
         )
 
     return client.cdn(write=False).bind(run)
@@ -205,6 +206,7 @@ def _online(root: Path, size: int) -> dict[str, Any]:
                         cdn=cdn,
                         cache=trainer.cache,
                         random=trainer.random,
+                        retrier=trainer.retrier,
                     )
                 )
             )

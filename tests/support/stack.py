@@ -97,7 +97,13 @@ def upload(client: Client, ref: ResourceRef, source: Path) -> IOResult[UploadRep
 
     def run(cdn: Cdn) -> IOResult[UploadReport, Failure]:
         return upload_resource(
-            ref, source, api=client.api, cdn=cdn, cache=client.cache, random=client.random
+            ref,
+            source,
+            api=client.api,
+            cdn=cdn,
+            cache=client.cache,
+            random=client.random,
+            retrier=client.retrier,
         )
 
     return client.with_cdn(True, run)
@@ -115,6 +121,7 @@ def download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadRe
             cache=client.cache,
             fingerprint=client.fingerprint,
             transport_key=client.transport_key,
+            retrier=client.retrier,
         )
 
     return client.with_cdn(False, run)
