@@ -144,10 +144,10 @@ def test_stall_then_release(proxy: FaultProxy) -> None:
     assert first + rest == PAYLOAD
 
 
-def test_fault_for_the_next_connection_only(proxy: FaultProxy) -> None:
-    """``connections=1`` breaks one new connection; the next one passes."""
+def test_a_fault_fires_only_as_often_as_asked(proxy: FaultProxy) -> None:
+    """``times=1`` breaks one connection; the next one passes."""
     proxy.behave(PASS)
-    proxy.behave(Fault("reset", after=0), connections=1)
+    proxy.behave(Fault("reset", after=0), times=1)
     with connect(proxy) as first:
         assert read_until_end(first) == (b"", "reset")
     with connect(proxy) as second:

@@ -15,11 +15,14 @@ blocking call has a short timeout so ``close`` ends them all.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import re
 import select
 import socket
 import struct
+import termios
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -34,6 +37,7 @@ POLL_SECONDS = 0.05
 RECV_BYTES = 64 * 1024
 # A request line as HTTP/1.1 clients send it; searched in the client-to-upstream stream.
 REQUEST_LINE = re.compile(rb"(GET|HEAD|PUT|POST|DELETE|PATCH) (\S+) HTTP/1\.[01]\r\n")
+DRAIN_SECONDS = 2.0  # at most this long for sent bytes to reach the client before a reset
 LINE_TAIL = 4096  # bytes kept across reads so a request line split over two reads is still seen
 
 
@@ -128,9 +132,7 @@ class _Connection:
         if self.limit is not None and direction == self.fault.direction:
             allowed = max(0, min(len(data), self.limit - self.forwarded[direction]))
         if allowed:
-            target.sendall(data[:allowed])
-            self.forwarded[direction] += allowed
-            self.proxy.count_bytes(direction, allowed)
+            self._send(direction, data[:allowed], target)
         if allowed < len(data):
             self._act(direction, data[allowed:], target)
 
@@ -162,8 +164,15 @@ class _Connection:
 
     def _act(self, direction: Direction, held: bytes, target: socket.socket) -> None:
         action = self.fault.action
-        self.proxy.count_fault(action)
+        if not self.proxy.take_shot(action):
+            # The fault has fired as often as asked: this connection passes from now on.
+            self.limit = None
+            self._send(direction, held, target)
+            return
         if action == "reset":
+            # An RST throws away what is still in our send queue: let the N bytes reach the
+            # client's kernel first, so "after N bytes" means the client can read N bytes.
+            self._drain_to_client()
             self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             raise _Closed
         if action == "cut":
@@ -172,9 +181,20 @@ class _Connection:
         # stall: forward nothing more until released (or the proxy closes), then pass through.
         self.proxy.wait_for_release()
         self.limit = None
-        target.sendall(held)
-        self.forwarded[direction] += len(held)
-        self.proxy.count_bytes(direction, len(held))
+        self._send(direction, held, target)
+
+    def _drain_to_client(self) -> None:
+        unsent = array.array("i", [0])
+        for _ in range(int(DRAIN_SECONDS / POLL_SECONDS * 10)):
+            fcntl.ioctl(self.client.fileno(), termios.TIOCOUTQ, unsent)  # SIOCOUTQ on Linux
+            if unsent[0] == 0:
+                return
+            self.proxy.closing.wait(POLL_SECONDS / 10)
+
+    def _send(self, direction: Direction, data: bytes, target: socket.socket) -> None:
+        target.sendall(data)
+        self.forwarded[direction] += len(data)
+        self.proxy.count_bytes(direction, len(data))
 
     def abort(self) -> None:
         """End the connection, waking a thread blocked in ``sendall`` (``close`` alone does not)."""
@@ -194,9 +214,10 @@ class FaultProxy:
     """A loopback TCP proxy to ``127.0.0.1:upstream_port`` whose connections break on demand.
 
     Use as a context manager; ``port`` and ``url`` are valid inside it. ``behave(fault)`` sets
-    what every new connection gets; ``behave(fault, connections=n)`` applies to the next ``n``
-    new connections only, then the default returns. ``refuse(True)`` makes new connections fail
-    with ``ECONNREFUSED``. ``release()`` lets stalled connections go on.
+    what every new connection gets; ``behave(fault, times=n)`` lets the fault fire ``n`` times in
+    all (on whichever connections reach it first, e.g. the first GET that passes 3 MiB), after
+    which connections pass. ``refuse(True)`` makes new connections fail with ``ECONNREFUSED``.
+    ``release()`` lets stalled connections go on.
 
     Raises ``OSError`` when it cannot bind a loopback port.
     """
@@ -205,8 +226,8 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.closing = threading.Event()
         self._lock = threading.Condition()
-        self._default: Fault = PASS
-        self._queued: list[Fault] = []
+        self._fault: Fault = PASS
+        self._shots: int | None = None  # how often the fault may still fire; None: always
         self._released = 0  # bumped by release(); a stalled connection waits for a change
         self._counters = ProxyCounters()
         self._listener: socket.socket | None = None
@@ -262,14 +283,13 @@ class FaultProxy:
 
     # -- switches ------------------------------------------------------------------------------
 
-    def behave(self, fault: Fault, *, connections: int | None = None) -> None:
-        """Apply ``fault`` to every new connection, or to the next ``connections`` only."""
+    def behave(self, fault: Fault, *, times: int | None = None) -> None:
+        """Apply ``fault`` to every new connection; with ``times``, let it fire that often only."""
+        if times is not None and times < 0:
+            raise ValueError("times must be >= 0")
         with self._lock:
-            if connections is None:
-                self._default = fault
-                self._queued.clear()
-            else:
-                self._queued = [fault] * connections
+            self._fault = fault
+            self._shots = times
 
     def refuse(self, refusing: bool) -> None:
         """Refuse new connections (``ECONNREFUSED``) or accept them again; the port is kept.
@@ -334,8 +354,13 @@ class FaultProxy:
                 self._counters.bytes_down += count
             self._lock.notify_all()
 
-    def count_fault(self, action: Action) -> None:
+    def take_shot(self, action: Action) -> bool:
+        """Whether a connection may apply its fault now; counts it when it may."""
         with self._lock:
+            if self._shots is not None:
+                if self._shots <= 0:
+                    return False
+                self._shots -= 1
             if action == "reset":
                 self._counters.resets += 1
             elif action == "stall":
@@ -343,6 +368,7 @@ class FaultProxy:
             elif action == "cut":
                 self._counters.cuts += 1
             self._lock.notify_all()
+            return True
 
     def record_requests(self, found: list[tuple[str, str]]) -> None:
         with self._lock:
@@ -366,11 +392,6 @@ class FaultProxy:
         sock.bind(("127.0.0.1", port))
         return sock
 
-    def _next_fault(self) -> Fault:
-        if self._queued:
-            return self._queued.pop(0)
-        return self._default
-
     def _accept_loop(self) -> None:
         while not self.closing.is_set():
             with self._lock:
@@ -390,7 +411,7 @@ class FaultProxy:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._counters.connections += 1
-                connection = _Connection(self, client, self._next_fault())
+                connection = _Connection(self, client, self._fault)
                 self._connections.append(connection)
                 self._lock.notify_all()
             thread = threading.Thread(target=connection.serve, name="fault-proxy-conn", daemon=True)
