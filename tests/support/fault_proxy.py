@@ -229,6 +229,7 @@ class FaultProxy:
         self._fault: Fault = PASS
         self._shots: int | None = None  # how often the fault may still fire; None: always
         self._released = 0  # bumped by release(); a stalled connection waits for a change
+        self._drop_held = False
         self._counters = ProxyCounters()
         self._listener: socket.socket | None = None
         self._listening = False
@@ -317,10 +318,15 @@ class FaultProxy:
             self._listening = False
         self._lock.notify_all()
 
-    def release(self) -> None:
-        """Let every stalled connection forward again (new ones still follow the fault)."""
+    def release(self, *, forward: bool = True) -> None:
+        """Let every stalled connection forward again (new ones still follow the fault).
+
+        With ``forward=False`` they are closed instead and what they held is never delivered,
+        as if it had never left the client (use it after killing the client).
+        """
         with self._lock:
             self._released += 1
+            self._drop_held = not forward
             self._lock.notify_all()
 
     # -- counters ------------------------------------------------------------------------------
@@ -380,7 +386,8 @@ class FaultProxy:
         with self._lock:
             seen = self._released
             self._lock.wait_for(lambda: self._released != seen or self.closing.is_set())
-        if self.closing.is_set():
+            drop = self._drop_held
+        if drop or self.closing.is_set():
             raise _Closed
 
     # -- internals -----------------------------------------------------------------------------
