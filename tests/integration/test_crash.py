@@ -301,3 +301,34 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
     assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
         [REF.name + ".big", f".{REF.name}.lock"]
     )
+
+
+def test_a_download_killed_with_ranges_in_flight_resumes_without_holes(
+    world: World, tmp_path: Path
+) -> None:
+    """Killed while several ranges are in flight (one stalled, later ones done): the next run
+    resumes from the first unwritten byte, not from the file's length, and succeeds."""
+    stack = world.stack
+    plaintext = write_model(tmp_path / "src.bin", 20 * MiB)
+    uploaded = value(upload(stack.client(UPLOADER), REF, tmp_path / "src.bin"))
+    arm, stalled = when_s3_holds(Fault("stall", after=2 * MiB, trigger=b"Range: bytes=0-"))
+
+    def later_ranges_landed(world: World, process: subprocess.Popen[str]) -> None:
+        stalled(world, process)
+        for _ in range(2000):  # bounded: until bytes past the first range are on disk (~20 s)
+            partials = list((world.cache / REF.folder).glob(".*.partial"))
+            if partials and partials[0].stat().st_size > 8 * MiB:
+                return
+            time.sleep(0.01)
+
+    run_and_kill(world, world.spec("download", DOWNLOADER, world.out), (arm, later_ranges_landed))
+    partials = list((world.cache / REF.folder).glob(".*.partial"))
+    assert len(partials) == 1
+    assert partials[0].stat().st_size > 8 * MiB  # later ranges landed beyond a hole
+
+    report: DownloadReport = value(
+        download(stack.client(DOWNLOADER, cache=world.cache), REF, world.out)
+    )
+    assert world.out.read_bytes() == plaintext
+    assert sha256(world.cache / REF.key) == bytes.fromhex(uploaded.big_sha256)
+    assert 0 < report.fill_starts[0] <= 2 * MiB  # resumed at the hole, not at the end
