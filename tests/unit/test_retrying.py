@@ -37,7 +37,7 @@ class Script:
 
 
 def retrier(policy: RetryPolicy = POLICY, jitter: float = 0.5) -> tuple[Retrier, FakeSleep]:
-    clock = FakeClock()
+    clock = FakeClock(start=0.0)  # from zero, elapsed time is exactly the sum of the waits
     sleep = FakeSleep(clock)
     return Retrier(policy, clock, FakeRandom(jitter), sleep), sleep
 
