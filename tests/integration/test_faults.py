@@ -168,3 +168,26 @@ def test_the_big_part_is_verified_after_a_resumed_download(
     report: DownloadReport = value(download(reader, REF, tmp_path / "out.onnx"))
     assert report.cache_path.stat().st_size == big
     assert hashlib.sha256(report.cache_path.read_bytes()).digest() == expected
+
+
+def test_one_retry_layer_only(stack: Stack, s3_proxy: FaultProxy, tmp_path: Path) -> None:
+    """Every S3 answer reset: the CDN sees exactly the policy's attempts, not botocore's on top."""
+    uploaded(stack, tmp_path, 100_000)
+    reader = stack.client(DOWNLOADER, policy=RetryPolicy(base_delay=0.01, max_attempts=3))
+    s3_proxy.behave(Fault("reset", after=0))
+    problem = failure(download(reader, REF, tmp_path / "out.onnx"))
+    assert isinstance(problem, Transient)
+    assert s3_proxy.snapshot().resets == 3
+    assert s3_proxy.requests_matching("HEAD", f"/{stack.bucket}/{REF.key}") == 3
+
+
+def test_a_reset_during_the_cdn_upload_is_retried(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The big part's PUT reset halfway: the upload is sent again and the resource is whole."""
+    s3_proxy.behave(Fault("reset", direction="up", after=MiB, trigger=b"PUT /"), times=1)
+    plaintext, _ = uploaded(stack, tmp_path, 3 * MiB)
+    assert s3_proxy.snapshot().resets == 1
+    assert s3_proxy.requests_matching("PUT", f"/{stack.bucket}/{REF.key}") == 2
+    value(download(stack.client(DOWNLOADER), REF, tmp_path / "out.onnx"))
+    assert (tmp_path / "out.onnx").read_bytes() == plaintext
