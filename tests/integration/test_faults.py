@@ -191,3 +191,15 @@ def test_a_reset_during_the_cdn_upload_is_retried(
     assert s3_proxy.requests_matching("PUT", f"/{stack.bucket}/{REF.key}") == 2
     value(download(stack.client(DOWNLOADER), REF, tmp_path / "out.onnx"))
     assert (tmp_path / "out.onnx").read_bytes() == plaintext
+
+
+def test_a_stalled_s3_upload_times_out(stack: Stack, s3_proxy: FaultProxy, tmp_path: Path) -> None:
+    """S3 stops reading the PUT body: TimedOut after the configured 1 s, nothing committed."""
+    write_model(tmp_path / "model.onnx", 3 * MiB)
+    writer = stack.client(
+        UPLOADER, read_timeout=1.0, connect_timeout=1.0, policy=RetryPolicy(max_attempts=1)
+    )
+    s3_proxy.behave(Fault("stall", direction="up", after=MiB, trigger=b"PUT /"))
+    problem = failure(bounded(lambda: upload(writer, REF, tmp_path / "model.onnx")))
+    assert problem == TimedOut(f"CDN object {REF.key}", 1.0)
+    assert not stack.small_part_path(REF).exists()
