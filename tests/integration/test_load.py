@@ -3,7 +3,7 @@
 Each of the 32 threads is its own service: its own ``Client`` (API session, login, CDN client)
 and its own cache directory; they all start together behind a barrier. Each client's first
 download pays for its login and its Argon2 key derivations (both sides) and is reported apart.
-After it, every third download is cold (a fresh cache, so the big part comes from S3 through a
+After it, every second download is cold (a fresh cache, so the big part comes from S3 through a
 ranged GET); the others are warm (the client's cache: the API, the server's password check and the
 decryption). The run lasts a bounded
 time; every output is checked byte for byte (SHA-256) and no error is allowed. Latencies (p50,
@@ -110,7 +110,7 @@ def test_32_clients_download_repeatedly_without_error(
         while time.monotonic() < deadline[0]:
             ref = REFS[(index + iteration) % len(REFS)]
             out = tmp_path / "out" / f"{index}" / ref.name
-            is_cold = iteration % 3 == 0
+            is_cold = iteration % 2 == 1
             cache: Cache = client.cache
             if is_cold:
                 opened = FileCache.open(tmp_path / "cold" / f"{index}-{iteration}")
