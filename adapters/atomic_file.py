@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,10 @@ from pathlib import Path
 log = logging.getLogger("splitvault.atomic_file")
 
 TEMP_MARKER = ".tmp-"
+TOKEN_HEX = 16
+# A writer of a final file keeps touching its temp file (each write moves its mtime); one untouched
+# for an hour belongs to a process that is gone.
+ORPHAN_AFTER_SECONDS = 3600.0
 
 
 def temp_name_for(final_name: str, token: str) -> str:
@@ -30,6 +35,17 @@ def temp_name_for(final_name: str, token: str) -> str:
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` looks like a temp file made by ``atomic_path``."""
     return name.startswith(".") and TEMP_MARKER in name
+
+
+def is_temp_of(final_name: str, name: str) -> bool:
+    """Whether ``name`` is exactly a temp name ``atomic_path`` makes for ``final_name``."""
+    prefix = f".{final_name}{TEMP_MARKER}"
+    token = name[len(prefix) :]
+    return (
+        name.startswith(prefix)
+        and len(token) == TOKEN_HEX
+        and all(char in "0123456789abcdef" for char in token)
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,7 +86,7 @@ def atomic_path(final: Path, *, mode: int = 0o600) -> Iterator[Path]:
     Raises ``OSError`` when the temp file cannot be created, flushed or renamed.
     """
     directory = final.parent
-    temp = directory / temp_name_for(final.name, secrets.token_hex(8))
+    temp = directory / temp_name_for(final.name, secrets.token_hex(TOKEN_HEX // 2))
     # O_EXCL + O_NOFOLLOW: never write through a file or symlink someone else placed there.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -120,3 +136,20 @@ def collect_stale_temps(
         log.info("removed stale temp file %s", entry.path)
         removed.append(Path(entry.path))
     return tuple(removed)
+
+
+def collect_orphans_of(
+    final: Path, older_than_seconds: float = ORPHAN_AFTER_SECONDS
+) -> tuple[Path, ...]:
+    """Remove old temp files of ``final`` (and only of it) that a killed writer left beside it.
+
+    Only names ``atomic_path`` makes for ``final`` are touched, so other files in a user's
+    directory are never at risk. Returns the paths removed; raises ``OSError`` when the directory
+    cannot be listed.
+    """
+    return collect_stale_temps(
+        final.parent,
+        older_than_seconds,
+        time.time(),
+        match=lambda name: is_temp_of(final.name, name),
+    )

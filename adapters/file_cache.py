@@ -1,13 +1,15 @@
 """The local cache of big parts on the file system, behind the ``Cache`` port.
 
-An entry lives at ``{root}/{folder}/{name}.big`` and is handed out only after its length and
-digest (``domain.digest``) match what the small part's header says; anything else (a corrupted file, an entry of an
-older version) is discarded with the reason logged and fetched again. Downloads go into a partial
-file named after the expected hash (``.{name}.big.{digest[:16]}.partial``) so an interrupted fill
-resumes where it stopped, while a partial for another hash is stale and removed. A finished partial
-is verified, fsynced, renamed into place and the directory fsynced. An ``flock`` on
-``.{name}.lock`` keeps two processes (or threads) from downloading the same part at once; it is
-not needed for correctness, which comes from verification and atomic renames.
+An entry lives at ``{root}/{folder}/{name}.big`` and is handed out only after its length and digest
+(``domain.digest``) match what the small part's header says; anything else (a corrupted file, an
+entry of an older version) is discarded with the reason logged and fetched again. Downloads go into
+a partial file named after the expected digest (``.{name}.big.{digest[:16]}.partial``) so an
+interrupted fill resumes where it stopped — at the first hole in it, if a process killed with ranges
+in flight left later bytes past a gap — while a partial for another digest is stale and removed. A
+finished partial is verified, fsynced, renamed into place and the directory fsynced; a resumed one
+that does not verify is fetched once more from the start before the mismatch is reported. An
+``flock`` on ``.{name}.lock`` keeps two processes (or threads) from downloading the same part at
+once; it is not needed for correctness, which comes from verification and atomic renames.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ LOCK_SUFFIX = ".lock"
 ENTRY_SUFFIX = ".big"
 HASH_PREFIX_HEX = 16
 STAMP_SUFFIX = ".verified"
+RESUME_UNIT = 1024 * 1024  # downloads write whole 1 MiB pieces from range starts (multiples)
 
 
 def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDigest:
@@ -137,6 +140,41 @@ def stamp_matches(entry: Path, expected: BigPartDigest) -> bool:
         return recorded == _stamp_text(entry, expected)
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def _first_hole(fd: int, size: int) -> int:
+    """The offset of the first never-written region of the file, or ``size`` when unknown."""
+    try:
+        return min(size, os.lseek(fd, 0, os.SEEK_HOLE))
+    except OSError:  # no SEEK_HOLE here: the verification after the fill still protects us
+        return size
+
+
+def _resume_point(partial: Path, expected: BigPartDigest) -> int:
+    """Where to resume filling ``partial``: the end of its bytes, before any hole in them.
+
+    A download killed with several ranges in flight leaves later ranges written past a gap of
+    never-written bytes; the file's length then overstates what is there. Resuming starts at the
+    first hole, rounded down to ``RESUME_UNIT`` (writers write whole pieces from there).
+    Raises ``OSError``.
+    """
+    # O_NOFOLLOW: the partial is ours; never append through a link planted in the cache.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size > expected.length:
+            log.warning("partial %s is longer than the big part; starting over", partial)
+            os.ftruncate(fd, 0)
+            return 0
+        hole = _first_hole(fd, size)
+        if hole < size:
+            safe = hole - hole % RESUME_UNIT
+            log.info("partial %s has a gap at byte %d; resuming from byte %d", partial, hole, safe)
+            os.ftruncate(fd, safe)
+            return safe
+        return size
+    finally:
+        os.close(fd)
 
 
 def _is_cache_temp(name: str) -> bool:
@@ -286,16 +324,7 @@ class FileCache:
             if stale != partial:
                 log.info("removing partial download %s of another version", stale)
                 stale.unlink(missing_ok=True)
-        # O_NOFOLLOW: the partial is ours; never append through a link planted in the cache.
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            current = os.fstat(fd).st_size
-            if current > expected.length:
-                log.warning("partial %s is longer than the big part; starting over", partial)
-                os.ftruncate(fd, 0)
-                current = 0
-        finally:
-            os.close(fd)
+        current = _resume_point(partial, expected)
         if current < expected.length:
             if current:
                 log.info("resuming %s from byte %d of %d", partial, current, expected.length)
@@ -303,6 +332,15 @@ class FileCache:
             if not is_successful(filled):
                 return filled.map(lambda _: entry)
         reason = mismatch_reason(partial, expected)
+        if reason is not None and current > 0:
+            # What an earlier process left did not hold up (a torn write, a file system that
+            # hides holes): one whole fetch costs less than failing the download.
+            log.warning("resumed %s does not verify (%s); fetching it whole", partial, reason)
+            os.truncate(partial, 0)
+            filled = fill(partial, 0)
+            if not is_successful(filled):
+                return filled.map(lambda _: entry)
+            reason = mismatch_reason(partial, expected)
         if reason is not None:
             log.warning("discarding downloaded big part %s: %s", partial, reason)
             partial.unlink(missing_ok=True)

@@ -14,15 +14,18 @@ mid-download fails instead of mixing two versions. ``start`` resumes a download:
 are not touched. On failure the destination is cut back to the bytes known good from ``start`` on,
 so its length is always a safe resume point.
 
-Retries: one layer, botocore's "standard" mode (``max_attempts`` in total per request, exponential
-backoff with jitter, throttling codes such as SlowDown, 5xx and connection errors retried). It
-retries each request — a single part or range — which is the cheap and correct unit: a retried
-part does not restart the whole multipart upload. A ``Transient`` failure from this adapter has
-therefore already been retried; callers should not retry it again on the same object within the
-same operation (``domain.retry`` drives the API's retries). Set ``max_attempts=1`` to hand all
-retrying to the caller instead. The streaming of a response body after its headers arrived is not
-retried by botocore; such a failure is returned as ``Transient``/``TimedOut`` and the destination
-is left as a resume point.
+Retries: none here. There is one retry layer for CDN transfers and it is the core's:
+``app.retrying`` repeats a whole ``download_file``/``upload_file`` as ``domain.retry.decide`` says
+(full jitter, attempt cap, total time budget, ``Retry-After``; only ``Transient`` and ``TimedOut``
+are retried). botocore therefore runs with ``max_attempts=1`` by default. Why not botocore's own
+retries: they stop at the response headers — a connection reset in the middle of a ranged GET's
+body is not retried by botocore at all — and they would multiply with ours (3 x 6 attempts, and a
+budget nobody sees). A retried download resumes from the destination's length (the cache's partial
+file), which this adapter keeps a safe resume point, so the unit of retry costs only the bytes not
+yet on disk. A retried upload starts that upload again (a failed multipart upload is aborted).
+Failures are classified here: throttling codes, 5xx and connection errors are ``Transient`` (with
+the server's ``Retry-After`` when it sent one), stalled reads ``TimedOut`` after ``read_timeout``,
+everything else final.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -68,7 +72,7 @@ from domain.errors import (
 )
 from domain.ports import CdnFailure
 from domain.ref import ResourceRef
-from domain.retry import TRANSIENT_SERVICE_CODES
+from domain.retry import TRANSIENT_SERVICE_CODES, parse_retry_after
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -107,7 +111,9 @@ class S3Tuning:
             part is 5 MiB).
         max_concurrency: parts or ranges in flight at once; the connection pool is at least this.
         connect_timeout, read_timeout: seconds before a connect or a stalled read fails.
-        max_attempts: total attempts per request in botocore's standard retry mode (1 = none).
+        max_attempts: total attempts per request in botocore's standard retry mode. Keep the
+            default 1 (no botocore retries) when ``app.retrying`` drives retries, or the layers
+            multiply.
         addressing_style: ``path`` works with every S3-compatible store and with IP endpoints.
     """
 
@@ -116,7 +122,7 @@ class S3Tuning:
     max_concurrency: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    max_attempts: int = 3
+    max_attempts: int = 1
     addressing_style: Literal["path", "virtual", "auto"] = "path"
 
     def __attrs_post_init__(self) -> None:
@@ -163,14 +169,17 @@ class _ProgressSubscriber(BaseSubscriber):
 def _client_error_failure(error: ClientError, what: str) -> CdnFailure:
     details: Any = error.response
     code = str(details.get("Error", {}).get("Code", ""))
-    status = int(details.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    metadata = details.get("ResponseMetadata", {})
+    status = int(metadata.get("HTTPStatusCode", 0) or 0)
     shown = f"{code or 'error'} (HTTP {status})"
     if code in _NOT_FOUND_CODES or (status == 404 and not code):
         return NotFound(what)
     if code in _DENIED_CODES or status == 403:
         return AccessDenied(what, shown)
     if code in _TRANSIENT_CODES or status in {408, 429} or status >= 500:
-        return Transient(what, shown)
+        headers = metadata.get("HTTPHeaders", {})
+        retry_after = headers.get("retry-after") if isinstance(headers, dict) else None
+        return Transient(what, shown, parse_retry_after(retry_after, time.time()))
     return RemoteError(what, status, code or "unexpected answer")
 
 

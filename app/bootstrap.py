@@ -6,6 +6,11 @@ fingerprint, a fake API) instead of patching. The CDN is built lazily from ``cdn
 through the API, with read keys only unless the caller uploads, so a download-only process never
 holds write keys; a CDN that refuses the keys it has is rebuilt once from a fresh ``cdn.yaml``
 (rotated keys) before the failure is reported.
+
+Retries: one ``RetryPolicy`` (the ``retry_policy`` override, else the default) drives both the API
+adapter's request retries and ``Client.retrier``, which the use cases use for CDN transfers. The S3
+adapter is built with botocore's retries off and the configured connect/read timeouts, so a stalled
+CDN fails as ``TimedOut`` within ``read_timeout`` and is retried by our loop alone.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from adapters.directory_cdn import DirectoryCdn
 from adapters.file_cache import FileCache
 from adapters.http_api import HttpResourceApi
 from adapters.linux_hardware import LinuxHardware
-from adapters.s3_cdn import S3Cdn
+from adapters.s3_cdn import S3Cdn, S3Tuning
 from adapters.system import SystemClock, SystemRandom, sleep
+from app.retrying import Retrier
 from app.usecases import (
     DownloadReport,
     Identity,
@@ -43,6 +49,7 @@ from domain.errors import AccessDenied, ConfigInvalid, Failure
 from domain.legacy import parse_shared_key
 from domain.ports import Cache, Cdn, Clock, Hardware, Random
 from domain.ref import ResourceRef
+from domain.retry import RetryPolicy
 
 log = logging.getLogger("splitvault.bootstrap")
 T = TypeVar("T")
@@ -57,6 +64,7 @@ class Client:
     """Everything a use case needs for one user on one machine.
 
     Build it with ``bootstrap``. Thread-safe: the API adapter, cache and CDN may be shared.
+    ``retrier`` is what the use cases should pass as their ``retrier`` (CDN transfers).
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class Client:
         clock: Clock,
         cdn: Cdn | None,
         publisher_key: bytes | None,
+        retrier: Retrier,
     ) -> None:
         self.config = config
         self.api = api
@@ -78,6 +87,12 @@ class Client:
         self.random = random
         self.clock = clock
         self.publisher_key = publisher_key
+        self.retrier = retrier
+        self._s3_tuning = S3Tuning(
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_attempts=1,  # retries are Client.retrier's alone: layers must not multiply
+        )
         self._fixed_cdn = cdn
         self._cdns: dict[bool, Cdn] = {}
         self._lock = threading.Lock()
@@ -150,6 +165,7 @@ class Client:
                 publisher_key=self.publisher_key,
                 workers=self.config.workers,
                 progress=progress,
+                retrier=self.retrier,
             )
 
         return self.with_cdn(True, run)
@@ -171,6 +187,7 @@ class Client:
                 publisher_key=self.publisher_key,
                 workers=self.config.workers,
                 progress=progress,
+                retrier=self.retrier,
             )
 
         return self.with_cdn(False, run)
@@ -192,7 +209,7 @@ class Client:
                         "the CDN", "this account's role has read keys only (uploader needed)"
                     )
                 )
-            made = S3Cdn.from_config(config, write=write)
+            made = S3Cdn.from_config(config, write=write, tuning=self._s3_tuning)
             if isinstance(made, ResultFailure):
                 return IOFailure(made.failure())
             return IOSuccess(made.unwrap())
@@ -233,10 +250,17 @@ def bootstrap(
     clock: Clock | None = None,
     random: Random | None = None,
     sleeper: Callable[[float], None] | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> IOResult[Client, Failure]:
-    """Build a ``Client`` from configuration; overrides replace single adapters."""
+    """Build a ``Client`` from configuration; overrides replace single adapters.
+
+    ``retry_policy`` governs the API adapter built here (a passed ``api`` keeps its own) and the
+    client's ``retrier`` for CDN transfers.
+    """
     the_clock = clock or SystemClock()
     the_random = random or SystemRandom()
+    the_sleep = sleeper or sleep
+    policy = retry_policy or RetryPolicy()
     if api is None:
         if not config.api_url or not config.email or config.password is None:
             missing = next(
@@ -258,9 +282,10 @@ def bootstrap(
             ca_bundle=config.ca_bundle,
             timeout=config.read_timeout,
             connect_timeout=config.connect_timeout,
+            policy=policy,
             clock=the_clock,
             random=the_random,
-            sleep=sleeper or sleep,
+            sleep=the_sleep,
         )
     built_api = api
     cache_result: IOResult[Cache, Failure] = (
@@ -277,6 +302,7 @@ def bootstrap(
             clock=the_clock,
             cdn=cdn,
             publisher_key=publisher_key,
+            retrier=Retrier(policy, the_clock, the_random, the_sleep),
         )
 
     return cache_result.bind(

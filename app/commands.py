@@ -181,7 +181,7 @@ def upload(args: argparse.Namespace) -> Report:
         "plaintext_bytes": report.plaintext_bytes,
         "small_bytes": report.small_bytes,
         "big_bytes": report.big_bytes,
-        "big_digest": report.big_digest,
+        "big_digest": report.big_part.root.hex(),
         "cache_path": str(report.cache_path),
         "text": f"uploaded {ref}: small part {report.small_bytes} B to the API, "
         f"big part {report.big_bytes} B to the CDN",

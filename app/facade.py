@@ -21,18 +21,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-from returns.io import IOResult
+from returns.io import IOFailure, IOResult
 from returns.result import Failure as ResultFailure
 
 from adapters.config_files import default_cache_dir
 from adapters.s3_cdn import S3Cdn
+from adapters.system import SystemClock, SystemRandom, sleep
 from app.bootstrap import Client, bootstrap
 from app.errors import to_exception, unwrap_or_raise
+from app.retrying import Retrier
 from app.usecases import DownloadReport, UploadReport, open_small_part, write_atomically
 from domain.config import ClientConfig, S3Keys
 from domain.errors import ConfigInvalid, Failure, LimitExceeded, StorageFailed
 from domain.ports import Cdn, Hardware
 from domain.ref import ResourceRef, parse_folder
+from domain.retry import RetryPolicy
 
 
 @attrs.frozen
@@ -107,22 +110,22 @@ class CDNManager:
         self.cdn: Cdn = build(
             credentials.endpoint_url, credentials.bucket, keys, region=credentials.region
         )
+        # The S3 adapter does not retry (one retry layer, ours): this one drives it.
+        self.retrier = Retrier(RetryPolicy(), SystemClock(), SystemRandom(), sleep)
 
     def __repr__(self) -> str:
         return f"CDNManager({self.cdn!r})"
 
     def upload_to_cdn(self, file_path: str | os.PathLike[str], key: str) -> None:
         """Upload a file as the big part under ``key``."""
-        unwrap_or_raise(self.cdn.upload_file(_ref_from_key(key), Path(file_path)))
+        ref = _ref_from_key(key)
+        unwrap_or_raise(
+            self.retrier.run(f"upload of {key}", lambda: self.cdn.upload_file(ref, Path(file_path)))
+        )
 
     def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
         """Download the big part under ``key`` into ``file_path`` (atomically)."""
-        ref = _ref_from_key(key)
-        unwrap_or_raise(
-            write_atomically(
-                Path(file_path), lambda temp: self.cdn.download_file(ref, temp).map(lambda _: None)
-            )
-        )
+        unwrap_or_raise(_download_resuming(self.cdn, _ref_from_key(key), file_path, self.retrier))
 
 
 class ApiClient:
@@ -252,19 +255,25 @@ class ApiClient:
         """Upload a file to the CDN under ``key`` with the uploader's keys."""
         client = self._session()
         ref = _ref_from_key(key)
-        unwrap_or_raise(client.with_cdn(True, lambda cdn: cdn.upload_file(ref, Path(file_path))))
+        unwrap_or_raise(
+            client.with_cdn(
+                True,
+                lambda cdn: client.retrier.run(
+                    f"upload of {key}", lambda: cdn.upload_file(ref, Path(file_path))
+                ),
+            )
+        )
 
     def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
         """Download ``key`` from the CDN into ``file_path`` (atomically)."""
         client = self._session()
         ref = _ref_from_key(key)
 
-        def fetch(cdn: Cdn) -> IOResult[None, Failure]:
-            return write_atomically(
-                Path(file_path), lambda temp: cdn.download_file(ref, temp).map(lambda _: None)
+        unwrap_or_raise(
+            client.with_cdn(
+                False, lambda cdn: _download_resuming(cdn, ref, file_path, client.retrier)
             )
-
-        unwrap_or_raise(client.with_cdn(False, fetch))
+        )
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -279,6 +288,24 @@ class ApiClient:
     ) -> DownloadReport:
         """Download ``folder/name`` into ``out_path``, streaming; nothing is left on failure."""
         return unwrap_or_raise(self._session().download(_ref(folder, name), Path(out_path)))
+
+
+def _download_resuming(
+    cdn: Cdn, ref: ResourceRef, file_path: str | os.PathLike[str], retrier: Retrier
+) -> IOResult[None, Failure]:
+    """Download into a temp file beside ``file_path``; each retry resumes from the temp's length."""
+
+    def fill(temp: Path) -> IOResult[None, Failure]:
+        def once() -> IOResult[None, Failure]:
+            try:
+                start = temp.stat().st_size
+            except OSError as error:
+                return IOFailure(StorageFailed(str(temp), error.strerror or "cannot stat"))
+            return cdn.download_file(ref, temp, start=start).map(lambda _: None)
+
+        return retrier.run(f"download of {ref.key}", once)
+
+    return write_atomically(Path(file_path), fill)
 
 
 def _read_small(path: Path) -> bytes:

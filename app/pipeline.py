@@ -2,9 +2,9 @@
 
 A resource is processed chunk by chunk on a small thread pool. Each worker reads its chunk with a
 positional read into a reused buffer and seals or opens it with the AES ``*_into`` calls, which
-release the GIL, so the cores really work at once. The steps that must follow the file's order
-(a serial CBC encryption, the legacy suite's hash, and the writes, since parallel writers to one
-file only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
+release the GIL, so the cores really work at once. The steps that must follow the file's order (a
+serial CBC encryption, the legacy suite's hash, and the writes, since parallel writers to one file
+only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
 holds the bytes while they are still in its cache. The big part's digest (``domain.digest``) is
 hashed per chunk, by the worker that produced it, so it runs on every core and overlaps the
 encryption instead of costing a second pass over the file. At most ``2 * workers`` chunk buffers

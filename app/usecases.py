@@ -6,6 +6,11 @@ API write is the commit point, so a crash leaves at worst an orphaned big part, 
 that points at nothing. ``download_resource`` fetches the small part through its transport
 envelope, takes the big part from a verified cache entry or the CDN, opens into a temp file next to
 the output and renames it into place only when every chunk authenticated.
+
+CDN transfers are retried here, through ``app.retrying`` (the CDN adapter itself does not retry):
+a failed big-part download is retried by asking the cache again, which resumes from the bytes its
+partial file already holds (a ranged request from there) and discards a partial of another version.
+Temp files that a killed process left beside an output file are collected by the next write of it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from returns.pipeline import is_successful
 from returns.result import Failure as ResultFailure
 from returns.unsafe import unsafe_perform_io
 
-from adapters.atomic_file import atomic_path
+from adapters.atomic_file import atomic_path, collect_orphans_of
 from app import pipeline
+from app.retrying import Retrier, run_with
 from domain import keys
 from domain.errors import CorruptResource, Failure, NotFound, PartMismatch, StorageFailed
 from domain.format_v1 import DEFAULT_CHUNK_SIZE, expected_big_part, parse_header
@@ -76,13 +82,17 @@ class UploadReport:
     plaintext_bytes: int
     small_bytes: int
     big_bytes: int
-    big_digest: str
+    big_part: BigPartDigest
     cache_path: Path
 
 
 @attrs.frozen
 class DownloadReport:
-    """What a download produced and whether the cache served the big part."""
+    """What a download produced and whether the cache served the big part.
+
+    ``fill_starts`` are the offsets the CDN fills started from, one per attempt (empty on a cache
+    hit; a non-zero offset is a resumed download).
+    """
 
     ref: ResourceRef
     out: Path
@@ -91,16 +101,21 @@ class DownloadReport:
     big_bytes: int
     cache_hit: bool
     cache_path: Path
+    fill_starts: tuple[int, ...] = ()
 
 
 def write_atomically(
     final: Path, write: Callable[[Path], IOResult[T, Failure]]
 ) -> IOResult[T, Failure]:
-    """Run ``write`` on a temp file beside ``final``; rename it into place only on success."""
+    """Run ``write`` on a temp file beside ``final``; rename it into place only on success.
+
+    Old temp files of ``final`` left by a killed process are removed first.
+    """
 
     result: IOResult[T, Failure] = IOFailure(StorageFailed(str(final), "nothing was written"))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        collect_orphans_of(final)
         with atomic_path(final) as temp:
             result = write(temp)
             _abort_unless_successful(result)
@@ -132,8 +147,12 @@ def upload_resource(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
     progress: Progress | None = None,
+    retrier: Retrier | None = None,
 ) -> IOResult[UploadReport, Failure]:
-    """Seal ``source`` and store it: big part to cache and CDN, then the small part to the API."""
+    """Seal ``source`` and store it: big part to cache and CDN, then the small part to the API.
+
+    ``retrier`` retries the CDN upload (one attempt without it); the API retries its own calls.
+    """
     if not source.is_file():
         return IOFailure(NotFound(f"the file {source}"))
     sealed: list[pipeline.SealedParts] = []
@@ -165,13 +184,19 @@ def upload_resource(
             plaintext_bytes=source.stat().st_size,
             small_bytes=len(parts.small_part),
             big_bytes=parts.big_digest.length,
-            big_digest=parts.big_digest.root.hex(),
+            big_part=parts.big_digest,
             cache_path=cache_path,
         )
 
+    def to_cdn(path: Path) -> IOResult[Path, Failure]:
+        def once() -> IOResult[None, Failure]:
+            return cdn.upload_file(ref, path)
+
+        return run_with(retrier, f"upload of the big part of {ref}", once).map(lambda _: path)
+
     return (
         cache.store(ref, produce)
-        .bind(lambda path: cdn.upload_file(ref, path).map(lambda _: path))
+        .bind(to_cdn)
         .bind(lambda path: api.upload_small_part(ref, sealed[-1].small_part).map(lambda _: path))
         .map(report)
     )
@@ -199,8 +224,12 @@ def download_resource(
     publisher_key: bytes | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    retrier: Retrier | None = None,
 ) -> IOResult[DownloadReport, Failure]:
-    """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure."""
+    """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure.
+
+    ``retrier`` retries the big part's download, resuming each time (one attempt without it).
+    """
     envelope: IOResult[bytes, Failure] = api.download_small_part(ref, fingerprint)
     return envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key)).bind(
         lambda small: _with_big_part(
@@ -212,6 +241,7 @@ def download_resource(
             publisher_key=publisher_key,
             workers=workers,
             progress=progress,
+            retrier=retrier,
         )
     )
 
@@ -226,6 +256,7 @@ def _with_big_part(
     publisher_key: bytes | None,
     workers: int | None,
     progress: Progress | None,
+    retrier: Retrier | None,
 ) -> IOResult[DownloadReport, Failure]:
     parsed = parse_header(small)
     if isinstance(parsed, ResultFailure):
@@ -262,10 +293,16 @@ def _with_big_part(
             big_bytes=expected.length,
             cache_hit=not filled,
             cache_path=big_path,
+            fill_starts=tuple(filled),
         )
 
+    def fetch() -> IOResult[Path, Failure]:
+        # Each attempt asks the cache again: it resumes from its partial file, or finds the entry
+        # another process has finished meanwhile.
+        return cache.fetch(ref, expected, fill)
+
     def attempt() -> IOResult[DownloadReport, Failure]:
-        return cache.fetch(ref, expected, fill).bind(
+        return run_with(retrier, f"download of the big part of {ref}", fetch).bind(
             lambda big_path: write_atomically(out, lambda temp: open_into(big_path, temp)).map(
                 lambda _: report(big_path)
             )

@@ -4,7 +4,9 @@
 jitter value in ``[0, 1)`` drawn by the caller. It implements full-jitter exponential backoff
 (AWS architecture blog, "Exponential Backoff And Jitter"), an attempt cap, a total time budget that
 a delay may never overrun, and honours ``Retry-After``. Only transient outcomes are retried;
-401/403 get one re-login and then give up. The adapters own the loop; this module owns the policy.
+401/403 get one re-login and then give up. The loops live outside the domain (the HTTP adapter for
+API requests, ``app.retrying`` for CDN transfers); this module owns the policy, and ``outcome_of``
+says which typed failures from the ports are worth another try.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import email.utils
 from typing import Final
 
 import attrs
+
+from domain.errors import Failure, TimedOut, Transient
 
 TRANSIENT_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_STATUSES: Final = frozenset({401, 403})
@@ -74,7 +78,16 @@ class ServiceCode:
     retry_after: float | None = None
 
 
-Outcome = TransportFault | HttpStatus | ServiceCode
+@attrs.frozen
+class Reported:
+    """A failure an adapter has already classified (``Transient`` or final) as a typed value."""
+
+    transient: bool
+    detail: str
+    retry_after: float | None = None
+
+
+Outcome = TransportFault | HttpStatus | ServiceCode | Reported
 
 
 @attrs.frozen
@@ -105,7 +118,22 @@ def is_transient(outcome: Outcome) -> bool:
         return outcome.kind in TRANSPORT_FAULTS
     if isinstance(outcome, HttpStatus):
         return outcome.status in TRANSIENT_STATUSES
+    if isinstance(outcome, Reported):
+        return outcome.transient
     return outcome.code in TRANSIENT_SERVICE_CODES
+
+
+def outcome_of(failure: Failure) -> Outcome:
+    """The outcome a typed failure stands for, for callers that retry whole port operations.
+
+    ``TimedOut`` is a timeout and ``Transient`` is worth another try (its ``Retry-After`` kept);
+    every other failure (not found, denied, local storage, corrupt data) is final.
+    """
+    if isinstance(failure, TimedOut):
+        return TransportFault("timeout")
+    if isinstance(failure, Transient):
+        return Reported(True, f"{failure.what}: {failure.detail}", failure.retry_after)
+    return Reported(False, type(failure).__name__)
 
 
 def backoff_ceiling(policy: RetryPolicy, attempt: int) -> float:
@@ -154,6 +182,8 @@ def _describe(outcome: Outcome) -> str:
         return f"{outcome.kind} error"
     if isinstance(outcome, HttpStatus):
         return f"HTTP {outcome.status}"
+    if isinstance(outcome, Reported):
+        return outcome.detail
     return f"service error {outcome.code}"
 
 

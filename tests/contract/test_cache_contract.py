@@ -146,17 +146,46 @@ def test_interrupted_fill_resumes_from_the_partial_size(cache: FileCache) -> Non
     assert partials(cache) == []
 
 
-def test_resumed_partial_with_wrong_bytes_is_discarded(cache: FileCache) -> None:
-    """Resuming onto a partial whose early bytes are wrong fails verification and starts over."""
+def test_resumed_partial_with_wrong_bytes_is_fetched_whole_once(cache: FileCache) -> None:
+    """Resuming onto a partial whose early bytes are wrong fails verification; the cache then
+    fetches the part whole once more instead of failing the download."""
     data = blob(50_000, seed=7)
     failure_of(cache.fetch(REF, digest_of(data), Source(data, stop_at=10_000)))
     (partial,) = partials(cache)
     spoiled = cache.root / REF.folder / partial
     spoiled.write_bytes(b"\x00" * 10_000)
-    assert isinstance(failure_of(cache.fetch(REF, digest_of(data), Source(data))), PartMismatch)
-    fresh = Source(data)
-    assert value_of(cache.fetch(REF, digest_of(data), fresh)).read_bytes() == data
-    assert fresh.starts == [0]
+    source = Source(data)
+    assert value_of(cache.fetch(REF, digest_of(data), source)).read_bytes() == data
+    assert source.starts == [10_000, 0]
+    assert partials(cache) == []
+
+
+def test_a_part_that_never_verifies_is_a_mismatch(cache: FileCache) -> None:
+    """Wrong bytes after the whole fetch too: PartMismatch, and no partial is kept."""
+    data = blob(50_000, seed=7)
+    failure_of(cache.fetch(REF, digest_of(data), Source(data, stop_at=10_000)))
+    wrong = Source(blob(50_000, seed=70))
+    assert isinstance(failure_of(cache.fetch(REF, digest_of(data), wrong)), PartMismatch)
+    assert wrong.starts == [10_000, 0]
+    assert partials(cache) == []
+
+
+def test_resume_starts_at_the_first_gap_in_the_partial(cache: FileCache) -> None:
+    """A partial with later bytes written past a never-written gap (a download killed with
+    ranges in flight) resumes at the gap, rounded down to a whole MiB, not at its length."""
+    mib = 1024 * 1024
+    data = blob(3 * mib, seed=11)
+    expected = digest_of(data)
+    folder = cache.root / REF.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{REF.name}.big.{expected.root.hex()[:16]}.partial"
+    with partial.open("wb") as handle:
+        handle.write(data[: 3 * mib // 2])
+        handle.seek(2 * mib)  # leaves a hole from 1.5 MiB to 2 MiB
+        handle.write(data[2 * mib : 3 * mib - 1])
+    source = Source(data)
+    assert value_of(cache.fetch(REF, expected, source)).read_bytes() == data
+    assert source.starts == [mib]
 
 
 def test_partial_of_another_version_is_removed(cache: FileCache) -> None:

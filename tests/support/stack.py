@@ -8,6 +8,7 @@ composition root with a fixed hardware fingerprint per simulated machine.
 
 from __future__ import annotations
 
+import random
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +35,15 @@ from domain.retry import RetryPolicy
 from tests.api_support import DOWNLOADER, OTHER_DOWNLOADER, PASSWORD, UPLOADER, make_template
 from tests.support.moto_server import MotoS3
 
-__all__ = ["DOWNLOADER", "OTHER_DOWNLOADER", "PASSWORD", "UPLOADER", "Stack", "running_stack"]
+__all__ = [
+    "DOWNLOADER",
+    "OTHER_DOWNLOADER",
+    "PASSWORD",
+    "UPLOADER",
+    "Stack",
+    "running_stack",
+    "write_model",
+]
 
 QUICK_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=4, budget=5.0)
 
@@ -67,24 +76,65 @@ class Stack:
         password: str = PASSWORD,
         policy: RetryPolicy = QUICK_RETRIES,
         sleep: Callable[[float], None] | None = None,
+        api_url: str | None = None,
+        read_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
     ) -> Client:
-        """A client for ``email`` on the simulated ``machine`` with its own cache."""
+        """A client for ``email`` on the simulated ``machine`` with its own cache.
+
+        ``policy`` drives both the API's and the CDN's retries; ``api_url`` replaces the server's
+        URL (a fault proxy in front of it); the timeouts apply to the API and the CDN.
+        """
         cache_dir = cache or self.root / f"cache-{email.split('@', maxsplit=1)[0]}-{machine}"
-        config = ClientConfig(cache_dir=cache_dir, api_url=self.url, email=email, password=password)
+        url = api_url or self.url
+        config = ClientConfig(
+            cache_dir=cache_dir,
+            api_url=url,
+            email=email,
+            password=password,
+            read_timeout=read_timeout,
+            connect_timeout=connect_timeout,
+        )
+        the_sleep = sleep or (lambda _seconds: None)
         api = HttpResourceApi(
-            self.url,
+            url,
             email,
             password,
+            timeout=read_timeout,
+            connect_timeout=connect_timeout,
             policy=policy,
             clock=SystemClock(),
             random=SystemRandom(),
-            sleep=sleep or (lambda _seconds: None),
+            sleep=the_sleep,
         )
-        built = bootstrap(config, api=api, hardware=FixedHardware(machine))
+        built = bootstrap(
+            config,
+            api=api,
+            hardware=FixedHardware(machine),
+            sleeper=the_sleep,
+            retry_policy=policy,
+        )
         assert is_successful(built), built
         client: Client = unsafe_perform_io(built.unwrap())
         self.clients.append(client)
         return client
+
+    def point_cdn_at(self, endpoint: str) -> None:
+        """Serve a ``cdn.yaml`` whose endpoint is ``endpoint`` (a fault proxy in front of S3).
+
+        Clients built afterwards reach the bucket through it; the keys stay the same.
+        """
+        stored = set_cdn_config(
+            self.data_dir,
+            {
+                "endpoint": endpoint,
+                "bucket": self.bucket,
+                "region": self.moto.region,
+                "read": attrs.asdict(self.read_keys),
+                "write": attrs.asdict(self.write_keys),
+            },
+        )
+        assert is_successful(stored), stored
 
     def small_part_path(self, ref: ResourceRef) -> Path:
         """Where the server stores a small part."""
@@ -147,3 +197,11 @@ def running_stack(
         finally:
             for client in stack.clients:
                 client.close()
+
+
+def write_model(path: Path, size: int, seed: int = 0) -> bytes:
+    """Write ``size`` pseudo-random bytes (fast, reproducible from ``seed``) and return them."""
+    data = random.Random(seed).randbytes(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data

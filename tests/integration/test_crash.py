@@ -1,0 +1,341 @@
+"""Crash safety: a client process SIGKILLed at several points leaves nothing half-done behind.
+
+A worker process (``tests.support.worker``) downloads or uploads a few-MiB resource through the
+fault proxies and is killed: while the API holds its request, in the middle of the big part, after
+N bytes have passed, while it writes the output, or after a random short delay. Afterwards the
+cache entry is absent or complete and verified, the output file absent or complete with the right
+bytes, nothing but temp, partial and lock files sits beside them, an upload killed before its API
+write has left no small part at the API (the commit point), and the next run succeeds — resuming
+the killed download's partial file, and collecting the temp files the killed process left (they
+are aged here instead of waiting an hour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from adapters.atomic_file import is_temp_name, is_temp_of
+from adapters.file_cache import file_digest
+from app.usecases import DownloadReport
+from domain.ports import BigPartDigest
+from domain.ref import ResourceRef
+from tests.api_support import value
+from tests.support import worker
+from tests.support.fault_proxy import PASS, Fault, FaultProxy
+from tests.support.stack import (
+    DOWNLOADER,
+    PASSWORD,
+    UPLOADER,
+    Stack,
+    download,
+    upload,
+    write_model,
+)
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+SIZE = 4 * MiB
+REF = ResourceRef("models", "crash-test.bin")
+AGED = 2 * 24 * 3600.0  # older than every collection threshold
+# A worker starts in ~0.4 s and finishes in well under a second: kill somewhere in between.
+_RANDOM = random.Random(7)
+DELAYS = sorted(round(_RANDOM.uniform(0.3, 0.8), 2) for _ in range(3))
+
+
+@attrs.frozen
+class World:
+    """Everything one kill needs: the stack, both proxies, and the paths the worker uses."""
+
+    stack: Stack
+    s3: FaultProxy
+    api: FaultProxy
+    cache: Path
+    out: Path
+
+    def spec(self, op: str, email: str, path: Path) -> dict[str, Any]:
+        return {
+            "op": op,
+            "api_url": self.api.url,
+            "email": email,
+            "password": PASSWORD,
+            "machine": "machine-a",
+            "cache": str(self.cache),
+            "folder": REF.folder,
+            "name": REF.name,
+            "path": str(path),
+        }
+
+
+KillPoint = Callable[[World, subprocess.Popen[str]], None]
+
+
+def when_api_holds(trigger: bytes) -> tuple[Callable[[World], None], KillPoint]:
+    """Hold the request that contains ``trigger`` at the API; kill once it is held."""
+
+    def arm(world: World) -> None:
+        world.api.behave(Fault("stall", direction="up", trigger=trigger))
+
+    def wait(world: World, _process: subprocess.Popen[str]) -> None:
+        assert world.api.wait_for(lambda seen: seen.stalls >= 1, timeout=60)
+
+    return arm, wait
+
+
+def when_s3_holds(fault: Fault) -> tuple[Callable[[World], None], KillPoint]:
+    """Stall the S3 connection as ``fault`` says; kill once it is stalled."""
+
+    def arm(world: World) -> None:
+        world.s3.behave(fault, times=1)
+
+    def wait(world: World, _process: subprocess.Popen[str]) -> None:
+        assert world.s3.wait_for(lambda seen: seen.stalls >= 1, timeout=60)
+
+    return arm, wait
+
+
+def after_bytes(direction: str, count: int) -> tuple[Callable[[World], None], KillPoint]:
+    """Let traffic flow; kill as soon as ``count`` bytes went through the S3 proxy that way."""
+
+    def wait(world: World, process: subprocess.Popen[str]) -> None:
+        def passed(seen: Any) -> bool:
+            moved: int = seen.bytes_down if direction == "down" else seen.bytes_up
+            return moved >= count
+
+        world.s3.wait_for(passed, timeout=60)
+
+    return (lambda _world: None), wait
+
+
+def after_delay(seconds: float) -> tuple[Callable[[World], None], KillPoint]:
+    """Kill after a short delay, wherever the worker happens to be."""
+
+    def wait(_world: World, process: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=seconds)
+
+    return (lambda _world: None), wait
+
+
+def when_temp_appears(
+    where: Callable[[World], Path],
+) -> tuple[Callable[[World], None], KillPoint]:
+    """Kill once a temp file for ``where(world)`` exists (that file is being written)."""
+
+    def wait(world: World, process: subprocess.Popen[str]) -> None:
+        final = where(world)
+        for _ in range(20_000):  # bounded: ~20 s of 1 ms polls, or until the worker ends
+            if process.poll() is not None:
+                return
+            names = os.listdir(final.parent) if final.parent.exists() else []
+            if any(is_temp_of(final.name, name) for name in names):
+                return
+            time.sleep(0.001)
+
+    return (lambda _world: None), wait
+
+
+def run_and_kill(
+    world: World, spec: dict[str, Any], point: tuple[Callable[[World], None], KillPoint]
+) -> None:
+    """Start a worker, wait for the kill point, SIGKILL it, then let traffic flow again."""
+    arm, wait = point
+    arm(world)
+    process = worker.start(spec)
+    try:
+        wait(world, process)
+    finally:
+        process.kill()  # SIGKILL: no cleanup handlers run
+        process.communicate(timeout=30)
+        for proxy in (world.s3, world.api):
+            proxy.behave(PASS)
+            proxy.release(forward=False)  # what the dead client sent never arrives
+
+
+def entry_root(path: Path, part: BigPartDigest) -> bytes:
+    """The big part digest of a cache entry, segmented like ``part``."""
+    return file_digest(path, part.first_segment, part.segment_size).root
+
+
+def sha256(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def allowed_in_cache(name: str) -> bool:
+    """The entry, its lock, a partial download of it, or a temp file."""
+    return (
+        name in (REF.name + ".big", f".{REF.name}.lock")
+        or (name.startswith(f".{REF.name}.big.") and name.endswith(".partial"))
+        or is_temp_name(name)
+    )
+
+
+def check_no_junk(world: World) -> None:
+    """Only the final files, temps, partials and locks sit in the cache folder and output dir."""
+    folder = world.cache / REF.folder
+    cache_names = os.listdir(folder) if folder.exists() else []
+    assert all(allowed_in_cache(name) for name in cache_names), cache_names
+    out_names = os.listdir(world.out.parent) if world.out.parent.exists() else []
+    assert all(name == world.out.name or is_temp_of(world.out.name, name) for name in out_names), (
+        out_names
+    )
+
+
+def age_temps(world: World) -> list[Path]:
+    """Push the temp files the killed process left two days into the past; return them."""
+    aged = []
+    for directory in (world.cache / REF.folder, world.out.parent):
+        if not directory.exists():
+            continue
+        for name in os.listdir(directory):
+            if is_temp_name(name):
+                old = time.time() - AGED
+                os.utime(directory / name, (old, old))
+                aged.append(directory / name)
+    return aged
+
+
+@pytest.fixture
+def world(stack: Stack, s3_proxy: FaultProxy, api_proxy: FaultProxy, tmp_path: Path) -> World:
+    """A stack with both proxies and fresh cache and output paths for the worker."""
+    return World(stack, s3_proxy, api_proxy, tmp_path / "cache", tmp_path / "out" / "model.bin")
+
+
+DOWNLOAD_POINTS = {
+    "api-holds-the-small-part": when_api_holds(b"POST /resources/get/models"),
+    "s3-stalls-mid-big-part": when_s3_holds(Fault("stall", after=2 * MiB, trigger=b"GET /")),
+    "after-3-MiB-down": after_bytes("down", 3 * MiB),
+    "while-writing-the-output": when_temp_appears(lambda world: world.out),
+    **{f"after-{delay}-s": after_delay(delay) for delay in DELAYS},
+}
+
+
+@pytest.mark.parametrize("point", list(DOWNLOAD_POINTS))
+def test_a_killed_download_leaves_a_consistent_state(
+    world: World, tmp_path: Path, point: str
+) -> None:
+    """After a SIGKILL: cache entry and output absent or complete, no junk, next run succeeds."""
+    stack = world.stack
+    plaintext = write_model(tmp_path / "src.bin", SIZE)
+    uploaded = value(upload(stack.client(UPLOADER), REF, tmp_path / "src.bin"))
+    big_part = uploaded.big_part
+
+    run_and_kill(world, world.spec("download", DOWNLOADER, world.out), DOWNLOAD_POINTS[point])
+
+    entry = world.cache / REF.key
+    assert not entry.exists() or entry_root(entry, big_part) == big_part.root
+    assert not world.out.exists() or world.out.read_bytes() == plaintext
+    check_no_junk(world)
+    partial_bytes = (
+        sum(path.stat().st_size for path in (world.cache / REF.folder).glob(".*.partial"))
+        if (world.cache / REF.folder).exists()
+        else 0
+    )
+    aged = age_temps(world)
+
+    report: DownloadReport = value(
+        download(stack.client(DOWNLOADER, cache=world.cache), REF, world.out)
+    )
+    assert world.out.read_bytes() == plaintext
+    assert entry_root(entry, big_part) == big_part.root
+    if partial_bytes:
+        assert report.fill_starts[0] == partial_bytes  # the killed download was resumed
+    assert not any(path.exists() for path in aged)  # the leftovers were collected
+    assert sorted(os.listdir(world.out.parent)) == [world.out.name]
+    assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
+        [REF.name + ".big", f".{REF.name}.lock"]
+    )
+
+
+UPLOAD_POINTS = {
+    "while-sealing-into-the-cache": when_temp_appears(lambda world: world.cache / REF.key),
+    "s3-stalls-mid-upload": when_s3_holds(
+        Fault("stall", after=MiB, direction="up", trigger=b"PUT /")
+    ),
+    "api-holds-the-commit": when_api_holds(b"POST /resources/models"),
+    "after-2-MiB-up": after_bytes("up", 2 * MiB),
+    **{f"after-{delay}-s": after_delay(delay) for delay in DELAYS},
+}
+
+
+@pytest.mark.parametrize("point", list(UPLOAD_POINTS))
+def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, point: str) -> None:
+    """After a SIGKILL: a small part at the API only if its big part is complete on the CDN."""
+    stack = world.stack
+    source = tmp_path / "src.bin"
+    plaintext = write_model(source, SIZE)
+    small = stack.small_part_path(REF)
+
+    run_and_kill(world, world.spec("upload", UPLOADER, source), UPLOAD_POINTS[point])
+
+    s3 = stack.moto.s3_client()
+    objects = s3.list_objects_v2(Bucket=stack.bucket).get("Contents", [])
+    on_cdn = [item["Key"] for item in objects]
+    if point in ("s3-stalls-mid-upload", "api-holds-the-commit"):
+        assert not small.exists()  # killed before the API write: nothing committed
+    if point == "s3-stalls-mid-upload":
+        assert on_cdn == []  # an interrupted PUT leaves no object
+    if point == "api-holds-the-commit":
+        assert on_cdn == [REF.key]  # the big part is there, orphaned but harmless
+    entry = world.cache / REF.key
+    if entry.exists() and on_cdn:
+        cdn_bytes = s3.get_object(Bucket=stack.bucket, Key=REF.key)["Body"].read()
+        assert hashlib.sha256(cdn_bytes).digest() == sha256(entry)
+    if small.exists():
+        # Committed: the resource is whole and opens to the uploaded bytes.
+        out = tmp_path / "committed.bin"
+        value(download(stack.client(DOWNLOADER, machine="machine-a"), REF, out))
+        assert out.read_bytes() == plaintext
+    check_no_junk(world)
+    aged = age_temps(world)
+
+    value(upload(stack.client(UPLOADER, cache=world.cache), REF, source))
+    out = tmp_path / "after.bin"
+    value(download(stack.client(DOWNLOADER, cache=tmp_path / "reader-cache"), REF, out))
+    assert out.read_bytes() == plaintext
+    assert not any(path.exists() for path in aged)
+    assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
+        [REF.name + ".big", f".{REF.name}.lock"]
+    )
+
+
+def test_a_download_killed_with_ranges_in_flight_resumes_without_holes(
+    world: World, tmp_path: Path
+) -> None:
+    """Killed while several ranges are in flight (one stalled, later ones done): the next run
+    resumes from the first unwritten byte, not from the file's length, and succeeds."""
+    stack = world.stack
+    plaintext = write_model(tmp_path / "src.bin", 20 * MiB)
+    uploaded = value(upload(stack.client(UPLOADER), REF, tmp_path / "src.bin"))
+    arm, stalled = when_s3_holds(Fault("stall", after=2 * MiB, trigger=b"Range: bytes=0-"))
+
+    def later_ranges_landed(world: World, process: subprocess.Popen[str]) -> None:
+        stalled(world, process)
+        for _ in range(2000):  # bounded: until bytes past the first range are on disk (~20 s)
+            partials = list((world.cache / REF.folder).glob(".*.partial"))
+            if partials and partials[0].stat().st_size > 8 * MiB:
+                return
+            time.sleep(0.01)
+
+    run_and_kill(world, world.spec("download", DOWNLOADER, world.out), (arm, later_ranges_landed))
+    partials = list((world.cache / REF.folder).glob(".*.partial"))
+    assert len(partials) == 1
+    assert partials[0].stat().st_size > 8 * MiB  # later ranges landed beyond a hole
+
+    report: DownloadReport = value(
+        download(stack.client(DOWNLOADER, cache=world.cache), REF, world.out)
+    )
+    assert world.out.read_bytes() == plaintext
+    assert entry_root(world.cache / REF.key, uploaded.big_part) == uploaded.big_part.root
+    assert 0 < report.fill_starts[0] <= 2 * MiB  # resumed at the hole, not at the end

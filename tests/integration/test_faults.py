@@ -1,0 +1,205 @@
+"""The client under network faults: a fault proxy between it and the moto S3 server or the API.
+
+One reset (or cut) in the middle of a big part resumes and yields the same bytes; persistent
+resets end in a typed failure after the retry budget with nothing left at the output; a stalled
+peer fails as ``TimedOut`` after the configured timeout instead of hanging; an API that refuses
+connections ends in ``Transient``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from returns.io import IOResult
+
+from app.usecases import DownloadReport
+from domain.errors import Failure, TimedOut, Transient
+from domain.ref import ResourceRef
+from domain.retry import RetryPolicy
+from tests.api_support import failure, value
+from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.stack import (
+    DOWNLOADER,
+    QUICK_RETRIES,
+    UPLOADER,
+    Stack,
+    download,
+    upload,
+    write_model,
+)
+
+MiB = 1 << 20
+REF = ResourceRef("models", "faulty.onnx")
+T = TypeVar("T")
+
+
+def uploaded(stack: Stack, tmp_path: Path, size: int) -> tuple[bytes, int]:
+    """Upload a model of ``size`` bytes; return its plaintext and its big part's length."""
+    plaintext = write_model(tmp_path / "model.onnx", size)
+    report = value(upload(stack.client(UPLOADER), REF, tmp_path / "model.onnx"))
+    return plaintext, report.big_bytes
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Everything in ``directory`` (temp files included)."""
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+def bounded(action: Callable[[], T], seconds: float = 60.0) -> T:
+    """Run ``action`` in a thread and fail the test if it hangs (a hang guard, not a timing)."""
+    results: list[T] = []
+    thread = threading.Thread(target=lambda: results.append(action()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: a hang"
+    return results[0]
+
+
+def test_one_reset_mid_download_resumes_with_the_same_bytes(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A reset halfway through the big part is retried from the bytes already on disk."""
+    plaintext, big = uploaded(stack, tmp_path, 6 * MiB)
+    reader = stack.client(DOWNLOADER)
+    s3_proxy.behave(Fault("reset", after=3 * MiB, trigger=b"GET /"), times=1)
+    before = s3_proxy.snapshot().bytes_down
+    report: DownloadReport = value(download(reader, REF, tmp_path / "out" / "model.onnx"))
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == plaintext
+    assert s3_proxy.snapshot().resets == 1
+    assert len(report.fill_starts) == 2
+    assert report.fill_starts[0] == 0
+    assert 0 < report.fill_starts[1] < big  # resumed, not restarted
+    # Only the missing bytes were fetched again: well under two whole big parts went over.
+    assert s3_proxy.snapshot().bytes_down - before < 2 * big
+    assert leftovers(tmp_path / "out") == ["model.onnx"]
+
+
+def test_a_clean_cut_mid_download_is_resumed(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A connection closed early (short body) is retried from where it stopped."""
+    plaintext, _ = uploaded(stack, tmp_path, 4 * MiB)
+    reader = stack.client(DOWNLOADER)
+    s3_proxy.behave(Fault("cut", after=2 * MiB + 100, trigger=b"GET /"), times=1)
+    report: DownloadReport = value(download(reader, REF, tmp_path / "out.onnx"))
+    assert (tmp_path / "out.onnx").read_bytes() == plaintext
+    assert s3_proxy.snapshot().cuts == 1
+    assert report.fill_starts[0] == 0
+    assert report.fill_starts[-1] > 0
+
+
+def test_persistent_resets_fail_typed_and_leave_no_output(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Every connection reset: a Transient failure after the attempt cap, nothing at the output."""
+    uploaded(stack, tmp_path, 2 * MiB)
+    reader = stack.client(DOWNLOADER)
+    s3_proxy.behave(Fault("reset", after=64 * 1024))
+    out = tmp_path / "out" / "model.onnx"
+    problem = failure(download(reader, REF, out))
+    assert isinstance(problem, Transient)
+    assert "attempts" in problem.detail
+    assert s3_proxy.snapshot().resets == QUICK_RETRIES.max_attempts
+    assert not out.exists()
+    assert leftovers(out.parent) == []
+    assert not (reader.cache.root / REF.key).exists()  # type: ignore[attr-defined]
+
+
+def test_a_stalled_s3_peer_times_out(stack: Stack, s3_proxy: FaultProxy, tmp_path: Path) -> None:
+    """S3 stops sending mid-body: TimedOut after the configured 1 s read timeout, no hang."""
+    uploaded(stack, tmp_path, 2 * MiB)
+    reader = stack.client(
+        DOWNLOADER, read_timeout=1.0, policy=RetryPolicy(base_delay=0.01, max_attempts=2)
+    )
+    s3_proxy.behave(Fault("stall", after=MiB))
+    out = tmp_path / "out.onnx"
+    problem = failure(bounded(lambda: download(reader, REF, out)))
+    assert problem == TimedOut(f"CDN object {REF.key}", 1.0)
+    assert s3_proxy.snapshot().stalls == 2  # one per attempt
+    assert not out.exists()
+
+
+def test_a_stalled_api_times_out(stack: Stack, api_proxy: FaultProxy, tmp_path: Path) -> None:
+    """The API never answers the download request: TimedOut after the 1 s timeout, no hang."""
+    uploaded(stack, tmp_path, 100_000)
+    reader = stack.client(
+        DOWNLOADER,
+        api_url=api_proxy.url,
+        read_timeout=1.0,
+        policy=RetryPolicy(base_delay=0.01, max_attempts=2),
+    )
+    api_proxy.behave(Fault("stall", direction="up", trigger=b"POST /resources/get/models"))
+    out = tmp_path / "out.onnx"
+    problem: Failure = failure(bounded(lambda: download(reader, REF, out)))  # type: ignore[assignment]
+    assert problem == TimedOut(f"download of {REF}", 1.0)
+    assert api_proxy.snapshot().stalls == 2
+    assert not out.exists()
+
+
+def test_an_api_refusing_connections_is_transient(
+    stack: Stack, api_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Nothing accepts connections at the API's address: Transient after the retry budget."""
+    reader = stack.client(DOWNLOADER, api_url=api_proxy.url)
+    api_proxy.refuse(True)
+    out = tmp_path / "out.onnx"
+    result: IOResult[DownloadReport, Failure] = download(reader, REF, out)
+    problem = failure(result)
+    assert isinstance(problem, Transient)
+    assert "connect" in problem.detail
+    assert "attempts" in problem.detail
+    assert api_proxy.snapshot().connections == 0
+    assert not out.exists()
+
+
+def test_the_big_part_is_verified_after_a_resumed_download(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """After a resumed fill, the cache entry is exactly the uploaded big part."""
+    _, big = uploaded(stack, tmp_path, 3 * MiB)
+    uploader_entry = stack.clients[0].cache.root / REF.key  # type: ignore[attr-defined]
+    expected = hashlib.sha256(uploader_entry.read_bytes()).digest()
+    reader = stack.client(DOWNLOADER)
+    s3_proxy.behave(Fault("reset", after=2 * MiB, trigger=b"GET /"), times=1)
+    report: DownloadReport = value(download(reader, REF, tmp_path / "out.onnx"))
+    assert report.cache_path.stat().st_size == big
+    assert hashlib.sha256(report.cache_path.read_bytes()).digest() == expected
+
+
+def test_one_retry_layer_only(stack: Stack, s3_proxy: FaultProxy, tmp_path: Path) -> None:
+    """Every S3 answer reset: the CDN sees exactly the policy's attempts, not botocore's on top."""
+    uploaded(stack, tmp_path, 100_000)
+    reader = stack.client(DOWNLOADER, policy=RetryPolicy(base_delay=0.01, max_attempts=3))
+    s3_proxy.behave(Fault("reset", after=0))
+    problem = failure(download(reader, REF, tmp_path / "out.onnx"))
+    assert isinstance(problem, Transient)
+    assert s3_proxy.snapshot().resets == 3
+    assert s3_proxy.requests_matching("HEAD", f"/{stack.bucket}/{REF.key}") == 3
+
+
+def test_a_reset_during_the_cdn_upload_is_retried(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The big part's PUT reset halfway: the upload is sent again and the resource is whole."""
+    s3_proxy.behave(Fault("reset", direction="up", after=MiB, trigger=b"PUT /"), times=1)
+    plaintext, _ = uploaded(stack, tmp_path, 3 * MiB)
+    assert s3_proxy.snapshot().resets == 1
+    assert s3_proxy.requests_matching("PUT", f"/{stack.bucket}/{REF.key}") == 2
+    value(download(stack.client(DOWNLOADER), REF, tmp_path / "out.onnx"))
+    assert (tmp_path / "out.onnx").read_bytes() == plaintext
+
+
+def test_a_stalled_s3_upload_times_out(stack: Stack, s3_proxy: FaultProxy, tmp_path: Path) -> None:
+    """S3 stops reading the PUT body: TimedOut after the configured 1 s, nothing committed."""
+    write_model(tmp_path / "model.onnx", 3 * MiB)
+    writer = stack.client(
+        UPLOADER, read_timeout=1.0, connect_timeout=1.0, policy=RetryPolicy(max_attempts=1)
+    )
+    s3_proxy.behave(Fault("stall", direction="up", after=MiB, trigger=b"PUT /"))
+    problem = failure(bounded(lambda: upload(writer, REF, tmp_path / "model.onnx")))
+    assert problem == TimedOut(f"CDN object {REF.key}", 1.0)
+    assert not stack.small_part_path(REF).exists()

@@ -1,0 +1,163 @@
+"""Load: 32 clients at once doing repeated downloads against the reference server and moto S3.
+
+Each of the 32 threads is its own service: its own ``Client`` (API session, login, CDN client)
+and its own cache directory; they all start together behind a barrier. Each client's first
+download pays for its login and its Argon2 key derivations (both sides) and is reported apart.
+After it, every second download is cold (a fresh cache, so the big part comes from S3 through a
+ranged GET); the others are warm (the client's cache: the API, the server's password check and the
+decryption). The run lasts a bounded
+time; every output is checked byte for byte (SHA-256) and no error is allowed. Latencies (p50,
+p99) and request counts are printed and written to ``load.json`` in the test's directory: they
+are figures to read, not assertions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from returns.io import IOResult
+from returns.pipeline import is_successful
+from returns.unsafe import unsafe_perform_io
+
+from adapters.file_cache import FileCache
+from app.bootstrap import Client
+from app.usecases import DownloadReport, download_resource
+from domain.errors import Failure
+from domain.ports import Cache, Cdn
+from domain.ref import ResourceRef
+from tests.api_support import value
+from tests.support.stack import DOWNLOADER, UPLOADER, Stack, upload, write_model
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 32
+DURATION = 10.0  # seconds of load; each thread finishes the download it has started
+MiB = 1 << 20
+REFS = (ResourceRef("models", "load-a.bin"), ResourceRef("models", "load-b.bin"))
+
+
+def download_into(
+    client: Client, cache: Cache, ref: ResourceRef, out: Path
+) -> IOResult[DownloadReport, Failure]:
+    def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
+        return download_resource(
+            ref,
+            out,
+            api=client.api,
+            cdn=cdn,
+            cache=cache,
+            fingerprint=client.fingerprint,
+            transport_key=client.transport_key,
+            retrier=client.retrier,
+        )
+
+    return client.with_cdn(False, run)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summary(latencies: list[float]) -> dict[str, float | int]:
+    if not latencies:
+        return {"count": 0}
+    return {
+        "count": len(latencies),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "max_ms": round(max(latencies) * 1000, 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+    }
+
+
+def test_32_clients_download_repeatedly_without_error(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """32 concurrent clients, repeated cold and warm downloads: zero errors, all bytes right."""
+    writer = stack.client(UPLOADER)
+    expected: dict[ResourceRef, bytes] = {}
+    for index, ref in enumerate(REFS):
+        source = tmp_path / "src" / ref.name
+        write_model(source, 2 * MiB + index * 77_777, seed=index)
+        value(upload(writer, ref, source))
+        expected[ref] = hashlib.sha256(source.read_bytes()).digest()
+    clients = [
+        stack.client(DOWNLOADER, cache=tmp_path / f"cache-{index}") for index in range(CLIENTS)
+    ]
+    barrier = threading.Barrier(CLIENTS)
+    lock = threading.Lock()
+    first: list[float] = []
+    cold: list[float] = []
+    warm: list[float] = []
+    errors: list[str] = []
+    deadline: list[float] = []
+
+    def service(index: int) -> None:
+        client = clients[index]
+        barrier.wait(timeout=60)
+        with lock:
+            if not deadline:
+                deadline.append(time.monotonic() + DURATION)
+        iteration = 0
+        while time.monotonic() < deadline[0]:
+            ref = REFS[(index + iteration) % len(REFS)]
+            out = tmp_path / "out" / f"{index}" / ref.name
+            is_cold = iteration % 2 == 1
+            cache: Cache = client.cache
+            if is_cold:
+                opened = FileCache.open(tmp_path / "cold" / f"{index}-{iteration}")
+                cache = unsafe_perform_io(opened.unwrap())
+            started = time.perf_counter()
+            result = download_into(client, cache, ref, out)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if not is_successful(result):
+                    errors.append(unsafe_perform_io(result.failure()).describe())
+                elif hashlib.sha256(out.read_bytes()).digest() != expected[ref]:
+                    errors.append(f"client {index}: wrong bytes for {ref}")
+                else:
+                    (first if iteration == 0 else cold if is_cold else warm).append(elapsed)
+            iteration += 1
+
+    threads = [threading.Thread(target=service, args=(index,)) for index in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=DURATION + 120)
+    assert not any(thread.is_alive() for thread in threads), "a client hung"
+
+    stats = stack.app.state.stats
+    figures: dict[str, Any] = {
+        "clients": CLIENTS,
+        "seconds": DURATION,
+        "errors": len(errors),
+        "all_downloads": summary(first + cold + warm),
+        "first_downloads": summary(first),
+        "cold_downloads": summary(cold),
+        "warm_downloads": summary(warm),
+        "downloads_per_second": round(len(first + cold + warm) / DURATION, 1),
+        "server": {
+            "logins": stats.logins,
+            "small_part_downloads": stats.downloads,
+            "throttled": stats.throttled,
+            "rejected_tokens": stats.rejected_tokens,
+        },
+        "client_logins": sum(client.api.logins for client in clients),
+    }
+    report = tmp_path / "load.json"
+    report.write_text(json.dumps(figures, indent=2))
+    with capsys.disabled():
+        print(f"\nload test ({report}):\n{json.dumps(figures, indent=2)}")
+
+    assert errors == []
+    assert len(first) == CLIENTS  # every client got through at least once
+    assert len(first + cold + warm) > CLIENTS  # and repeated
+    assert figures["client_logins"] == CLIENTS  # one login each, none repeated under load

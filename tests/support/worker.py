@@ -1,0 +1,110 @@
+"""A splitvault client in its own process, for crash and multi-process tests.
+
+Run ``python -m tests.support.worker '<json spec>'`` from the repository root. The spec names the
+operation (``download`` or ``upload``), the API URL and account, the simulated machine, the cache
+directory, the resource and the local file. The worker builds a client through the real
+composition root, runs the use case with the client's retrier and prints one JSON line: ``{"ok":
+true, ...report}`` or ``{"ok": false, "failure": "<type>", "detail": "..."}``. Its exit code is 0
+on success and 1 on a failure; a test may SIGKILL it at any moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from returns.io import IOResult
+from returns.pipeline import is_successful
+from returns.unsafe import unsafe_perform_io
+
+from adapters.fixed_hardware import FixedHardware
+from app.bootstrap import Client, bootstrap
+from domain.config import ClientConfig
+from domain.errors import Failure
+from domain.ref import ResourceRef
+from domain.retry import RetryPolicy
+
+WORKER_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.1, max_attempts=4, budget=20.0)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(spec: dict[str, Any]) -> subprocess.Popen[str]:
+    """Start a worker process for ``spec`` (from the test process); stdout is piped."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.worker", json.dumps(spec)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def outcome(process: subprocess.Popen[str], timeout: float = 120.0) -> dict[str, Any]:
+    """Wait (bounded) for a worker and return its JSON line; raises if it printed none."""
+    out, err = process.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise AssertionError(f"worker exited {process.returncode} without a result:\n{err}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def run(spec: dict[str, Any]) -> IOResult[dict[str, Any], Failure]:
+    """Build a client from ``spec`` and run its operation; the report as a plain dict."""
+    config = ClientConfig(
+        cache_dir=Path(spec["cache"]),
+        api_url=spec["api_url"],
+        email=spec["email"],
+        password=spec["password"],
+        read_timeout=float(spec.get("read_timeout", 60.0)),
+    )
+    built = bootstrap(config, hardware=FixedHardware(spec["machine"]), retry_policy=WORKER_RETRIES)
+    ref = ResourceRef(spec["folder"], spec["name"])
+    path = Path(spec["path"])
+
+    def operate(client: Client) -> IOResult[dict[str, Any], Failure]:
+        try:
+            return _operate(client, spec["op"], ref, path)
+        finally:
+            client.close()
+
+    return built.bind(operate)
+
+
+def _operate(
+    client: Client, op: str, ref: ResourceRef, path: Path
+) -> IOResult[dict[str, Any], Failure]:
+    if op == "download":
+        return client.download(ref, path).map(
+            lambda report: {
+                "cache_hit": report.cache_hit,
+                "fill_starts": list(report.fill_starts),
+                "bytes": report.plaintext_bytes,
+            }
+        )
+    return client.upload(ref, path).map(
+        lambda report: {"big_bytes": report.big_bytes, "big_digest": report.big_part.root.hex()}
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run the spec in ``argv[1]``; print the outcome as JSON."""
+    result = run(json.loads(argv[1]))
+    if is_successful(result):
+        print(json.dumps({"ok": True, **unsafe_perform_io(result.unwrap())}), flush=True)
+        return 0
+    problem: Failure = unsafe_perform_io(result.failure())
+    outcome = {"ok": False, "failure": type(problem).__name__, "detail": problem.describe()}
+    print(json.dumps(outcome), flush=True)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
