@@ -173,9 +173,9 @@ def sha256(path: Path) -> bytes:
 
 
 def allowed_in_cache(name: str) -> bool:
-    """The entry, its lock, a partial download of it, or a temp file."""
+    """The entry, its verification stamp, its lock, a partial download of it, or a temp file."""
     return (
-        name in (REF.name + ".big", f".{REF.name}.lock")
+        name in (REF.name + ".big", f".{REF.name}.big.verified", f".{REF.name}.lock")
         or (name.startswith(f".{REF.name}.big.") and name.endswith(".partial"))
         or is_temp_name(name)
     )
@@ -254,7 +254,7 @@ def test_a_killed_download_leaves_a_consistent_state(
     assert not any(path.exists() for path in aged)  # the leftovers were collected
     assert sorted(os.listdir(world.out.parent)) == [world.out.name]
     assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
-        [REF.name + ".big", f".{REF.name}.lock"]
+        [REF.name + ".big", f".{REF.name}.big.verified", f".{REF.name}.lock"]
     )
 
 
@@ -306,7 +306,7 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
     assert out.read_bytes() == plaintext
     assert not any(path.exists() for path in aged)
     assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
-        [REF.name + ".big", f".{REF.name}.lock"]
+        [REF.name + ".big", f".{REF.name}.big.verified", f".{REF.name}.lock"]
     )
 
 
@@ -338,4 +338,6 @@ def test_a_download_killed_with_ranges_in_flight_resumes_without_holes(
     )
     assert world.out.read_bytes() == plaintext
     assert entry_root(world.cache / REF.key, uploaded.big_part) == uploaded.big_part.root
-    assert 0 < report.fill_starts[0] <= 2 * MiB  # resumed at the hole, not at the end
+    # Resumed at the hole (rounded down to a whole MiB; 0 when the first range had not written a
+    # whole MiB when it was killed), never at the end of the file past the hole.
+    assert report.fill_starts[0] <= 2 * MiB
