@@ -1,17 +1,14 @@
-"""The attacker's kit for the security suite: hostile names, snapshots, fakes and test certificates.
+"""The attacker's kit for the security suite: hostile names, snapshots, fakes and log capture.
 
 ``HOSTILE_NAMES`` are the folder/resource names every entry point must refuse. ``tree`` snapshots a
 directory so a test can prove an attack created nothing outside where it may write.
 ``RecordingEngine`` is a container engine that only records what it was asked, so a test can prove
-an archive that failed its checks never reached Docker. ``tls_files`` makes a throwaway CA and a
-server certificate for 127.0.0.1 with ``cryptography``. ``LogCapture`` keeps every record of the
-loggers it is attached to.
+an archive that failed its checks never reached Docker. ``LogCapture`` keeps every record of the
+loggers it is attached to. Test certificates come from ``tests.support.certs``.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import os
 import socket
@@ -21,10 +18,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from returns.io import IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
@@ -155,72 +148,3 @@ def raw_http(port: int, request: bytes) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def tls_files(directory: Path, *, server_ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for ``server_ip`` it signed: (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("splitvault security-suite CA"))
-        .issuer_name(_name("splitvault security-suite CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(server_ip))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server_ip))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_path, cert_path, key_path = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path, cert_path, key_path

@@ -26,7 +26,8 @@ from app.server import create_app
 from app.server_runner import RunningServer
 from domain.errors import RemoteError
 from tests.api_support import FAST_RETRIES, FakeClock, FakeRandom, FakeSleep
-from tests.security.hostile import capture_debug_logs, failure, tls_files
+from tests.security.hostile import capture_debug_logs, failure
+from tests.support.certs import tls_files
 from tests.support.stack import PASSWORD, UPLOADER, Stack
 
 
