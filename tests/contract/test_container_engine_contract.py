@@ -58,12 +58,12 @@ def factory(request: pytest.FixtureRequest) -> EngineFactory:
 
 
 @pytest.fixture
-def engine(factory: EngineFactory, dockerd: PrivateDockerd) -> ContainerEngine:  # noqa: F811
+def engine(factory: EngineFactory, dockerd: PrivateDockerd) -> ContainerEngine:
     return factory(dockerd.socket_path)
 
 
 @pytest.fixture
-def names(dockerd: PrivateDockerd) -> Iterator[list[str]]:  # noqa: F811
+def names(dockerd: PrivateDockerd) -> Iterator[list[str]]:
     """Two unique image names, removed from the daemon after the test."""
     version = _unique("v")
     created = [image_name("contract.test", service, version) for service in ("alpha", "beta")]
@@ -89,7 +89,7 @@ def _failure(result: IOResult[object, EngineFailure]) -> EngineFailure:
 
 def test_load_reports_and_adds_every_image(
     engine: ContainerEngine,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     names: list[str],
     tmp_path: Path,
 ) -> None:
@@ -106,7 +106,7 @@ def test_load_reports_and_adds_every_image(
 
 def test_load_of_a_gzip_compressed_archive(
     engine: ContainerEngine,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     names: list[str],
     tmp_path: Path,
 ) -> None:
@@ -121,7 +121,7 @@ def test_load_of_a_gzip_compressed_archive(
 
 def test_load_of_an_untagged_archive_reports_the_image_id(
     engine: ContainerEngine,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     tmp_path: Path,
 ) -> None:
     """An archive saved by image id is reported as ``sha256:...`` and present by that id."""
@@ -145,7 +145,7 @@ def test_has_image_is_false_for_an_absent_image(engine: ContainerEngine) -> None
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "cut-in-last-file", "refused"])
 def test_a_corrupt_archive_fails_and_loads_nothing(
     engine: ContainerEngine,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     names: list[str],
     tmp_path: Path,
     damage: str,

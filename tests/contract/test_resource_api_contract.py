@@ -27,11 +27,10 @@ from tests.api_support import (
     AppSlot,
     ServerWorld,
     failure,
-    make_template,
     running_world,
-    slot_server,
     value,
 )
+from tests.support.server_fixtures import served, user_template  # noqa: F401 - fixtures
 
 
 class ApiAdapter(ResourceApi, KeyFragments, Protocol):
@@ -48,25 +47,14 @@ def _httpx_factory(world: ServerWorld) -> Factory:
 ADAPTERS: dict[str, Callable[[ServerWorld], Factory]] = {"httpx": _httpx_factory}
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory.mktemp("template"))
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[RunningServer, AppSlot]]:
-    with slot_server() as server:
-        yield server
-
-
 @pytest.fixture(params=sorted(ADAPTERS))
 def connect(
     request: pytest.FixtureRequest,
-    template: Path,
+    user_template: Path,
     tmp_path: Path,
     served: tuple[RunningServer, AppSlot],
 ) -> Iterator[Factory]:
-    with running_world(template, tmp_path, served) as world:
+    with running_world(user_template, tmp_path, served) as world:
         yield ADAPTERS[request.param](world)
 
 

@@ -158,7 +158,7 @@ def _leftovers(*directories: Path) -> list[Path]:
 
 
 @pytest.fixture
-def version(dockerd: PrivateDockerd) -> Iterator[str]:  # noqa: F811
+def version(dockerd: PrivateDockerd) -> Iterator[str]:
     """A fresh version; its images are removed from the daemon afterwards."""
     chosen = _version()
     yield chosen
@@ -173,12 +173,12 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def api_engine(dockerd: PrivateDockerd) -> DockerApiEngine:  # noqa: F811
+def api_engine(dockerd: PrivateDockerd) -> DockerApiEngine:
     return DockerApiEngine(dockerd.socket_path, timeout=60.0)
 
 
 def _seal_v1(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     tmp_path: Path,
     version: str,
     services: Sequence[str] = SERVICES,
@@ -207,7 +207,7 @@ def _seal_v1(
 
 
 def _seal_legacy_with_openssl(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     tmp_path: Path,
     version: str,
 ) -> Sealed:
@@ -241,7 +241,7 @@ def _seal_legacy_with_openssl(
     return Sealed(archive, version, fragment, names)
 
 
-def _sealed(kind: str, dockerd: PrivateDockerd, tmp_path: Path, version: str) -> Sealed:  # noqa: F811
+def _sealed(kind: str, dockerd: PrivateDockerd, tmp_path: Path, version: str) -> Sealed:
     if kind == "v1":
         return _seal_v1(dockerd, tmp_path, version)
     return _seal_legacy_with_openssl(dockerd, tmp_path, version)
@@ -276,7 +276,7 @@ def _unlock(
 @pytest.mark.parametrize("kind", ["v1", "legacy"])
 def test_sealed_images_unlock_and_are_present(
     *,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     tmp_path: Path,
     workdir: Path,
     version: str,
@@ -302,7 +302,7 @@ def test_sealed_images_unlock_and_are_present(
 
 
 def test_seal_registers_a_fresh_fragment_and_writes_a_private_v1_archive(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     tmp_path: Path,
     version: str,
 ) -> None:
@@ -317,7 +317,7 @@ def test_seal_registers_a_fresh_fragment_and_writes_a_private_v1_archive(
 
 
 def test_seal_without_a_registered_fragment_leaves_no_archive(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     tmp_path: Path,
     version: str,
 ) -> None:
@@ -350,7 +350,7 @@ def test_seal_without_a_registered_fragment_leaves_no_archive(
 @pytest.mark.parametrize("fragment_case", ["wrong", "truncated"])
 def test_a_wrong_or_truncated_fragment_loads_nothing(
     *,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     workdir: Path,
@@ -377,7 +377,7 @@ def test_a_wrong_or_truncated_fragment_loads_nothing(
 )
 def test_a_corrupted_v1_archive_loads_nothing(
     *,
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     workdir: Path,
@@ -407,7 +407,7 @@ def test_a_corrupted_v1_archive_loads_nothing(
 
 
 def test_a_truncated_legacy_archive_loads_nothing(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     workdir: Path,
@@ -428,7 +428,7 @@ def test_a_truncated_legacy_archive_loads_nothing(
 
 
 def test_an_archive_for_another_version_is_refused(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     workdir: Path,
@@ -478,7 +478,7 @@ def test_a_daemon_that_is_down_fails_before_the_fragment_is_fetched(
 
 
 def test_an_archive_without_a_services_image_loads_nothing(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     workdir: Path,
@@ -496,7 +496,7 @@ def test_an_archive_without_a_services_image_loads_nothing(
 
 
 def test_an_image_missing_after_load_is_named(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     workdir: Path,
@@ -655,7 +655,7 @@ def image_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("image_env")
 def test_facade_loads_and_checks_a_version(
-    dockerd: PrivateDockerd,  # noqa: F811
+    dockerd: PrivateDockerd,
     api_engine: DockerApiEngine,
     tmp_path: Path,
     version: str,

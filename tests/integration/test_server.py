@@ -14,7 +14,6 @@ import logging
 import socket
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -44,45 +43,17 @@ from tests.api_support import (
     FAST_RETRIES,
     PASSWORD,
     UPLOADER,
-    AppSlot,
     FakeClock,
     FakeRandom,
     FakeSleep,
     ServerWorld,
     failure,
-    make_template,
-    running_world,
-    slot_server,
     value,
 )
 from tests.support.certs import tls_files
+from tests.support.server_fixtures import http, served, user_template, world  # noqa: F401 - fixtures
 
 REF = ResourceRef("models", "bert.small")
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory.mktemp("template"))
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[RunningServer, AppSlot]]:
-    with slot_server() as server:
-        yield server
-
-
-@pytest.fixture
-def world(
-    template: Path, tmp_path: Path, served: tuple[RunningServer, AppSlot]
-) -> Iterator[ServerWorld]:
-    with running_world(template, tmp_path, served) as running:
-        yield running
-
-
-@pytest.fixture
-def http(world: ServerWorld) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=world.url) as client:
-        yield client
 
 
 def _login(http: httpx.Client, email: str = UPLOADER, password: str = PASSWORD) -> str:

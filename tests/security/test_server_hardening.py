@@ -11,46 +11,21 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
-import pytest
 
-from app.server_runner import RunningServer
 from tests.api_support import (
     DOWNLOADER,
     PASSWORD,
     UPLOADER,
-    AppSlot,
     ServerWorld,
-    running_world,
-    slot_server,
 )
 from tests.security.hostile import capture_debug_logs, raw_http
+from tests.support.server_fixtures import http, served, world  # noqa: F401 - fixtures
 
 WRONG = "guess-number-"
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[RunningServer, AppSlot]]:
-    with slot_server() as server:
-        yield server
-
-
-@pytest.fixture
-def world(
-    user_template: Path, tmp_path: Path, served: tuple[RunningServer, AppSlot]
-) -> Iterator[ServerWorld]:
-    with running_world(user_template, tmp_path, served) as running:
-        yield running
-
-
-@pytest.fixture
-def http(world: ServerWorld) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=world.url, timeout=30) as client:
-        yield client
 
 
 def _token(http: httpx.Client, email: str = UPLOADER) -> str:
