@@ -269,6 +269,25 @@ def _plain_length(layout: Layout) -> Callable[[int], int]:
     return length
 
 
+def _run_v1_chunks(
+    layout: Layout, workers: int, task: _Task, progress: Progress | None
+) -> errors.Failure | None:
+    """``_run_chunks`` over a v1 layout, with one ordered stage (the writes)."""
+    # Buffers as large as the largest chunk present, not the chunk size the header claims: a
+    # 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot. (Callers check the
+    # big part's length first, so this is bounded by real data.)
+    span = min(layout.chunk_size, layout.plaintext_length)
+    return _run_chunks(
+        layout.chunk_count,
+        workers=workers,
+        slot_sizes=(span, span + TAG_BYTES),
+        stages=1,
+        task=task,
+        chunk_bytes=_plain_length(layout),
+        progress=progress,
+    )
+
+
 def seal_file(
     source: Path,
     big_out: Path,
@@ -340,19 +359,7 @@ def seal_file(
                     return _os_failure(str(big_out), exc)
                 return None
 
-            # Buffers as large as the largest chunk present, not the chunk size the header
-            # claims: a 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot.
-            # (The big part's length was checked above, so this is bounded by real data.)
-            span = min(layout.chunk_size, layout.plaintext_length)
-            failure = _run_chunks(
-                layout.chunk_count,
-                workers=threads,
-                slot_sizes=(span, span + TAG_BYTES),
-                stages=1,
-                task=task,
-                chunk_bytes=_plain_length(layout),
-                progress=progress,
-            )
+            failure = _run_v1_chunks(layout, threads, task, progress)
             if failure is not None:
                 return IOFailure(failure)
             root = digest.root(layout.big_length, (leaf for leaf in leaves if leaf is not None))
@@ -428,19 +435,7 @@ def open_file(
                     return _os_failure(str(out), exc)
                 return None
 
-            # Buffers as large as the largest chunk present, not the chunk size the header
-            # claims: a 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot.
-            # (The big part's length was checked above, so this is bounded by real data.)
-            span = min(layout.chunk_size, layout.plaintext_length)
-            failure = _run_chunks(
-                layout.chunk_count,
-                workers=threads,
-                slot_sizes=(span, span + TAG_BYTES),
-                stages=1,
-                task=task,
-                chunk_bytes=_plain_length(layout),
-                progress=progress,
-            )
+            failure = _run_v1_chunks(layout, threads, task, progress)
             if failure is not None:
                 return IOFailure(failure)
     except OSError as exc:
