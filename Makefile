@@ -3,15 +3,26 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The package is installed in setuptools' strict editable mode: a tree of links under build/ that
+# maps splitvault.* onto domain/, adapters/ and app/ (mypy and import-linter read it as plain files).
+# Edits show at once; a module added or removed needs the tree rebuilt, so the stamp also depends
+# on the list of source files.
+SOURCES := $(VENV)/.sources
 
-.PHONY: venv test lint typecheck contracts pytest demo bench clean
+.PHONY: venv test lint typecheck contracts pytest demo bench clean FORCE
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(SOURCES): FORCE
+	@mkdir -p $(VENV)
+	@find app adapters domain -name '*.py' -o -name py.typed | LC_ALL=C sort > $@.new
+	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+
+$(STAMP): pyproject.toml $(SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	rm -rf build/__editable__.*
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 lint: venv
@@ -36,4 +47,4 @@ bench: venv
 	$(BIN)/splitvault bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

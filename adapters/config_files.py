@@ -21,7 +21,7 @@ import yaml
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure, Result, Success
 
-from domain.config import (
+from splitvault.domain.config import (
     CLIENT_FIELDS,
     SECRET_CLIENT_FIELDS,
     CdnConfig,
@@ -31,7 +31,7 @@ from domain.config import (
     client_config_from_mapping,
     env_name,
 )
-from domain.errors import ConfigInvalid
+from splitvault.domain.errors import ConfigInvalid
 
 log = logging.getLogger("splitvault.config_files")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from adapters.atomic_file import atomic_path
-from domain.errors import AccessDenied, NotFound, RemoteError, StorageFailed
-from domain.ports import CdnFailure
-from domain.ref import ResourceRef
+from splitvault.adapters.atomic_file import atomic_path
+from splitvault.domain.errors import AccessDenied, NotFound, RemoteError, StorageFailed
+from splitvault.domain.ports import CdnFailure
+from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.directory_cdn")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from adapters.image_archive import check_image_archive
-from domain.errors import EngineFailed, EngineFailure
+from splitvault.adapters.image_archive import check_image_archive
+from splitvault.domain.errors import EngineFailed, EngineFailure
 
 log = logging.getLogger("splitvault.docker_cli")
 

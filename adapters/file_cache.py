@@ -28,17 +28,17 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.atomic_file import (
+from splitvault.adapters.atomic_file import (
     atomic_path,
     collect_stale_temps,
     fsync_dir,
     fsync_file,
     is_temp_name,
 )
-from domain import digest
-from domain.errors import Failure, PartMismatch, StorageFailed
-from domain.ports import BigPartDigest, Fill, Produce
-from domain.ref import ResourceRef
+from splitvault.domain import digest
+from splitvault.domain.errors import PartMismatch, Problem, StorageFailed
+from splitvault.domain.ports import BigPartDigest, Fill, Produce
+from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.file_cache")
 
@@ -192,19 +192,19 @@ def _storage_failed(what: Path, error: OSError) -> StorageFailed:
 class _Abandon(Exception):
     """Raised inside ``atomic_path`` to throw the temp file away when ``produce`` failed."""
 
-    def __init__(self, outcome: IOResult[None, Failure]) -> None:
+    def __init__(self, outcome: IOResult[None, Problem]) -> None:
         super().__init__("abandoned")
         self.outcome = outcome
 
 
-def _keep_or_abandon(outcome: IOResult[None, Failure]) -> None:
+def _keep_or_abandon(outcome: IOResult[None, Problem]) -> None:
     if not is_successful(outcome):
         raise _Abandon(outcome)
 
 
 def _produce_checked(
     ref: ResourceRef, temp: Path, produce: Produce
-) -> IOResult[BigPartDigest, Failure]:
+) -> IOResult[BigPartDigest, Problem]:
     # Re-hash what the producer wrote even though it hashed while writing: this runs before the
     # upload's commit point, so a wrong digest is caught here instead of by every downloader.
     produced = produce(temp)
@@ -288,7 +288,7 @@ class FileCache:
 
     def fetch(
         self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
-    ) -> IOResult[Path, Failure]:
+    ) -> IOResult[Path, Problem]:
         """A verified entry for ``ref``: the cached one if it matches, else filled through ``fill``.
 
         ``fill(partial, start)`` must write the big part's bytes ``[start:]`` into ``partial``;
@@ -317,7 +317,7 @@ class FileCache:
 
     def _fill(
         self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
-    ) -> IOResult[Path, Failure]:
+    ) -> IOResult[Path, Problem]:
         entry = self.entry_path(ref)
         partial = self._partial_path(ref, expected)
         for stale in self._partials(ref):
@@ -352,7 +352,7 @@ class FileCache:
         write_stamp(entry, expected)
         return IOSuccess(entry)
 
-    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Failure]:
+    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Problem]:
         """Let ``produce`` write a new entry into a temp file; verify it and move it into place.
 
         The temp file is removed when ``produce`` fails or its result does not match the digest

@@ -6,7 +6,7 @@ independent of the machine they run on.
 
 from __future__ import annotations
 
-from domain.ports import Fingerprint
+from splitvault.domain.ports import Fingerprint
 
 
 class FixedHardware:

@@ -1,7 +1,7 @@
 """The resource API over HTTP (httpx): ``ResourceApi`` and ``KeyFragments``, with login and retries.
 
-``HttpResourceApi`` speaks the wire protocol of ``app.server``: ``POST /login``, multipart upload to
-``POST /resources/{folder}``, ``POST /resources/get/{folder}`` for the transport envelope,
+``HttpResourceApi`` speaks the wire protocol of ``app.server.api``: ``POST /login``, multipart
+upload to ``POST /resources/{folder}``, ``POST /resources/get/{folder}`` for the transport envelope,
 ``GET /resources/list/{folder}`` and ``GET|PUT /keys/{version}``. Tokens are handled by
 ``LoginTokenAuth``, an ``httpx.Auth`` flow: it logs in on first use, refreshes before the token's
 lifetime runs out (``domain.token``), re-logs in once on 401/403 and does all of that under one lock
@@ -32,9 +32,9 @@ from urllib.parse import quote
 import attrs
 import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
-from returns.result import Failure as ResultFailure
+from returns.result import Failure
 
-from domain.errors import (
+from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
     HardwareMismatch,
@@ -43,9 +43,9 @@ from domain.errors import (
     TimedOut,
     Transient,
 )
-from domain.ports import ApiFailure, Clock, Random
-from domain.ref import ResourceRef, check_name, parse_folder
-from domain.retry import (
+from splitvault.domain.ports import ApiFailure, Clock, Random
+from splitvault.domain.ref import ResourceRef, check_name, parse_folder
+from splitvault.domain.retry import (
     GiveUp,
     HttpStatus,
     Outcome,
@@ -56,7 +56,7 @@ from domain.retry import (
     is_transient,
     parse_retry_after,
 )
-from domain.token import TokenTiming, plan_refresh
+from splitvault.domain.token import TokenTiming, plan_refresh
 
 log = logging.getLogger("splitvault.http_api")
 
@@ -362,7 +362,7 @@ class HttpResourceApi:
         Raises:
             ValueError: for an invalid folder (validate with ``domain.ref.parse_folder`` first).
         """
-        if isinstance(parse_folder(folder), ResultFailure):
+        if isinstance(parse_folder(folder), Failure):
             raise ValueError(  # noqa: TRY004 - a bad value from the caller, not a bad type
                 f"invalid folder {folder!r}; validate with parse_folder first"
             )

@@ -17,7 +17,7 @@ import attrs
 import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from domain.errors import (
+from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
     HardwareMismatch,
@@ -26,8 +26,8 @@ from domain.errors import (
     TimedOut,
     Transient,
 )
-from domain.ports import ApiFailure
-from domain.retry import TRANSIENT_STATUSES
+from splitvault.domain.ports import ApiFailure
+from splitvault.domain.retry import TRANSIENT_STATUSES
 
 log = logging.getLogger("splitvault.http_key_fragments")
 

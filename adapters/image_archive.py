@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from domain.errors import EngineFailed, EngineFailure
+from splitvault.domain.errors import EngineFailed, EngineFailure
 
 MANIFEST = "manifest.json"
 LEGACY_REPOSITORIES = "repositories"

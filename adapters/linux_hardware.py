@@ -18,8 +18,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from domain import fingerprint as fp
-from domain.ports import Fingerprint
+from splitvault.domain import fingerprint as fp
+from splitvault.domain.ports import Fingerprint
 
 log = logging.getLogger("splitvault.linux_hardware")
 

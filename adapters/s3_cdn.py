@@ -15,17 +15,17 @@ are not touched. On failure the destination is cut back to the bytes known good 
 so its length is always a safe resume point.
 
 Retries: none here. There is one retry layer for CDN transfers and it is the core's:
-``app.retrying`` repeats a whole ``download_file``/``upload_file`` as ``domain.retry.decide`` says
-(full jitter, attempt cap, total time budget, ``Retry-After``; only ``Transient`` and ``TimedOut``
-are retried). botocore therefore runs with ``max_attempts=1`` by default. Why not botocore's own
-retries: they stop at the response headers — a connection reset in the middle of a ranged GET's
-body is not retried by botocore at all — and they would multiply with ours (3 x 6 attempts, and a
-budget nobody sees). A retried download resumes from the destination's length (the cache's partial
-file), which this adapter keeps a safe resume point, so the unit of retry costs only the bytes not
-yet on disk. A retried upload starts that upload again (a failed multipart upload is aborted).
-Failures are classified here: throttling codes, 5xx and connection errors are ``Transient`` (with
-the server's ``Retry-After`` when it sent one), stalled reads ``TimedOut`` after ``read_timeout``,
-everything else final.
+``app.client.retrying`` repeats a whole ``download_file``/``upload_file`` as ``domain.retry.decide``
+says (full jitter, attempt cap, total time budget, ``Retry-After``; only ``Transient`` and
+``TimedOut`` are retried). botocore therefore runs with ``max_attempts=1`` by default. Why not
+botocore's own retries: they stop at the response headers — a connection reset in the middle of a
+ranged GET's body is not retried by botocore at all — and they would multiply with ours (3 x 6
+attempts, and a budget nobody sees). A retried download resumes from the destination's length (the
+cache's partial file), which this adapter keeps a safe resume point, so the unit of retry costs only
+the bytes not yet on disk. A retried upload starts that upload again (a failed multipart upload is
+aborted). Failures are classified here: throttling codes, 5xx and connection errors are
+``Transient`` (with the server's ``Retry-After`` when it sent one), stalled reads ``TimedOut`` after
+``read_timeout``, everything else final.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from domain.config import DEFAULT_REGION, CdnConfig, S3Keys
-from domain.errors import (
+from splitvault.domain.config import DEFAULT_REGION, CdnConfig, S3Keys
+from splitvault.domain.errors import (
     AccessDenied,
     ConfigInvalid,
     NotFound,
@@ -70,9 +70,9 @@ from domain.errors import (
     TimedOut,
     Transient,
 )
-from domain.ports import CdnFailure
-from domain.ref import ResourceRef
-from domain.retry import TRANSIENT_SERVICE_CODES, parse_retry_after
+from splitvault.domain.ports import CdnFailure
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.retry import TRANSIENT_SERVICE_CODES, parse_retry_after
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -112,7 +112,7 @@ class S3Tuning:
         max_concurrency: parts or ranges in flight at once; the connection pool is at least this.
         connect_timeout, read_timeout: seconds before a connect or a stalled read fails.
         max_attempts: total attempts per request in botocore's standard retry mode. Keep the
-            default 1 (no botocore retries) when ``app.retrying`` drives retries, or the layers
+            default 1 (no botocore retries) when ``client.retrying`` drives retries, or the layers
             multiply.
         addressing_style: ``path`` works with every S3-compatible store and with IP endpoints.
     """

@@ -1,19 +1,11 @@
-"""Use cases, the seed-compatible facade, the reference API server and the CLI.
+"""The application: rooms with one concern each, wired on top of ``splitvault.adapters``.
 
-``app.ApiClient`` and friends are loaded on first use so that importing a submodule (the CLI, the
-server) does not pull in boto3 and httpx.
+- ``client/``: the composition root (``bootstrap``), use cases, the retry loop, the streaming
+  pipeline and image unlocking; imports adapters and domain only.
+- ``server/``: the reference resource API (Starlette on uvicorn); independent of the client.
+- ``cli/``: the ``splitvault`` command: parser, commands, progress bars; on top of everything.
+- ``tools/``: the demo and the benchmark; on top of client and server.
+
+The original client's facade (``splitvault.api_client`` and friends) sits above ``client`` at the
+top of the package (``app/compat/`` in the repository). import-linter keeps these directions.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-_FACADE = ("ApiClient", "ApiCredentials", "CDNCredentials", "CDNManager")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FACADE:
-        from app import facade  # noqa: PLC0415 - deferred on purpose
-
-        return getattr(facade, name)
-    raise AttributeError(f"module 'app' has no attribute {name!r}")

@@ -23,8 +23,8 @@ import hmac
 
 from returns.result import Failure, Result, Success
 
-from domain.digest import digest_bytes
-from domain.errors import (
+from splitvault.domain.digest import digest_bytes
+from splitvault.domain.errors import (
     CorruptResource,
     FormatFailure,
     InvalidRef,
@@ -33,7 +33,7 @@ from domain.errors import (
     UnsupportedFormat,
     WrongKey,
 )
-from domain.format_v1 import (
+from splitvault.domain.format_v1 import (
     DEFAULT_CHUNK_SIZE,
     MAGIC,
     MAX_HEADER_BYTES,
@@ -42,15 +42,15 @@ from domain.format_v1 import (
     open_stream,
     parse_header,
 )
-from domain.keys import NONCE_BYTES, archive_dek, hkdf, legacy_archive_key
-from domain.legacy import (
+from splitvault.domain.keys import NONCE_BYTES, archive_dek, hkdf, legacy_archive_key
+from splitvault.domain.legacy import (
     LegacyOpener,
     LegacySealer,
     check_legacy_stream_length,
     legacy_stream_length,
 )
-from domain.ref import ResourceRef
-from domain.split import SplitRule
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.split import SplitRule
 
 IMAGES_FOLDER = "images"
 LEGACY_WHAT = "legacy image archive"

@@ -15,7 +15,7 @@ from typing import Literal
 import attrs
 from returns.result import Failure, Result, Success
 
-from domain.errors import ConfigInvalid
+from splitvault.domain.errors import ConfigInvalid
 
 DEFAULT_REGION = "us-east-1"
 ENV_PREFIX = "SPLITVAULT_"

@@ -209,7 +209,7 @@ RemoteFailure = (
 )
 LocalFailure = ConfigInvalid | StorageFailed
 EngineFailure = EngineFailed | ImagesMissing
-Failure = InvalidRef | FormatFailure | RemoteFailure | LocalFailure | EngineFailure
+Problem = InvalidRef | FormatFailure | RemoteFailure | LocalFailure | EngineFailure
 
 FAILURE_TYPES: tuple[type, ...] = (
     InvalidRef,

@@ -25,8 +25,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from returns.result import Failure, Result, Success
 
-from domain.digest import digest_bytes
-from domain.errors import (
+from splitvault.domain.digest import digest_bytes
+from splitvault.domain.errors import (
     CorruptResource,
     FormatFailure,
     LimitExceeded,
@@ -34,7 +34,7 @@ from domain.errors import (
     UnsupportedFormat,
     WrongKey,
 )
-from domain.keys import (
+from splitvault.domain.keys import (
     KEY_BYTES,
     NONCE_BYTES,
     TAG_BYTES,
@@ -43,9 +43,9 @@ from domain.keys import (
     unwrap_dek,
     wrap_dek,
 )
-from domain.ports import BigPartDigest
-from domain.ref import ResourceRef, check_name
-from domain.split import DEFAULT_RULE, SplitRule
+from splitvault.domain.ports import BigPartDigest
+from splitvault.domain.ref import ResourceRef, check_name
+from splitvault.domain.split import DEFAULT_RULE, SplitRule
 
 MAGIC = b"SPLITVLT"
 VERSION = 1

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from returns.result import Failure, Result, Success
 
-from domain.errors import CorruptResource, WrongKey
+from splitvault.domain.errors import CorruptResource, WrongKey
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

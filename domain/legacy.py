@@ -23,8 +23,14 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from returns.result import Failure, Result, Success
 
-from domain.errors import ConfigInvalid, CorruptResource, FormatFailure, PartMismatch, WrongKey
-from domain.split import DEFAULT_RULE, SplitRule, split
+from splitvault.domain.errors import (
+    ConfigInvalid,
+    CorruptResource,
+    FormatFailure,
+    PartMismatch,
+    WrongKey,
+)
+from splitvault.domain.split import DEFAULT_RULE, SplitRule, split
 
 BLOCK = 16
 IV_BYTES = BLOCK

@@ -14,21 +14,21 @@ from typing import Protocol
 import attrs
 from returns.io import IOResult
 
-from domain.errors import (
+from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
     CorruptResource,
     EngineFailure,
-    Failure,
     HardwareMismatch,
     NotFound,
     PartMismatch,
+    Problem,
     RemoteError,
     StorageFailed,
     TimedOut,
     Transient,
 )
-from domain.ref import ResourceRef
+from splitvault.domain.ref import ResourceRef
 
 CdnFailure = NotFound | AccessDenied | Transient | TimedOut | RemoteError | StorageFailed
 ApiFailure = (
@@ -82,9 +82,9 @@ class Cdn(Protocol):
 
 
 # fill(temp_path, start): write the big part's bytes [start:] into temp_path.
-Fill = Callable[[Path, int], IOResult[None, Failure]]
+Fill = Callable[[Path, int], IOResult[None, Problem]]
 # write(temp_path): produce a big part in temp_path and say what it is.
-Produce = Callable[[Path], IOResult[BigPartDigest, Failure]]
+Produce = Callable[[Path], IOResult[BigPartDigest, Problem]]
 
 
 class Cache(Protocol):
@@ -92,11 +92,11 @@ class Cache(Protocol):
 
     def fetch(
         self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
-    ) -> IOResult[Path, Failure]:
+    ) -> IOResult[Path, Problem]:
         """A path to a verified entry, filling (or resuming) it through ``fill`` when needed."""
         ...
 
-    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Failure]:
+    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Problem]:
         """Let ``produce`` write a new entry into a temp file, then move it into place."""
         ...
 

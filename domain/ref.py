@@ -12,7 +12,7 @@ import unicodedata
 import attrs
 from returns.result import Failure, Result, Success
 
-from domain.errors import InvalidRef
+from splitvault.domain.errors import InvalidRef
 
 MAX_NAME_BYTES = 200  # leaves room under NAME_MAX (255) for ".big" and temp-file suffixes
 

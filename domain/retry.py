@@ -5,8 +5,8 @@ jitter value in ``[0, 1)`` drawn by the caller. It implements full-jitter expone
 (AWS architecture blog, "Exponential Backoff And Jitter"), an attempt cap, a total time budget that
 a delay may never overrun, and honours ``Retry-After``. Only transient outcomes are retried;
 401/403 get one re-login and then give up. The loops live outside the domain (the HTTP adapter for
-API requests, ``app.retrying`` for CDN transfers); this module owns the policy, and ``outcome_of``
-says which typed failures from the ports are worth another try.
+API requests, ``client.retrying`` for CDN transfers); this module owns the policy, and
+``outcome_of`` says which typed failures from the ports are worth another try.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Final
 
 import attrs
 
-from domain.errors import Failure, TimedOut, Transient
+from splitvault.domain.errors import Problem, TimedOut, Transient
 
 TRANSIENT_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_STATUSES: Final = frozenset({401, 403})
@@ -123,7 +123,7 @@ def is_transient(outcome: Outcome) -> bool:
     return outcome.code in TRANSIENT_SERVICE_CODES
 
 
-def outcome_of(failure: Failure) -> Outcome:
+def outcome_of(failure: Problem) -> Outcome:
     """The outcome a typed failure stands for, for callers that retry whole port operations.
 
     ``TimedOut`` is a timeout and ``Transient`` is worth another try (its ``Retry-After`` kept);

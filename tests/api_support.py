@@ -23,10 +23,11 @@ from returns.unsafe import unsafe_perform_io
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters.http_api import HttpResourceApi
-from app.server import ServerStats, add_user, create_app, set_cdn_config
-from app.server_runner import FaultInjector, RunningServer
-from domain.retry import RetryPolicy
+from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.app.server.api import ServerStats, add_user, create_app, set_cdn_config
+from splitvault.app.server.runner import RunningServer
+from splitvault.domain.retry import RetryPolicy
+from tests.support.faults import FaultInjector
 
 UPLOADER = "uploader@example.com"
 DOWNLOADER = "downloader@example.com"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from returns.unsafe import unsafe_perform_io
 
-from adapters.directory_cdn import DirectoryCdn
-from adapters.file_cache import FileCache
-from adapters.s3_cdn import MIB, S3Cdn, S3Tuning
+from splitvault.adapters.directory_cdn import DirectoryCdn
+from splitvault.adapters.file_cache import FileCache
+from splitvault.adapters.s3_cdn import MIB, S3Cdn, S3Tuning
 from tests.support.moto_server import ADMIN_KEYS, MotoS3, moto_s3_fixture
 
 moto_s3 = moto_s3_fixture()

@@ -19,11 +19,11 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.file_cache import FileCache, file_digest
-from domain.digest import digest_bytes
-from domain.errors import Failure, PartMismatch, StorageFailed, Transient
-from domain.ports import BigPartDigest, Produce
-from domain.ref import ResourceRef
+from splitvault.adapters.file_cache import FileCache, file_digest
+from splitvault.domain.digest import digest_bytes
+from splitvault.domain.errors import PartMismatch, Problem, StorageFailed, Transient
+from splitvault.domain.ports import BigPartDigest, Produce
+from splitvault.domain.ref import ResourceRef
 
 REF = ResourceRef("models", "resnet [v2].bin")  # glob characters on purpose
 
@@ -43,13 +43,13 @@ def blob(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def value_of(result: IOResult[Path, Failure]) -> Path:
+def value_of(result: IOResult[Path, Problem]) -> Path:
     """The path inside a successful result."""
     assert is_successful(result), f"expected success, got {result!r}"
     return unsafe_perform_io(result.unwrap())
 
 
-def failure_of(result: IOResult[Path, Failure]) -> Failure:
+def failure_of(result: IOResult[Path, Problem]) -> Problem:
     """The failure inside a failed result."""
     assert not is_successful(result), f"expected a failure, got {result!r}"
     return unsafe_perform_io(result.failure())
@@ -64,7 +64,7 @@ class Source:
         self.lie = lie
         self.starts: list[int] = []
 
-    def __call__(self, temp: Path, start: int) -> IOResult[None, Failure]:
+    def __call__(self, temp: Path, start: int) -> IOResult[None, Problem]:
         self.starts.append(start)
         end = len(self.data) if self.stop_at is None else self.stop_at
         with temp.open("r+b") as handle:
@@ -245,7 +245,7 @@ def test_two_threads_fetching_one_ref_fill_it_once(cache: FileCache) -> None:
     second_started = threading.Event()
     calls_lock = threading.Lock()
 
-    def slow_fill(temp: Path, start: int) -> IOResult[None, Failure]:
+    def slow_fill(temp: Path, start: int) -> IOResult[None, Problem]:
         with calls_lock:
             calls.append(start)
         second_started.wait(timeout=10)
@@ -255,7 +255,7 @@ def test_two_threads_fetching_one_ref_fill_it_once(cache: FileCache) -> None:
             handle.write(data[start:])
         return IOSuccess(None)
 
-    results: list[IOResult[Path, Failure]] = []
+    results: list[IOResult[Path, Problem]] = []
 
     def fetch(signal: threading.Event | None) -> None:
         if signal is not None:
@@ -277,7 +277,7 @@ def test_two_threads_fetching_one_ref_fill_it_once(cache: FileCache) -> None:
 def produce_bytes(data: bytes, *, claim: bytes | None = None) -> Produce:
     """A produce function writing ``data`` and reporting the digest of ``claim`` (default: data)."""
 
-    def produce(temp: Path) -> IOResult[BigPartDigest, Failure]:
+    def produce(temp: Path) -> IOResult[BigPartDigest, Problem]:
         temp.write_bytes(data)
         return IOSuccess(digest_of(data if claim is None else claim))
 
@@ -301,7 +301,7 @@ def test_failed_store_keeps_the_previous_entry(cache: FileCache) -> None:
     old = blob(1000, seed=13)
     value_of(cache.store(REF, produce_bytes(old)))
 
-    def failing(temp: Path) -> IOResult[BigPartDigest, Failure]:
+    def failing(temp: Path) -> IOResult[BigPartDigest, Problem]:
         temp.write_bytes(b"half")
         return IOFailure(StorageFailed("seal", "disk full"))
 

@@ -23,11 +23,18 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Success
 from returns.unsafe import unsafe_perform_io
 
-from adapters.directory_cdn import DirectoryCdn
-from adapters.s3_cdn import MIB, S3Cdn, S3Tuning
-from domain.config import CdnConfig, S3Keys
-from domain.errors import AccessDenied, NotFound, RemoteError, StorageFailed, TimedOut, Transient
-from domain.ref import ResourceRef
+from splitvault.adapters.directory_cdn import DirectoryCdn
+from splitvault.adapters.s3_cdn import MIB, S3Cdn, S3Tuning
+from splitvault.domain.config import CdnConfig, S3Keys
+from splitvault.domain.errors import (
+    AccessDenied,
+    NotFound,
+    RemoteError,
+    StorageFailed,
+    TimedOut,
+    Transient,
+)
+from splitvault.domain.ref import ResourceRef
 from tests.contract.conftest import SMALL_PARTS
 from tests.support.moto_server import ADMIN_KEYS, MotoS3
 

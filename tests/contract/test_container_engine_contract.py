@@ -20,10 +20,10 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.docker_api import DockerApiEngine, parse_load_lines
-from adapters.docker_cli import DockerCliEngine, parse_loaded
-from domain.errors import EngineFailed, EngineFailure
-from domain.ports import ContainerEngine
+from splitvault.adapters.docker_api import DockerApiEngine, parse_load_lines
+from splitvault.adapters.docker_cli import DockerCliEngine, parse_loaded
+from splitvault.domain.errors import EngineFailed, EngineFailure
+from splitvault.domain.ports import ContainerEngine
 from tests.support.dockerd import (  # noqa: F401 - `dockerd` is a fixture pytest finds by name
     PrivateDockerd,
     docker,

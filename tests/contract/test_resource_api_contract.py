@@ -14,11 +14,11 @@ from typing import Protocol
 import pytest
 from returns.io import IOResult
 
-from app.server_runner import RunningServer
-from domain import keys
-from domain.errors import AccessDenied, AuthFailed, HardwareMismatch, NotFound, WrongKey
-from domain.ports import ApiFailure, KeyFragments, ResourceApi
-from domain.ref import ResourceRef
+from splitvault.app.server.runner import RunningServer
+from splitvault.domain import keys
+from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch, NotFound, WrongKey
+from splitvault.domain.ports import ApiFailure, KeyFragments, ResourceApi
+from splitvault.domain.ref import ResourceRef
 from tests.api_support import (
     DOWNLOADER,
     OTHER_DOWNLOADER,

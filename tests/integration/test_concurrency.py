@@ -11,8 +11,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from app.usecases import DownloadReport
-from domain.ref import ResourceRef
+from splitvault.app.client.usecases import DownloadReport
+from splitvault.domain.ref import ResourceRef
 from tests.api_support import value
 from tests.support import worker
 from tests.support.fault_proxy import Fault, FaultProxy

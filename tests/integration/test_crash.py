@@ -25,11 +25,11 @@ from typing import Any
 import attrs
 import pytest
 
-from adapters.atomic_file import is_temp_name, is_temp_of
-from adapters.file_cache import file_digest
-from app.usecases import DownloadReport
-from domain.ports import BigPartDigest
-from domain.ref import ResourceRef
+from splitvault.adapters.atomic_file import is_temp_name, is_temp_of
+from splitvault.adapters.file_cache import file_digest
+from splitvault.app.client.usecases import DownloadReport
+from splitvault.domain.ports import BigPartDigest
+from splitvault.domain.ref import ResourceRef
 from tests.api_support import value
 from tests.support import worker
 from tests.support.fault_proxy import PASS, Fault, FaultProxy

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters import s3_cdn
-from app import pipeline
-from domain.errors import StorageFailed
-from domain.ref import ResourceRef
+from splitvault.adapters import s3_cdn
+from splitvault.app.client import pipeline
+from splitvault.domain.errors import StorageFailed
+from splitvault.domain.ref import ResourceRef
 from tests.api_support import failure, value
 from tests.support.fault_proxy import FaultProxy
 from tests.support.stack import DOWNLOADER, UPLOADER, Stack, download, upload, write_model

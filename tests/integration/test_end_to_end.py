@@ -11,8 +11,8 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from domain.errors import AccessDenied, Failure, HardwareMismatch
-from domain.ref import ResourceRef
+from splitvault.domain.errors import AccessDenied, HardwareMismatch, Problem
+from splitvault.domain.ref import ResourceRef
 from tests.support.moto_server import MotoS3
 from tests.support.stack import (
     DOWNLOADER,
@@ -34,14 +34,14 @@ def model(path: Path, size: int, seed: bytes = b"w") -> bytes:
     return data[:size]
 
 
-def ok(result: IOResult[object, Failure]) -> object:
+def ok(result: IOResult[object, Problem]) -> object:
     assert is_successful(result), unsafe_perform_io(result.failure())
     return unsafe_perform_io(result.unwrap())
 
 
-def failure(result: IOResult[object, Failure]) -> Failure:
+def failure(result: IOResult[object, Problem]) -> Problem:
     assert not is_successful(result), "expected a failure"
-    value: Failure = unsafe_perform_io(result.failure())
+    value: Problem = unsafe_perform_io(result.failure())
     return value
 
 

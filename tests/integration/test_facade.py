@@ -8,9 +8,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from adapters.fixed_hardware import FixedHardware
-from app import ApiClient, ApiCredentials
-from app.errors import (
+from splitvault import ApiClient, ApiCredentials
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.app.client.errors import (
     AuthError,
     HardwareMismatchError,
     IntegrityError,

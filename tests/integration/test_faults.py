@@ -16,10 +16,10 @@ from typing import TypeVar
 
 from returns.io import IOResult
 
-from app.usecases import DownloadReport
-from domain.errors import Failure, TimedOut, Transient
-from domain.ref import ResourceRef
-from domain.retry import RetryPolicy
+from splitvault.app.client.usecases import DownloadReport
+from splitvault.domain.errors import Problem, TimedOut, Transient
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.retry import RetryPolicy
 from tests.api_support import failure, value
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.stack import (
@@ -134,7 +134,7 @@ def test_a_stalled_api_times_out(stack: Stack, api_proxy: FaultProxy, tmp_path: 
     )
     api_proxy.behave(Fault("stall", direction="up", trigger=b"POST /resources/get/models"))
     out = tmp_path / "out.onnx"
-    problem: Failure = failure(bounded(lambda: download(reader, REF, out)))  # type: ignore[assignment]
+    problem: Problem = failure(bounded(lambda: download(reader, REF, out)))  # type: ignore[assignment]
     assert problem == TimedOut(f"download of {REF}", 1.0)
     assert api_proxy.snapshot().stalls == 2
     assert not out.exists()
@@ -147,7 +147,7 @@ def test_an_api_refusing_connections_is_transient(
     reader = stack.client(DOWNLOADER, api_url=api_proxy.url)
     api_proxy.refuse(True)
     out = tmp_path / "out.onnx"
-    result: IOResult[DownloadReport, Failure] = download(reader, REF, out)
+    result: IOResult[DownloadReport, Problem] = download(reader, REF, out)
     problem = failure(result)
     assert isinstance(problem, Transient)
     assert "connect" in problem.detail

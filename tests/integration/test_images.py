@@ -29,25 +29,32 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.docker_api import DockerApiEngine
-from adapters.docker_cli import DockerCliEngine
-from app import binary_split, images
-from app.errors import AuthError, ConfigError, EngineError, IntegrityError, NotFoundError
-from domain.archive import ArchiveKind, seal_legacy_archive_bytes, seal_v1_archive_bytes
-from domain.errors import (
+from splitvault import binary_split
+from splitvault.adapters.docker_api import DockerApiEngine
+from splitvault.adapters.docker_cli import DockerCliEngine
+from splitvault.app.client import images
+from splitvault.app.client.errors import (
+    AuthError,
+    ConfigError,
+    EngineError,
+    IntegrityError,
+    NotFoundError,
+)
+from splitvault.domain.archive import ArchiveKind, seal_legacy_archive_bytes, seal_v1_archive_bytes
+from splitvault.domain.errors import (
     ConfigInvalid,
     CorruptResource,
     EngineFailed,
     EngineFailure,
-    Failure,
     ImagesMissing,
     InvalidRef,
     NotFound,
     PartMismatch,
+    Problem,
     RemoteError,
     WrongKey,
 )
-from domain.ports import ApiFailure, ContainerEngine
+from splitvault.domain.ports import ApiFailure, ContainerEngine
 from tests.support.dockerd import (  # noqa: F401 - `dockerd` is a fixture pytest finds by name
     PrivateDockerd,
     dockerd,
@@ -130,12 +137,12 @@ class Sealed:
     names: tuple[str, ...]
 
 
-def _ok(result: IOResult[T, Failure]) -> T:
+def _ok(result: IOResult[T, Problem]) -> T:
     assert is_successful(result), unsafe_perform_io(result.failure()).describe()
     return unsafe_perform_io(result.unwrap())
 
 
-def _failure(result: IOResult[object, Failure]) -> Failure:
+def _failure(result: IOResult[object, Problem]) -> Problem:
     assert not is_successful(result), "expected a failure"
     return unsafe_perform_io(result.failure())
 
@@ -254,7 +261,7 @@ def _unlock(
     *,
     fragment: bytes | None = None,
     services: Sequence[str] = SERVICES,
-) -> IOResult[images.UnlockReport, Failure]:
+) -> IOResult[images.UnlockReport, Problem]:
     fragments = FakeKeyFragments(
         {sealed.version: sealed.fragment if fragment is None else fragment}
     )
@@ -520,7 +527,7 @@ def test_an_invalid_version_or_config_is_refused_up_front(
     archive = tmp_path / "a.svlt"
     archive.write_bytes(b"x")
 
-    def unlock(version: str, services: Sequence[str]) -> Failure:
+    def unlock(version: str, services: Sequence[str]) -> Problem:
         return _failure(
             images.unlock_images(
                 archive,

@@ -26,12 +26,12 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.file_cache import FileCache
-from app.bootstrap import Client
-from app.usecases import DownloadReport, download_resource
-from domain.errors import Failure
-from domain.ports import Cache, Cdn
-from domain.ref import ResourceRef
+from splitvault.adapters.file_cache import FileCache
+from splitvault.app.client.bootstrap import Client
+from splitvault.app.client.usecases import DownloadReport, download_resource
+from splitvault.domain.errors import Problem
+from splitvault.domain.ports import Cache, Cdn
+from splitvault.domain.ref import ResourceRef
 from tests.api_support import value
 from tests.support.stack import DOWNLOADER, UPLOADER, Stack, upload, write_model
 
@@ -45,8 +45,8 @@ REFS = (ResourceRef("models", "load-a.bin"), ResourceRef("models", "load-b.bin")
 
 def download_into(
     client: Client, cache: Cache, ref: ResourceRef, out: Path
-) -> IOResult[DownloadReport, Failure]:
-    def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
+) -> IOResult[DownloadReport, Problem]:
+    def run(cdn: Cdn) -> IOResult[DownloadReport, Problem]:
         return download_resource(
             ref,
             out,

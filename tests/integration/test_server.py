@@ -22,11 +22,11 @@ import pytest
 import yaml
 from returns.pipeline import is_successful
 
-from adapters.http_api import HttpResourceApi
-from app.server import add_user, create_app, reset_binding
-from app.server_runner import RunningServer
-from domain import keys
-from domain.errors import (
+from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.app.server.api import add_user, create_app, reset_binding
+from splitvault.app.server.runner import RunningServer
+from splitvault.domain import keys
+from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
     ConfigInvalid,
@@ -35,8 +35,8 @@ from domain.errors import (
     TimedOut,
     Transient,
 )
-from domain.ref import ResourceRef
-from domain.retry import RetryPolicy
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.retry import RetryPolicy
 from tests.api_support import (
     CDN_CONFIG,
     DOWNLOADER,
@@ -51,6 +51,7 @@ from tests.api_support import (
     value,
 )
 from tests.support.certs import tls_files
+from tests.support.faults import FaultInjector
 from tests.support.server_fixtures import http, served, user_template, world  # noqa: F401 - fixtures
 
 REF = ResourceRef("models", "bert.small")
@@ -506,15 +507,14 @@ def test_tls_is_verified_and_a_ca_bundle_is_honoured(tmp_path: Path) -> None:
             sleep=sleep,
         )
 
-    with RunningServer(
-        app, fault_injection=True, ssl_certfile=cert_path, ssl_keyfile=key_path
-    ) as server:
+    faults = FaultInjector(app)
+    with RunningServer(faults, ssl_certfile=cert_path, ssl_keyfile=key_path) as server:
         assert server.url.startswith("https://")
         with client(server.url, None) as untrusting:
             refused = failure(untrusting.login())
         assert isinstance(refused, RemoteError) and "TLS" in refused.detail
         assert sleep.waits == []
         with client(server.url, ca_path) as trusting:
-            server.faults.fail_next(1)  # the fault switch works behind TLS too
+            faults.fail_next(1)  # the fault switch works behind TLS too
             value(trusting.login())
-        assert len(sleep.waits) == 1 and server.faults.injected == 1
+        assert len(sleep.waits) == 1 and faults.injected == 1

@@ -22,7 +22,7 @@ from returns.io import IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from domain.errors import EngineFailure, Failure
+from splitvault.domain.errors import EngineFailure, Problem
 
 T = TypeVar("T")
 
@@ -50,16 +50,16 @@ NAME_ADVICE = "use a plain name without path separators"
 WATCHED_LOGGERS = ("splitvault", "httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
 
 
-def ok(result: IOResult[T, Failure]) -> T:
+def ok(result: IOResult[T, Problem]) -> T:
     """The success value, or fail the test showing the failure."""
     assert is_successful(result), unsafe_perform_io(result.failure()).describe()
     return unsafe_perform_io(result.unwrap())
 
 
-def failure(result: IOResult[object, Failure]) -> Failure:
+def failure(result: IOResult[object, Problem]) -> Problem:
     """The failure value, or fail the test when it succeeded."""
     assert not is_successful(result), "expected a failure"
-    value: Failure = unsafe_perform_io(result.failure())
+    value: Problem = unsafe_perform_io(result.failure())
     return value
 
 

@@ -20,13 +20,13 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from adapters.fixed_hardware import FixedHardware
-from app import ApiClient, ApiCredentials
-from app.cli import main
-from app.errors import AuthError, HardwareMismatchError
-from app.server import UserStore
-from domain.errors import AccessDenied, AuthFailed, HardwareMismatch
-from domain.ref import ResourceRef
+from splitvault import ApiClient, ApiCredentials
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.app.cli.main import main
+from splitvault.app.client.errors import AuthError, HardwareMismatchError
+from splitvault.app.server.api import UserStore
+from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch
+from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
 from tests.support.stack import (
     DOWNLOADER,

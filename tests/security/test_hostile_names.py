@@ -20,15 +20,15 @@ import pytest
 from returns.io import IOResult, IOSuccess
 from returns.pipeline import is_successful
 
-from adapters.directory_cdn import DirectoryCdn
-from adapters.file_cache import FileCache
-from adapters.fixed_hardware import FixedHardware
-from app import ApiClient, ApiCredentials, CDNCredentials, CDNManager, binary_split
-from app.cli import main
-from app.errors import InvalidNameError
-from domain.errors import AccessDenied, Failure, InvalidRef
-from domain.ports import BigPartDigest
-from domain.ref import ResourceRef
+from splitvault import ApiClient, ApiCredentials, CDNCredentials, CDNManager, binary_split
+from splitvault.adapters.directory_cdn import DirectoryCdn
+from splitvault.adapters.file_cache import FileCache
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.app.cli.main import main
+from splitvault.app.client.errors import InvalidNameError
+from splitvault.domain.errors import AccessDenied, InvalidRef, Problem
+from splitvault.domain.ports import BigPartDigest
+from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import (
     HOSTILE_NAMES,
     NAME_ADVICE,
@@ -367,7 +367,7 @@ def test_cache_refuses_a_folder_linked_outside_its_root(tmp_path: Path) -> None:
 
     filled: list[Path] = []
 
-    def fill(partial: Path, start: int) -> IOResult[None, Failure]:
+    def fill(partial: Path, start: int) -> IOResult[None, Problem]:
         filled.append(partial)
         partial.write_bytes(b"data")
         return IOSuccess(None)

@@ -20,26 +20,26 @@ from typing import TypeVar
 import pytest
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from adapters.directory_cdn import DirectoryCdn
-from adapters.file_cache import FileCache
-from app import images, pipeline
-from app.cli import main
-from app.usecases import download_resource, write_atomically
-from domain import keys
-from domain.archive import seal_legacy_archive_bytes, seal_v1_archive_bytes
-from domain.errors import (
+from splitvault.adapters.directory_cdn import DirectoryCdn
+from splitvault.adapters.file_cache import FileCache
+from splitvault.app.cli.main import main
+from splitvault.app.client import images, pipeline
+from splitvault.app.client.usecases import download_resource, write_atomically
+from splitvault.domain import keys
+from splitvault.domain.archive import seal_legacy_archive_bytes, seal_v1_archive_bytes
+from splitvault.domain.errors import (
     CorruptResource,
-    Failure,
     LimitExceeded,
     NotFound,
     PartMismatch,
+    Problem,
     UnsupportedFormat,
     WrongKey,
 )
-from domain.format_v1 import MAX_CHUNK_SIZE, MAX_PLAINTEXT_LENGTH, Sealer, seal_bytes
-from domain.legacy import seal_legacy_bytes
-from domain.ports import ApiFailure
-from domain.ref import ResourceRef
+from splitvault.domain.format_v1 import MAX_CHUNK_SIZE, MAX_PLAINTEXT_LENGTH, Sealer, seal_bytes
+from splitvault.domain.legacy import seal_legacy_bytes
+from splitvault.domain.ports import ApiFailure
+from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import RecordingEngine, failure, ok
 from tests.support.dockerd import handmade_archive
 
@@ -97,13 +97,13 @@ def patched(small: bytes, at: int, fmt: str, value: int) -> bytes:
     return bytes(data)
 
 
-def open_into(tmp_path: Path, small: bytes, big: bytes) -> tuple[IOResult[None, Failure], int]:
+def open_into(tmp_path: Path, small: bytes, big: bytes) -> tuple[IOResult[None, Problem], int]:
     """Open ``small`` + ``big`` through the real pipeline into an atomic output; return the
     result and the peak allocation."""
     big_path = tmp_path / "big"
     big_path.write_bytes(big)
 
-    def run() -> IOResult[None, Failure]:
+    def run() -> IOResult[None, Problem]:
         return write_atomically(
             tmp_path / "out" / "model.onnx",
             lambda temp: pipeline.open_file(small, big_path, temp, expected_ref=REF, workers=2),
@@ -228,7 +228,7 @@ def test_a_lying_api_cannot_make_a_download_allocate_or_write(tmp_path: Path, sm
     cache = ok(FileCache.open(tmp_path / "cache"))
     out = tmp_path / "out" / "model.onnx"
 
-    def run() -> IOResult[object, Failure]:
+    def run() -> IOResult[object, Problem]:
         return download_resource(
             REF,
             out,
@@ -284,7 +284,7 @@ def test_legacy_parts_with_bad_padding_or_length_write_nothing(
     big_path = tmp_path / "big"
     big_path.write_bytes(mangle(big))
 
-    def run() -> IOResult[None, Failure]:
+    def run() -> IOResult[None, Problem]:
         return write_atomically(
             tmp_path / "out" / "model.onnx",
             lambda temp: pipeline.open_file_legacy(small, big_path, temp, key=LEGACY_KEY),
@@ -355,7 +355,7 @@ def image_tar(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 def unlock(
     tmp_path: Path, archive: bytes, fragment: bytes
-) -> tuple[IOResult[images.UnlockReport, Failure], RecordingEngine, int]:
+) -> tuple[IOResult[images.UnlockReport, Problem], RecordingEngine, int]:
     """Unlock ``archive`` with a recording engine; return the result, the engine and the peak."""
     path = tmp_path / "images.svlt"
     path.write_bytes(archive)
@@ -363,7 +363,7 @@ def unlock(
     work.mkdir(exist_ok=True)
     engine = RecordingEngine(present=[SERVICE_IMAGE])
 
-    def run() -> IOResult[images.UnlockReport, Failure]:
+    def run() -> IOResult[images.UnlockReport, Problem]:
         return images.unlock_images(
             path,
             VERSION,

@@ -24,13 +24,13 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from adapters.fixed_hardware import FixedHardware
-from adapters.s3_cdn import S3Cdn
-from app import ApiClient, ApiCredentials
-from domain import keys
-from domain.config import S3Keys
-from domain.errors import AccessDenied
-from domain.ref import ResourceRef
+from splitvault import ApiClient, ApiCredentials
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.adapters.s3_cdn import S3Cdn
+from splitvault.domain import keys
+from splitvault.domain.config import S3Keys
+from splitvault.domain.errors import AccessDenied
+from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack, download, upload
 

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from returns.io import IOResult
 
-from app import pipeline
-from app.cli import main
-from app.usecases import write_atomically
-from domain.errors import CorruptResource, PartMismatch
-from domain.format_v1 import seal_bytes
-from domain.legacy import open_legacy_bytes, seal_legacy_bytes
-from domain.ref import ResourceRef
+from splitvault.app.cli.main import main
+from splitvault.app.client import pipeline
+from splitvault.app.client.usecases import write_atomically
+from splitvault.domain.errors import CorruptResource, PartMismatch
+from splitvault.domain.format_v1 import seal_bytes
+from splitvault.domain.legacy import open_legacy_bytes, seal_legacy_bytes
+from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
 from tests.support.stack import DOWNLOADER, UPLOADER, Stack, download, upload
 

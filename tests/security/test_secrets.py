@@ -27,15 +27,16 @@ from returns.io import IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.fixed_hardware import FixedHardware
-from adapters.system import SystemRandom
-from app import ApiClient, ApiCredentials, CDNCredentials, CDNManager, images
-from app.bootstrap import Client
-from app.errors import SplitvaultError
-from domain import keys
-from domain.errors import EngineFailure, Failure
-from domain.format_v1 import parse_header
-from domain.ref import ResourceRef
+from splitvault import ApiClient, ApiCredentials, CDNCredentials, CDNManager
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.adapters.system import SystemRandom
+from splitvault.app.client import images
+from splitvault.app.client.bootstrap import Client
+from splitvault.app.client.errors import SplitvaultError
+from splitvault.domain import keys
+from splitvault.domain.errors import EngineFailure, Problem
+from splitvault.domain.format_v1 import parse_header
+from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import RecordingEngine, capture_debug_logs, ok
 from tests.support.dockerd import handmade_archive
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
@@ -102,7 +103,7 @@ class Flow:
 
     def __init__(self) -> None:
         self.exceptions: list[BaseException] = []
-        self.failures: list[Failure] = []
+        self.failures: list[Problem] = []
         self.exposed: list[object] = []
 
     def expect_raise(self, action: Callable[[], object]) -> None:
@@ -113,7 +114,7 @@ class Flow:
         else:
             raise AssertionError("expected a SplitvaultError")
 
-    def expect_failure(self, result: IOResult[object, Failure]) -> None:
+    def expect_failure(self, result: IOResult[object, Problem]) -> None:
         assert not is_successful(result)
         self.failures.append(unsafe_perform_io(result.failure()))
 
@@ -192,7 +193,7 @@ def _run_flow(stack: Stack, tmp_path: Path, flow: Flow) -> tuple[Client, Client]
     )
     engine = RecordingEngine(present=[IMAGE])
 
-    def unlock(path: Path, version: str) -> IOResult[images.UnlockReport, Failure]:
+    def unlock(path: Path, version: str) -> IOResult[images.UnlockReport, Problem]:
         return images.unlock_images(
             path,
             version,
@@ -316,7 +317,7 @@ def test_a_verbose_cli_does_not_switch_on_library_debug_logs(stack: Stack, tmp_p
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "splitvault.app.cli.main",
             "-vv",
             "download",
             REF.name,

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from adapters.fixed_hardware import FixedHardware
-from adapters.http_api import HttpResourceApi
-from app import ApiClient, ApiCredentials
-from app.cli import main
-from app.errors import NetworkError
-from app.server import create_app
-from app.server_runner import RunningServer
-from domain.errors import RemoteError
+from splitvault import ApiClient, ApiCredentials
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.app.cli.main import main
+from splitvault.app.client.errors import NetworkError
+from splitvault.app.server.api import create_app
+from splitvault.app.server.runner import RunningServer
+from splitvault.domain.errors import RemoteError
 from tests.api_support import FAST_RETRIES, FakeClock, FakeRandom, FakeSleep
 from tests.security.hostile import capture_debug_logs, failure
 from tests.support.certs import tls_files

@@ -30,7 +30,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from domain.config import S3Keys
+from splitvault.domain.config import S3Keys
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.server_runner import RunningServer
+from splitvault.app.server.runner import RunningServer
 from tests.api_support import AppSlot, ServerWorld, running_world, slot_server
 from tests.support.stack import user_template
 

@@ -21,18 +21,19 @@ from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 from starlette.applications import Starlette
 
-from adapters.fixed_hardware import FixedHardware
-from adapters.http_api import HttpResourceApi
-from adapters.system import SystemClock, SystemRandom
-from app.bootstrap import Client, bootstrap
-from app.server import create_app, set_cdn_config
-from app.server_runner import FaultInjector, RunningServer
-from app.usecases import DownloadReport, UploadReport
-from domain.config import ClientConfig, S3Keys
-from domain.errors import Failure
-from domain.ref import ResourceRef
-from domain.retry import RetryPolicy
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.system import SystemClock, SystemRandom
+from splitvault.app.client.bootstrap import Client, bootstrap
+from splitvault.app.client.usecases import DownloadReport, UploadReport
+from splitvault.app.server.api import create_app, set_cdn_config
+from splitvault.app.server.runner import RunningServer
+from splitvault.domain.config import ClientConfig, S3Keys
+from splitvault.domain.errors import Problem
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.retry import RetryPolicy
 from tests.api_support import DOWNLOADER, OTHER_DOWNLOADER, PASSWORD, UPLOADER, make_template
+from tests.support.faults import FaultInjector
 from tests.support.moto_server import MotoS3
 
 __all__ = [
@@ -141,12 +142,12 @@ class Stack:
         return self.data_dir / "resources" / ref.folder / f"{ref.name}.small"
 
 
-def upload(client: Client, ref: ResourceRef, source: Path) -> IOResult[UploadReport, Failure]:
+def upload(client: Client, ref: ResourceRef, source: Path) -> IOResult[UploadReport, Problem]:
     """Upload through the client's use case (write-capable CDN)."""
     return client.upload(ref, source)
 
 
-def download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadReport, Failure]:
+def download(client: Client, ref: ResourceRef, out: Path) -> IOResult[DownloadReport, Problem]:
     """Download through the client's use case (read-only CDN)."""
     return client.download(ref, out)
 

@@ -21,12 +21,12 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from adapters.fixed_hardware import FixedHardware
-from app.bootstrap import Client, bootstrap
-from domain.config import ClientConfig
-from domain.errors import Failure
-from domain.ref import ResourceRef
-from domain.retry import RetryPolicy
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.app.client.bootstrap import Client, bootstrap
+from splitvault.domain.config import ClientConfig
+from splitvault.domain.errors import Problem
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.retry import RetryPolicy
 
 WORKER_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.1, max_attempts=4, budget=20.0)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def outcome(process: subprocess.Popen[str], timeout: float = 120.0) -> dict[str,
     return result
 
 
-def run(spec: dict[str, Any]) -> IOResult[dict[str, Any], Failure]:
+def run(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
     """Build a client from ``spec`` and run its operation; the report as a plain dict."""
     config = ClientConfig(
         cache_dir=Path(spec["cache"]),
@@ -69,7 +69,7 @@ def run(spec: dict[str, Any]) -> IOResult[dict[str, Any], Failure]:
     ref = ResourceRef(spec["folder"], spec["name"])
     path = Path(spec["path"])
 
-    def operate(client: Client) -> IOResult[dict[str, Any], Failure]:
+    def operate(client: Client) -> IOResult[dict[str, Any], Problem]:
         try:
             return _operate(client, spec["op"], ref, path)
         finally:
@@ -80,7 +80,7 @@ def run(spec: dict[str, Any]) -> IOResult[dict[str, Any], Failure]:
 
 def _operate(
     client: Client, op: str, ref: ResourceRef, path: Path
-) -> IOResult[dict[str, Any], Failure]:
+) -> IOResult[dict[str, Any], Problem]:
     if op == "download":
         return client.download(ref, path).map(
             lambda report: {
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     if is_successful(result):
         print(json.dumps({"ok": True, **unsafe_perform_io(result.unwrap())}), flush=True)
         return 0
-    problem: Failure = unsafe_perform_io(result.failure())
+    problem: Problem = unsafe_perform_io(result.failure())
     outcome = {"ok": False, "failure": type(problem).__name__, "detail": problem.describe()}
     print(json.dumps(outcome), flush=True)
     return 1

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from returns.result import Failure, Success
 
-from domain import format_v1
-from domain.archive import (
+from splitvault.domain import format_v1
+from splitvault.domain.archive import (
     HEAD_BYTES,
     ArchiveKind,
     check_legacy_archive_length,
@@ -29,8 +29,8 @@ from domain.archive import (
     start_v1_archive,
     v1_archive_header_length,
 )
-from domain.digest import digest_bytes
-from domain.errors import (
+from splitvault.domain.digest import digest_bytes
+from splitvault.domain.errors import (
     CorruptResource,
     InvalidRef,
     LimitExceeded,
@@ -38,9 +38,9 @@ from domain.errors import (
     UnsupportedFormat,
     WrongKey,
 )
-from domain.keys import archive_dek, legacy_archive_key
-from domain.ref import ResourceRef
-from domain.split import SplitRule
+from splitvault.domain.keys import archive_dek, legacy_archive_key
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.split import SplitRule
 
 FRAGMENT = b"key-fragment-from-the-api-0123456789"
 IV = bytes(range(16))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.atomic_file import (
+from splitvault.adapters.atomic_file import (
     atomic_path,
     collect_stale_temps,
     fsync_dir,

@@ -13,21 +13,21 @@ from returns.pipeline import is_successful
 from returns.result import Result
 from returns.unsafe import unsafe_perform_io
 
-from adapters.config_files import (
+from splitvault.adapters.config_files import (
     default_cache_dir,
     default_config_path,
     load_client_config,
     parse_cdn_yaml,
     render_cdn_yaml,
 )
-from domain.config import (
+from splitvault.domain.config import (
     CdnConfig,
     ClientConfig,
     S3Keys,
     cdn_config_from_mapping,
     client_config_from_mapping,
 )
-from domain.errors import ConfigInvalid
+from splitvault.domain.errors import ConfigInvalid
 
 READ_SECRET = "rEaD/sEcReT+value0001"
 WRITE_SECRET = "wRiTe/sEcReT+value0002"

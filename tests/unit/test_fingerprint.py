@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.fixed_hardware import FixedHardware
-from adapters.linux_hardware import LinuxHardware, Run
-from domain import fingerprint as fp
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.adapters.linux_hardware import LinuxHardware, Run
+from splitvault.domain import fingerprint as fp
 
 APP_KEY = b"splitvault-test-app-key"
 

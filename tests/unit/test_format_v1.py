@@ -9,11 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from returns.result import Failure, Success
 
-from domain import format_v1
-from domain.errors import CorruptResource, LimitExceeded, PartMismatch, UnsupportedFormat, WrongKey
-from domain.format_v1 import open_bytes, parse_header, plan, seal_bytes
-from domain.ref import ResourceRef
-from domain.split import SplitRule
+from splitvault.domain import format_v1
+from splitvault.domain.errors import (
+    CorruptResource,
+    LimitExceeded,
+    PartMismatch,
+    UnsupportedFormat,
+    WrongKey,
+)
+from splitvault.domain.format_v1 import open_bytes, parse_header, plan, seal_bytes
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.split import SplitRule
 
 REF = ResourceRef("models", "resnet.onnx")
 DEK = bytes(range(32))

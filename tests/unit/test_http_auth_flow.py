@@ -18,10 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from python_multipart.multipart import parse_options_header
 
-from adapters.http_api import HttpResourceApi, LoginRefused, LoginTokenAuth, _multipart_file
-from domain.errors import AuthFailed, RemoteError, Transient
-from domain.ref import ResourceRef, check_name
-from domain.retry import HttpStatus
+from splitvault.adapters.http_api import (
+    HttpResourceApi,
+    LoginRefused,
+    LoginTokenAuth,
+    _multipart_file,
+)
+from splitvault.domain.errors import AuthFailed, RemoteError, Transient
+from splitvault.domain.ref import ResourceRef, check_name
+from splitvault.domain.retry import HttpStatus
 from tests.api_support import FAST_RETRIES, FakeClock, FakeRandom, FakeSleep, failure
 
 LOGIN_URL = httpx.URL("https://api.example/login")

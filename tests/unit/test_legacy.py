@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from returns.result import Failure, Success
 
-from domain.errors import ConfigInvalid, CorruptResource, PartMismatch, WrongKey
-from domain.legacy import (
+from splitvault.domain.errors import ConfigInvalid, CorruptResource, PartMismatch, WrongKey
+from splitvault.domain.legacy import (
     BLOCK,
     IV_BYTES,
     LegacyOpener,
@@ -28,7 +28,7 @@ from domain.legacy import (
     seal_legacy_bytes,
     strip_padding,
 )
-from domain.split import DEFAULT_RULE, SplitRule
+from splitvault.domain.split import DEFAULT_RULE, SplitRule
 
 KEY = bytes(range(32))
 IV = bytes(range(100, 116))

@@ -19,21 +19,21 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from app.bench import parse_size, render, report_json, run_bench
-from app.pipeline import (
+from splitvault.app.client.pipeline import (
     SealedParts,
     open_file,
     open_file_legacy,
     seal_file,
     seal_file_legacy,
 )
-from domain import errors
-from domain.digest import digest_bytes
-from domain.digest import root as digest_root
-from domain.errors import CorruptResource, NotFound, PartMismatch, WrongKey
-from domain.format_v1 import Sealer, parse_header, seal_bytes
-from domain.legacy import open_legacy_bytes, seal_legacy_bytes
-from domain.ref import ResourceRef
+from splitvault.app.tools.bench import parse_size, render, report_json, run_bench
+from splitvault.domain import errors
+from splitvault.domain.digest import digest_bytes
+from splitvault.domain.digest import root as digest_root
+from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, WrongKey
+from splitvault.domain.format_v1 import Sealer, parse_header, seal_bytes
+from splitvault.domain.legacy import open_legacy_bytes, seal_legacy_bytes
+from splitvault.domain.ref import ResourceRef
 
 T = TypeVar("T")
 
@@ -52,12 +52,12 @@ EDGE_SIZES = [0, 1, 15, 16, 17, 3055, 3056, 3057, CHUNK - 1, CHUNK, CHUNK + 1]
 EDGE_SIZES += [2 * CHUNK - 1, 2 * CHUNK, 2 * CHUNK + 1, 10 * CHUNK + 7, 24 * CHUNK]
 
 
-def _ok(result: IOResult[T, errors.Failure]) -> T:
+def _ok(result: IOResult[T, errors.Problem]) -> T:
     assert is_successful(result), result
     return unsafe_perform_io(result.unwrap())
 
 
-def _failure(result: IOResult[object, errors.Failure]) -> errors.Failure:
+def _failure(result: IOResult[object, errors.Problem]) -> errors.Problem:
     assert not is_successful(result), result
     return unsafe_perform_io(result.failure())
 
@@ -329,9 +329,9 @@ _MEMORY_CHILD = textwrap.dedent(
     from pathlib import Path
     from returns.pipeline import is_successful
     from returns.unsafe import unsafe_perform_io
-    from app.bench import generate_file, peak_rss_of
-    from app.pipeline import open_file, seal_file
-    from domain.ref import ResourceRef
+    from splitvault.app.tools.bench import generate_file, peak_rss_of
+    from splitvault.app.client.pipeline import open_file, seal_file
+    from splitvault.domain.ref import ResourceRef
 
     size, directory = int(sys.argv[1]), Path(sys.argv[2])
     if size:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from domain.retry import (
+from splitvault.domain.retry import (
     GiveUp,
     HttpStatus,
     Outcome,
@@ -22,7 +22,7 @@ from domain.retry import (
     is_transient,
     parse_retry_after,
 )
-from domain.token import plan_refresh, read_claims
+from splitvault.domain.token import plan_refresh, read_claims
 
 outcomes = st.one_of(
     st.builds(TransportFault, st.sampled_from(["connect", "read", "timeout", "reset", "weird"])),

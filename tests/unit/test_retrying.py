@@ -6,17 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from app.retrying import Retrier, run_with
-from domain.errors import (
+from splitvault.app.client.retrying import Retrier, run_with
+from splitvault.domain.errors import (
     AccessDenied,
-    Failure,
     NotFound,
     PartMismatch,
+    Problem,
     StorageFailed,
     TimedOut,
     Transient,
 )
-from domain.retry import Reported, RetryPolicy, TransportFault, is_transient, outcome_of
+from splitvault.domain.retry import Reported, RetryPolicy, TransportFault, is_transient, outcome_of
 from tests.api_support import FakeClock, FakeRandom, FakeSleep, failure, value
 
 POLICY = RetryPolicy(base_delay=0.5, max_delay=4.0, max_attempts=5, budget=20.0)
@@ -25,11 +25,11 @@ POLICY = RetryPolicy(base_delay=0.5, max_delay=4.0, max_attempts=5, budget=20.0)
 class Script:
     """An operation that fails with the given failures in order, then succeeds."""
 
-    def __init__(self, *failures: Failure) -> None:
+    def __init__(self, *failures: Problem) -> None:
         self.failures = list(failures)
         self.calls = 0
 
-    def __call__(self) -> IOResult[str, Failure]:
+    def __call__(self) -> IOResult[str, Problem]:
         self.calls += 1
         if self.failures:
             return IOFailure(self.failures.pop(0))
@@ -133,7 +133,7 @@ failures = st.sampled_from(
 )
 @settings(max_examples=200)
 def test_the_loop_never_breaks_the_policy(
-    script_failures: list[Failure], jitter: float, policy: RetryPolicy
+    script_failures: list[Problem], jitter: float, policy: RetryPolicy
 ) -> None:
     """Whatever fails, the loop stays within the attempt cap and the time budget."""
     loop, sleep = retrier(policy, jitter)

@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from returns.result import Failure, Success
 
-from domain import keys
-from domain.errors import InvalidRef, WrongKey
-from domain.ref import MAX_NAME_BYTES, ResourceRef
-from domain.split import SplitRule, join, split
+from splitvault.domain import keys
+from splitvault.domain.errors import InvalidRef, WrongKey
+from splitvault.domain.ref import MAX_NAME_BYTES, ResourceRef
+from splitvault.domain.split import SplitRule, join, split
 
 
 @given(st.binary(max_size=20_000))

@@ -20,16 +20,16 @@ from typing import Any
 
 import boto3
 
-from adapters.file_cache import FileCache
-from adapters.fixed_hardware import FixedHardware
-from app import pipeline
-from app.bootstrap import Client, bootstrap
-from app.errors import unwrap_or_raise
-from app.server import add_user, create_app, set_cdn_config
-from app.server_runner import RunningServer
-from app.usecases import write_atomically
-from domain.config import ClientConfig
-from domain.ref import ResourceRef
+from splitvault.adapters.file_cache import FileCache
+from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.app.client import pipeline
+from splitvault.app.client.bootstrap import Client, bootstrap
+from splitvault.app.client.errors import unwrap_or_raise
+from splitvault.app.client.usecases import write_atomically
+from splitvault.app.server.api import add_user, create_app, set_cdn_config
+from splitvault.app.server.runner import RunningServer
+from splitvault.domain.config import ClientConfig
+from splitvault.domain.ref import ResourceRef
 
 MiB = 1 << 20
 

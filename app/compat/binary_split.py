@@ -4,7 +4,7 @@ Scripts written against the original module keep working: ``download_key_fragmen
 ``decrypt_archive``, ``docker_load`` and ``check_images_loaded`` have the original names and
 positional parameters. Where the original fell short, these do better, and say so:
 
-- errors raise typed ``SplitvaultError`` subclasses (``app.errors``) instead of being swallowed;
+- errors raise typed ``SplitvaultError`` subclasses (``client.errors``) instead of being swallowed;
 - the service list and registry prefix come from configuration (``SPLITVAULT_IMAGE_REGISTRY``,
   ``SPLITVAULT_IMAGE_SERVICES``), not a list in the code;
 - ``download_key_fragment`` calls the API's ``GET /keys/{version}``; the original signature has no
@@ -21,20 +21,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from returns.result import Failure as ResultFailure
+from returns.result import Failure
 
-from adapters.docker_cli import DockerCliEngine
-from adapters.http_key_fragments import DEFAULT_TIMEOUT, HttpKeyFragments
-from app import images
-from app.errors import to_exception, unwrap_or_raise
-from domain.archive import ArchiveKind
-from domain.errors import ConfigInvalid
-from domain.ports import ContainerEngine
+from splitvault.adapters.docker_cli import DockerCliEngine
+from splitvault.adapters.http_key_fragments import DEFAULT_TIMEOUT, HttpKeyFragments
+from splitvault.app.client import images
+from splitvault.app.client.errors import to_exception, unwrap_or_raise
+from splitvault.domain.archive import ArchiveKind
+from splitvault.domain.errors import ConfigInvalid
+from splitvault.domain.ports import ContainerEngine
 
 
 def _config() -> images.ImagesConfig:
     parsed = images.ImagesConfig.from_env(os.environ)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise to_exception(parsed.failure())
     return parsed.unwrap()
 
@@ -102,13 +102,13 @@ def check_images_loaded(
 ) -> bool:
     """Whether every configured service's image ``{registry}/{service}:{version}`` is present.
 
-    Returns ``False`` when any is missing (use ``app.images.find_missing`` to learn which).
+    Returns ``False`` when any is missing (use ``client.images.find_missing`` to learn which).
     Raises ``ConfigError`` for missing configuration, ``InvalidNameError`` for a version that is
     not a valid tag and ``EngineError`` when the engine cannot answer.
     """
     chosen = config if config is not None else _config()
     names = chosen.image_names(version)
-    if isinstance(names, ResultFailure):
+    if isinstance(names, Failure):
         raise to_exception(names.failure())
     missing = unwrap_or_raise(images.find_missing(_engine(engine), names.unwrap()))
     return not missing

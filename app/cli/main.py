@@ -1,8 +1,8 @@
 """The ``splitvault`` command line.
 
-Each subcommand parses its flags, builds what it needs through ``app.bootstrap`` and prints either
-a short human summary or, with ``--json``, one JSON object on stdout. Failures print what went
-wrong on stderr and exit with the code of their kind (``app.errors``): 2 bad input, 3 auth,
+Each subcommand parses its flags, builds what it needs through ``client.bootstrap`` and prints
+either a short human summary or, with ``--json``, one JSON object on stdout. Failures print what
+went wrong on stderr and exit with the code of their kind (``client.errors``): 2 bad input, 3 auth,
 4 not found, 5 integrity, 6 network, 7 configuration, 8 hardware mismatch, 9 local storage,
 10 container engine. Heavy modules are imported inside the commands that need them so that
 ``splitvault --help`` and the offline commands start fast.
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.errors import SplitvaultError
+from splitvault.app.client.errors import SplitvaultError
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 log = logging.getLogger("splitvault.cli")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         return p
 
-    from app import commands
+    from splitvault.app.cli import commands
 
     p = command("seal", commands.seal, "seal a file into DIR/NAME.small and DIR/NAME.big (offline)")
     p.add_argument("file", type=Path)

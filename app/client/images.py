@@ -34,12 +34,11 @@ from typing import BinaryIO, Protocol, TypeVar
 import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
-from returns.result import Failure as ResultFailure
-from returns.result import Result, Success
+from returns.result import Failure, Result, Success
 
-from adapters.image_archive import inspect_image_archive
-from domain import digest
-from domain.archive import (
+from splitvault.adapters.image_archive import inspect_image_archive
+from splitvault.domain import digest
+from splitvault.domain.archive import (
     HEAD_BYTES,
     TAR_BLOCK,
     V1_WHAT,
@@ -54,21 +53,21 @@ from domain.archive import (
     start_v1_archive,
     v1_archive_header_length,
 )
-from domain.errors import (
+from splitvault.domain.errors import (
     ConfigInvalid,
     CorruptResource,
     EngineFailure,
-    Failure,
     ImagesMissing,
     InvalidRef,
     NotFound,
+    Problem,
     StorageFailed,
     WrongKey,
 )
-from domain.format_v1 import DEFAULT_CHUNK_SIZE
-from domain.keys import KEY_BYTES, TAG_BYTES
-from domain.ports import ContainerEngine, KeyFragments, Random
-from domain.ref import check_name
+from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE
+from splitvault.domain.keys import KEY_BYTES, TAG_BYTES
+from splitvault.domain.ports import ContainerEngine, KeyFragments, Random
+from splitvault.domain.ref import check_name
 
 log = logging.getLogger("splitvault.images")
 
@@ -137,22 +136,20 @@ class ImagesConfig:
         if registry:
             problem = _check_path(registry, allow_host=True)
             if problem is not None:
-                return ResultFailure(ConfigInvalid("image registry", problem))
+                return Failure(ConfigInvalid("image registry", problem))
         cleaned = tuple(service.strip() for service in services if service.strip())
         if not cleaned:
-            return ResultFailure(
-                ConfigInvalid("image services", "no service names; list at least one")
-            )
+            return Failure(ConfigInvalid("image services", "no service names; list at least one"))
         for service in cleaned:
             problem = _check_path(service, allow_host=False)
             if problem is not None:
-                return ResultFailure(ConfigInvalid("image services", problem))
+                return Failure(ConfigInvalid("image services", problem))
         if len(set(cleaned)) != len(cleaned):
-            return ResultFailure(ConfigInvalid("image services", "a service is listed twice"))
+            return Failure(ConfigInvalid("image services", "a service is listed twice"))
         if default_version is not None:
             version_problem = check_version(default_version)
             if version_problem is not None:
-                return ResultFailure(ConfigInvalid("image version", version_problem.reason))
+                return Failure(ConfigInvalid("image version", version_problem.reason))
         return Success(cls(registry, cleaned, default_version))
 
     @classmethod
@@ -163,12 +160,10 @@ class ImagesConfig:
         """
         registry = environ.get(ENV_REGISTRY)
         if registry is None:
-            return ResultFailure(
-                ConfigInvalid(ENV_REGISTRY, "not set; set it to the image name prefix")
-            )
+            return Failure(ConfigInvalid(ENV_REGISTRY, "not set; set it to the image name prefix"))
         services = environ.get(ENV_SERVICES)
         if services is None or not services.strip():
-            return ResultFailure(
+            return Failure(
                 ConfigInvalid(ENV_SERVICES, "not set; list the services, comma-separated")
             )
         version = environ.get(ENV_VERSION) or None
@@ -178,7 +173,7 @@ class ImagesConfig:
         """The images that make up ``version``, or why ``version`` is not a valid tag."""
         problem = check_version(version)
         if problem is not None:
-            return ResultFailure(problem)
+            return Failure(problem)
         prefix = f"{self.registry}/" if self.registry else ""
         return Success(tuple(f"{prefix}{service}:{version}" for service in self.services))
 
@@ -214,8 +209,8 @@ def _report(progress: Progress | None, done: int) -> None:
 
 
 def _write_beside(
-    final: Path, write: Callable[[BinaryIO], IOResult[T, Failure]]
-) -> IOResult[T, Failure]:
+    final: Path, write: Callable[[BinaryIO], IOResult[T, Problem]]
+) -> IOResult[T, Problem]:
     """Let ``write`` fill a 0600 temp file beside ``final``; fsync and rename only on success.
 
     The temp file is removed on every failure, so ``final`` either appears whole or not at all.
@@ -255,9 +250,9 @@ def _open_v1(
     source_name: str,
     expected_version: str | None,
     progress: Progress | None,
-) -> IOResult[None, Failure]:
+) -> IOResult[None, Problem]:
     started = open_v1_archive_header(head, fragment, expected_version=expected_version)
-    if isinstance(started, ResultFailure):
+    if isinstance(started, Failure):
         failure = started.failure()
         if isinstance(failure, CorruptResource) and not failure.what.startswith(V1_WHAT):
             # The header parser speaks of a resource's "small part"; here it is an archive.
@@ -265,7 +260,7 @@ def _open_v1(
         return IOFailure(failure)
     opener, header_length = started.unwrap()
     checked = check_v1_archive_length(opener, header_length, size)
-    if isinstance(checked, ResultFailure):
+    if isinstance(checked, Failure):
         return IOFailure(checked.failure())
     what = f"{V1_WHAT} {opener.header.ref.name}"
     layout = opener.layout
@@ -283,7 +278,7 @@ def _open_v1(
             return IOFailure(CorruptResource(what, "it shrank while being read"))
         leaves.append(digest.leaf(piece))  # archives have no small part: a chunk is a segment
         opened = opener.open_chunk_into(index, piece, plain)
-        if isinstance(opened, ResultFailure):
+        if isinstance(opened, Failure):
             return IOFailure(CorruptResource(what, f"chunk {index} does not authenticate"))
         sink.write(plain[: opened.unwrap()])
         _report(progress, len(piece))
@@ -299,9 +294,9 @@ def _open_legacy(
     size: int,
     fragment: bytes,
     progress: Progress | None,
-) -> IOResult[None, Failure]:
+) -> IOResult[None, Problem]:
     checked = check_legacy_archive_length(size)
-    if isinstance(checked, ResultFailure):
+    if isinstance(checked, Failure):
         return IOFailure(checked.failure())
     opener = legacy_archive_opener(fragment)
     piece = memoryview(bytearray(READ_PIECE))
@@ -315,13 +310,13 @@ def _open_legacy(
         sink.write(out[:written])
         _report(progress, count)
     last = opener.finalize()
-    if isinstance(last, ResultFailure):
+    if isinstance(last, Failure):
         return IOFailure(last.failure())
     tail = last.unwrap()
     first += tail[: max(0, TAR_BLOCK - len(first))]
     sink.write(tail)
     tar_ok = check_tar_start(bytes(first))
-    if isinstance(tar_ok, ResultFailure):
+    if isinstance(tar_ok, Failure):
         return IOFailure(tar_ok.failure())
     return IOSuccess(None)
 
@@ -337,7 +332,7 @@ def decrypt_archive(
     *,
     expected_version: str | None = None,
     progress: Progress | None = None,
-) -> IOResult[ArchiveKind, Failure]:
+) -> IOResult[ArchiveKind, Problem]:
     """Decrypt an image archive (legacy or v1, told apart by magic) into ``output_path``.
 
     Streams in fixed pieces; ``output_path`` appears (mode 0600) only when the whole archive
@@ -364,7 +359,7 @@ def decrypt_archive(
         kind = detect_archive(head)
         log.info("decrypting %s (%s, %d bytes)", encrypted_path, kind.value, size)
 
-        def write(sink: BinaryIO) -> IOResult[None, Failure]:
+        def write(sink: BinaryIO) -> IOResult[None, Problem]:
             if kind is ArchiveKind.V1:
                 return _open_v1(
                     source,
@@ -397,33 +392,33 @@ class UnlockReport:
 
 def find_missing(
     engine: ContainerEngine, names: Sequence[str]
-) -> IOResult[tuple[str, ...], Failure]:
+) -> IOResult[tuple[str, ...], Problem]:
     """The names the engine does not have, in order (empty when all are present)."""
 
-    def add_if_absent(name: str) -> Callable[[tuple[str, ...]], IOResult[tuple[str, ...], Failure]]:
-        def step(missing: tuple[str, ...]) -> IOResult[tuple[str, ...], Failure]:
-            present: IOResult[bool, Failure] = engine.has_image(name)
+    def add_if_absent(name: str) -> Callable[[tuple[str, ...]], IOResult[tuple[str, ...], Problem]]:
+        def step(missing: tuple[str, ...]) -> IOResult[tuple[str, ...], Problem]:
+            present: IOResult[bool, Problem] = engine.has_image(name)
             return present.map(lambda found: missing if found else (*missing, name))
 
         return step
 
-    result: IOResult[tuple[str, ...], Failure] = IOSuccess(())
+    result: IOResult[tuple[str, ...], Problem] = IOSuccess(())
     for name in names:
         result = result.bind(add_if_absent(name))
     return result
 
 
-def _check_contents(tar: Path, names: Sequence[str]) -> IOResult[None, Failure]:
+def _check_contents(tar: Path, names: Sequence[str]) -> IOResult[None, Problem]:
     """Refuse an archive that does not name every image, before anything is loaded."""
 
-    def compare(tags: tuple[str, ...]) -> IOResult[None, Failure]:
+    def compare(tags: tuple[str, ...]) -> IOResult[None, Problem]:
         held = {_familiar(tag) for tag in tags}
         missing = tuple(name for name in names if _familiar(name) not in held)
         if missing:
             return IOFailure(ImagesMissing(missing))
         return IOSuccess(None)
 
-    inspected: IOResult[tuple[str, ...], Failure] = inspect_image_archive(tar).map(
+    inspected: IOResult[tuple[str, ...], Problem] = inspect_image_archive(tar).map(
         lambda contents: contents.repo_tags
     )
     return inspected.bind(compare)
@@ -439,7 +434,7 @@ def unlock_images(
     registry: str,
     workdir: Path | None = None,
     progress: Progress | None = None,
-) -> IOResult[UnlockReport, Failure]:
+) -> IOResult[UnlockReport, Problem]:
     """Unlock ``archive`` for ``version``: fragment, decrypt, load, check every service's image.
 
     ``workdir`` holds the private temp directory for the decrypted tar (the system temp dir by
@@ -449,10 +444,10 @@ def unlock_images(
     ``ImagesMissing`` listing the ``{registry}/{service}:{version}`` names that are absent.
     """
     config = ImagesConfig.parse(registry, services)
-    if isinstance(config, ResultFailure):
+    if isinstance(config, Failure):
         return IOFailure(config.failure())
     named = config.unwrap().image_names(version)
-    if isinstance(named, ResultFailure):
+    if isinstance(named, Failure):
         return IOFailure(named.failure())
     names = named.unwrap()
     if not archive.is_file():
@@ -460,12 +455,12 @@ def unlock_images(
     archive_bytes = archive.stat().st_size
 
     # Asking the engine first makes a daemon that is down fail before a long decryption.
-    probe: IOResult[bool, Failure] = engine.has_image(names[0])
+    probe: IOResult[bool, Problem] = engine.has_image(names[0])
 
-    def fetch(_: bool) -> IOResult[bytes, Failure]:
+    def fetch(_: bool) -> IOResult[bytes, Problem]:
         return fragments.get_fragment(version)
 
-    def unlock(fragment: bytes) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Failure]:
+    def unlock(fragment: bytes) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Problem]:
         return _decrypt_and_load(
             archive,
             fragment,
@@ -478,10 +473,10 @@ def unlock_images(
 
     def check(
         done: tuple[ArchiveKind, tuple[str, ...]],
-    ) -> IOResult[UnlockReport, Failure]:
+    ) -> IOResult[UnlockReport, Problem]:
         kind, loaded = done
 
-        def report(missing: tuple[str, ...]) -> IOResult[UnlockReport, Failure]:
+        def report(missing: tuple[str, ...]) -> IOResult[UnlockReport, Problem]:
             if missing:
                 return IOFailure(ImagesMissing(missing))
             log.info("version %s: %d image(s) loaded and present", version, len(names))
@@ -501,7 +496,7 @@ def _decrypt_and_load(
     engine: ContainerEngine,
     workdir: Path | None,
     progress: Progress | None,
-) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Failure]:
+) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Problem]:
     try:
         private = Path(tempfile.mkdtemp(prefix="splitvault-unlock-", dir=workdir))
     except OSError as error:
@@ -509,8 +504,8 @@ def _decrypt_and_load(
     tar = private / "images.tar"
     try:
 
-        def load(kind: ArchiveKind) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Failure]:
-            loaded: IOResult[tuple[str, ...], Failure] = engine.load(tar)
+        def load(kind: ArchiveKind) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Problem]:
+            loaded: IOResult[tuple[str, ...], Problem] = engine.load(tar)
             return loaded.map(lambda names_loaded: (kind, names_loaded))
 
         return (
@@ -554,10 +549,10 @@ def _seal_v1(
     file_id: bytes,
     chunk_size: int,
     progress: Progress | None,
-) -> IOResult[int, Failure]:
+) -> IOResult[int, Problem]:
     size = tar.stat().st_size
     started = start_v1_archive(version, size, fragment, file_id, chunk_size)
-    if isinstance(started, ResultFailure):
+    if isinstance(started, Failure):
         return IOFailure(started.failure())
     sealer = started.unwrap()
     layout = sealer.layout
@@ -593,7 +588,7 @@ def seal_images(
     workdir: Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
-) -> IOResult[SealImagesReport, Failure]:
+) -> IOResult[SealImagesReport, Problem]:
     """Seal ``images`` as the v1 archive of ``version`` at ``out`` under a new key fragment.
 
     ``docker save`` goes to a private temp directory (deleted afterwards); the archive is written
@@ -614,11 +609,11 @@ def seal_images(
         return IOFailure(StorageFailed(str(workdir or out.parent), str(error)))
     tar = private / "images.tar"
     try:
-        saved: IOResult[None, Failure] = engine_cli.save(wanted, tar)
+        saved: IOResult[None, Problem] = engine_cli.save(wanted, tar)
         fragment = random.token_bytes(FRAGMENT_BYTES)
         file_id = random.token_bytes(FILE_ID_BYTES)
 
-        def write(sink: BinaryIO) -> IOResult[int, Failure]:
+        def write(sink: BinaryIO) -> IOResult[int, Problem]:
             sealed = _seal_v1(
                 tar,
                 sink,

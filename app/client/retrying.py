@@ -20,9 +20,9 @@ from returns.io import IOFailure, IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from domain.errors import Failure, Transient
-from domain.ports import Clock, Random
-from domain.retry import GiveUp, Retry, RetryPolicy, decide, outcome_of
+from splitvault.domain.errors import Problem, Transient
+from splitvault.domain.ports import Clock, Random
+from splitvault.domain.retry import GiveUp, Retry, RetryPolicy, decide, outcome_of
 
 log = logging.getLogger("splitvault.retrying")
 
@@ -48,7 +48,7 @@ class Retrier:
     random: Random
     sleep: Callable[[float], None]
 
-    def run(self, what: str, operation: Callable[[], IOResult[T, Failure]]) -> IOResult[T, Failure]:
+    def run(self, what: str, operation: Callable[[], IOResult[T, Problem]]) -> IOResult[T, Problem]:
         """Call ``operation`` until it succeeds, fails for good, or the policy gives up."""
         started = self.clock.monotonic()
         attempt = 0
@@ -57,7 +57,7 @@ class Retrier:
             result = operation()
             if is_successful(result):
                 return result
-            failure: Failure = unsafe_perform_io(result.failure())
+            failure: Problem = unsafe_perform_io(result.failure())
             decision = decide(
                 self.policy,
                 attempt=attempt,
@@ -86,8 +86,8 @@ class Retrier:
 
 
 def run_with(
-    retrier: Retrier | None, what: str, operation: Callable[[], IOResult[T, Failure]]
-) -> IOResult[T, Failure]:
+    retrier: Retrier | None, what: str, operation: Callable[[], IOResult[T, Problem]]
+) -> IOResult[T, Problem]:
     """``retrier.run(what, operation)``, or a single attempt when there is no retrier."""
     if retrier is None:
         return operation()

@@ -7,7 +7,7 @@ that points at nothing. ``download_resource`` fetches the small part through its
 envelope, takes the big part from a verified cache entry or the CDN, opens into a temp file next to
 the output and renames it into place only when every chunk authenticated.
 
-CDN transfers are retried here, through ``app.retrying`` (the CDN adapter itself does not retry):
+CDN transfers are retried here, through ``client.retrying`` (the CDN adapter itself does not retry):
 a failed big-part download is retried by asking the cache again, which resumes from the bytes its
 partial file already holds (a ranged request from there) and discards a partial of another version.
 Temp files that a killed process left beside an output file are collected by the next write of it.
@@ -24,17 +24,17 @@ from typing import TypeVar
 import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
-from returns.result import Failure as ResultFailure
+from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
-from adapters.atomic_file import atomic_path, collect_orphans_of
-from app import pipeline
-from app.retrying import Retrier, run_with
-from domain import keys
-from domain.errors import CorruptResource, Failure, NotFound, PartMismatch, StorageFailed
-from domain.format_v1 import DEFAULT_CHUNK_SIZE, expected_big_part, parse_header
-from domain.ports import BigPartDigest, Cache, Cdn, Random, ResourceApi
-from domain.ref import ResourceRef
+from splitvault.adapters.atomic_file import atomic_path, collect_orphans_of
+from splitvault.app.client import pipeline
+from splitvault.app.client.retrying import Retrier, run_with
+from splitvault.domain import keys
+from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, Problem, StorageFailed
+from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, expected_big_part, parse_header
+from splitvault.domain.ports import BigPartDigest, Cache, Cdn, Random, ResourceApi
+from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.usecases")
 
@@ -105,14 +105,14 @@ class DownloadReport:
 
 
 def write_atomically(
-    final: Path, write: Callable[[Path], IOResult[T, Failure]]
-) -> IOResult[T, Failure]:
+    final: Path, write: Callable[[Path], IOResult[T, Problem]]
+) -> IOResult[T, Problem]:
     """Run ``write`` on a temp file beside ``final``; rename it into place only on success.
 
     Old temp files of ``final`` left by a killed process are removed first.
     """
 
-    result: IOResult[T, Failure] = IOFailure(StorageFailed(str(final), "nothing was written"))
+    result: IOResult[T, Problem] = IOFailure(StorageFailed(str(final), "nothing was written"))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         collect_orphans_of(final)
@@ -130,7 +130,7 @@ class _Abort(Exception):
     """Unwinds ``atomic_path`` so the temp file is removed when a write returned a failure."""
 
 
-def _abort_unless_successful(result: IOResult[object, Failure]) -> None:
+def _abort_unless_successful(result: IOResult[object, Problem]) -> None:
     if not is_successful(result):
         raise _Abort
 
@@ -148,7 +148,7 @@ def upload_resource(
     workers: int | None = None,
     progress: Progress | None = None,
     retrier: Retrier | None = None,
-) -> IOResult[UploadReport, Failure]:
+) -> IOResult[UploadReport, Problem]:
     """Seal ``source`` and store it: big part to cache and CDN, then the small part to the API.
 
     ``retrier`` retries the CDN upload (one attempt without it); the API retries its own calls.
@@ -157,7 +157,7 @@ def upload_resource(
         return IOFailure(NotFound(f"the file {source}"))
     sealed: list[pipeline.SealedParts] = []
 
-    def produce(temp: Path) -> IOResult[BigPartDigest, Failure]:
+    def produce(temp: Path) -> IOResult[BigPartDigest, Problem]:
         result = pipeline.seal_file(
             source,
             temp,
@@ -188,8 +188,8 @@ def upload_resource(
             cache_path=cache_path,
         )
 
-    def to_cdn(path: Path) -> IOResult[Path, Failure]:
-        def once() -> IOResult[None, Failure]:
+    def to_cdn(path: Path) -> IOResult[Path, Problem]:
+        def once() -> IOResult[None, Problem]:
             return cdn.upload_file(ref, path)
 
         return run_with(retrier, f"upload of the big part of {ref}", once).map(lambda _: path)
@@ -204,10 +204,10 @@ def upload_resource(
 
 def open_small_part(
     ref: ResourceRef, envelope: bytes, transport_key: bytes
-) -> IOResult[bytes, Failure]:
+) -> IOResult[bytes, Problem]:
     """Open the transport envelope the API sealed for this user and machine."""
     opened = keys.open_envelope(transport_key, envelope, str(ref))
-    if isinstance(opened, ResultFailure):
+    if isinstance(opened, Failure):
         return IOFailure(opened.failure())
     return IOSuccess(opened.unwrap())
 
@@ -225,12 +225,12 @@ def download_resource(
     workers: int | None = None,
     progress: Progress | None = None,
     retrier: Retrier | None = None,
-) -> IOResult[DownloadReport, Failure]:
+) -> IOResult[DownloadReport, Problem]:
     """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure.
 
     ``retrier`` retries the big part's download, resuming each time (one attempt without it).
     """
-    envelope: IOResult[bytes, Failure] = api.download_small_part(ref, fingerprint)
+    envelope: IOResult[bytes, Problem] = api.download_small_part(ref, fingerprint)
     return envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key)).bind(
         lambda small: _with_big_part(
             ref,
@@ -257,20 +257,20 @@ def _with_big_part(
     workers: int | None,
     progress: Progress | None,
     retrier: Retrier | None,
-) -> IOResult[DownloadReport, Failure]:
+) -> IOResult[DownloadReport, Problem]:
     parsed = parse_header(small)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         return IOFailure(parsed.failure())
     header, _ = parsed.unwrap()
     expected = expected_big_part(header)
     filled: list[int] = []
 
-    def fill(temp: Path, start: int) -> IOResult[None, Failure]:
+    def fill(temp: Path, start: int) -> IOResult[None, Problem]:
         filled.append(start)
         log.info("fetching the big part of %s from the CDN (from byte %d)", ref, start)
         return cdn.download_file(ref, temp, start=start).map(lambda _: None)
 
-    def open_into(big_path: Path, temp: Path) -> IOResult[None, Failure]:
+    def open_into(big_path: Path, temp: Path) -> IOResult[None, Problem]:
         return pipeline.open_file(
             small,
             big_path,
@@ -296,12 +296,12 @@ def _with_big_part(
             fill_starts=tuple(filled),
         )
 
-    def fetch() -> IOResult[Path, Failure]:
+    def fetch() -> IOResult[Path, Problem]:
         # Each attempt asks the cache again: it resumes from its partial file, or finds the entry
         # another process has finished meanwhile.
         return cache.fetch(ref, expected, fill)
 
-    def attempt() -> IOResult[DownloadReport, Failure]:
+    def attempt() -> IOResult[DownloadReport, Problem]:
         return run_with(retrier, f"download of the big part of {ref}", fetch).bind(
             lambda big_path: write_atomically(out, lambda temp: open_into(big_path, temp)).map(
                 lambda _: report(big_path)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from returns.io import IOFailure, IOResult, IOSuccess
-from returns.result import Failure as ResultFailure
+from returns.result import Failure
 
-from app.errors import to_exception, unwrap_or_raise
-from app.progress import transfer_progress
-from app.usecases import write_atomically
-from domain.errors import Failure, StorageFailed
-from domain.ref import ResourceRef
+from splitvault.app.cli.progress import transfer_progress
+from splitvault.app.client.errors import to_exception, unwrap_or_raise
+from splitvault.app.client.usecases import write_atomically
+from splitvault.domain.errors import Problem, StorageFailed
+from splitvault.domain.ref import ResourceRef
 
 Report = dict[str, Any]
 
@@ -27,27 +27,27 @@ Report = dict[str, Any]
 def parse_ref(folder: str, name: str) -> ResourceRef:
     """A ref from command-line input, or the ``InvalidNameError`` that says what is wrong."""
     parsed = ResourceRef.parse(folder, name)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise to_exception(parsed.failure())
     return parsed.unwrap()
 
 
 def read_key_file(path: Path, what: str) -> bytes:
     """A 32-byte key from a file (raw, hex or base64), or a ``ConfigError`` naming the file."""
-    from domain.errors import ConfigInvalid
-    from domain.legacy import parse_shared_key
+    from splitvault.domain.errors import ConfigInvalid
+    from splitvault.domain.legacy import parse_shared_key
 
     try:
         data = path.read_bytes()
     except OSError as error:
         raise to_exception(ConfigInvalid(what, f"cannot read {path}: {error.strerror}")) from None
     parsed = parse_shared_key(data)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise to_exception(ConfigInvalid(what, f"{path}: {parsed.failure().detail}"))
     return parsed.unwrap()
 
 
-def _write_bytes(path: Path, data: bytes) -> IOResult[None, Failure]:
+def _write_bytes(path: Path, data: bytes) -> IOResult[None, Problem]:
     try:
         with path.open("wb") as handle:
             handle.write(data)
@@ -58,8 +58,8 @@ def _write_bytes(path: Path, data: bytes) -> IOResult[None, Failure]:
 
 def seal(args: argparse.Namespace) -> Report:
     """``splitvault seal``: FILE → DIR/NAME.small + DIR/NAME.big, both or neither."""
-    from app import pipeline
-    from domain.format_v1 import DEFAULT_CHUNK_SIZE
+    from splitvault.app.client import pipeline
+    from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE
 
     source: Path = args.file
     ref = parse_ref(args.folder, args.name or source.name)
@@ -75,7 +75,7 @@ def seal(args: argparse.Namespace) -> Report:
 
     with transfer_progress(f"sealing {ref.name}", size) as progress:
 
-        def seal_into(temp_big: Path) -> IOResult[bytes, Failure]:
+        def seal_into(temp_big: Path) -> IOResult[bytes, Problem]:
             if legacy_key is not None:
                 key = legacy_key
                 return pipeline.seal_file_legacy(
@@ -93,7 +93,7 @@ def seal(args: argparse.Namespace) -> Report:
                 progress=progress,
             ).map(lambda parts: parts.small_part)
 
-        def write_big(temp_big: Path) -> IOResult[int, Failure]:
+        def write_big(temp_big: Path) -> IOResult[int, Problem]:
             return seal_into(temp_big).bind(
                 lambda small: write_atomically(
                     small_path, lambda temp: _write_bytes(temp, small)
@@ -119,7 +119,7 @@ def seal(args: argparse.Namespace) -> Report:
 
 def open_parts(args: argparse.Namespace) -> Report:
     """``splitvault open``: SMALL + BIG → FILE, or no FILE at all."""
-    from app import pipeline
+    from splitvault.app.client import pipeline
 
     try:
         small = args.small.read_bytes()
@@ -134,7 +134,7 @@ def open_parts(args: argparse.Namespace) -> Report:
     legacy_key = read_key_file(args.legacy_key, "legacy key") if args.legacy_key else None
     with transfer_progress(f"opening {args.small.name}", big_size + len(small)) as progress:
 
-        def open_into(temp: Path) -> IOResult[None, Failure]:
+        def open_into(temp: Path) -> IOResult[None, Problem]:
             if legacy_key is not None:
                 key = legacy_key
                 return pipeline.open_file_legacy(small, args.big, temp, key=key, progress=progress)
@@ -149,8 +149,8 @@ def open_parts(args: argparse.Namespace) -> Report:
 
 def _client(args: argparse.Namespace) -> Any:
     """Load the configuration (flags > SPLITVAULT_* > config file) and bootstrap a client."""
-    from adapters.config_files import default_config_path, load_client_config
-    from app.bootstrap import bootstrap
+    from splitvault.adapters.config_files import default_config_path, load_client_config
+    from splitvault.app.client.bootstrap import bootstrap
 
     flags: dict[str, object] = {
         "api_url": getattr(args, "api_url", None),
@@ -211,10 +211,10 @@ def download(args: argparse.Namespace) -> Report:
 
 def list_folder(args: argparse.Namespace) -> Report:
     """``splitvault ls``: the names in a folder."""
-    from domain.ref import parse_folder
+    from splitvault.domain.ref import parse_folder
 
     parsed = parse_folder(args.folder)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise to_exception(parsed.failure())
     client = _client(args)
     try:
@@ -236,9 +236,9 @@ def login(args: argparse.Namespace) -> Report:
 
 def fingerprint(args: argparse.Namespace) -> Report:
     """``splitvault fingerprint``: the components (identifiers masked) and the value."""
-    from adapters.linux_hardware import LinuxHardware
-    from app.bootstrap import HARDWARE_APP_KEY
-    from domain.fingerprint import mask
+    from splitvault.adapters.linux_hardware import LinuxHardware
+    from splitvault.app.client.bootstrap import HARDWARE_APP_KEY
+    from splitvault.domain.fingerprint import mask
 
     probed = LinuxHardware(HARDWARE_APP_KEY).fingerprint()
     shown = {
@@ -256,7 +256,7 @@ def serve(args: argparse.Namespace) -> Report:
     """``splitvault serve``: the reference resource API server, until interrupted."""
     import uvicorn
 
-    from app.server import create_app
+    from splitvault.app.server.api import create_app
 
     uvicorn.run(create_app(args.data), host=args.host, port=args.port, log_level="info")
     return {"text": "server stopped"}
@@ -264,11 +264,11 @@ def serve(args: argparse.Namespace) -> Report:
 
 def users_add(args: argparse.Namespace) -> Report:
     """``splitvault users add EMAIL --role R --data DIR``: the password is read from stdin."""
-    from app.server import add_user
+    from splitvault.app.server.api import add_user
 
     password = sys.stdin.readline().rstrip("\n")
     if not password:
-        from domain.errors import ConfigInvalid
+        from splitvault.domain.errors import ConfigInvalid
 
         raise to_exception(ConfigInvalid("password", "read an empty password from stdin"))
     unwrap_or_raise(add_user(args.data, args.email, password, args.role))
@@ -276,23 +276,23 @@ def users_add(args: argparse.Namespace) -> Report:
 
 
 def _images_config() -> Any:
-    from app.images import ImagesConfig
+    from splitvault.app.client.images import ImagesConfig
 
     parsed = ImagesConfig.from_env(os.environ)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise to_exception(parsed.failure())
     return parsed.unwrap()
 
 
 def _engine() -> Any:
-    from adapters.docker_cli import DockerCliEngine
+    from splitvault.adapters.docker_cli import DockerCliEngine
 
     return DockerCliEngine(docker_host=os.environ.get("DOCKER_HOST"))
 
 
 def seal_images(args: argparse.Namespace) -> Report:
     """``splitvault seal-images``: docker save, encrypt under a new fragment, register it."""
-    from app.images import seal_images as seal
+    from splitvault.app.client.images import seal_images as seal
 
     client = _client(args)
     try:
@@ -315,7 +315,7 @@ def seal_images(args: argparse.Namespace) -> Report:
 
 def unlock_images(args: argparse.Namespace) -> Report:
     """``splitvault unlock-images``: fragment, decrypt, docker load, check every service image."""
-    from app.images import unlock_images as unlock
+    from splitvault.app.client.images import unlock_images as unlock
 
     config = _images_config()
     client = _client(args)
@@ -341,14 +341,14 @@ def unlock_images(args: argparse.Namespace) -> Report:
 
 def demo(args: argparse.Namespace) -> Report:
     """``splitvault demo``: the main job end to end on loopback servers."""
-    from app import demo as run_demo
+    from splitvault.app.tools import demo as run_demo
 
     return run_demo.run(size=args.size, offline=args.offline)
 
 
 def bench(args: argparse.Namespace) -> Report:
     """``splitvault bench``: seal/open throughput and memory against a plain copy."""
-    from app import bench as run_bench
+    from splitvault.app.tools import bench as run_bench
 
     report = run_bench.run_bench(args.size, args.repetitions)
     return {**run_bench.report_json(report), "text": run_bench.render(report)}

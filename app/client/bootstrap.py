@@ -23,18 +23,18 @@ from typing import TypeVar
 
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
-from returns.result import Failure as ResultFailure
+from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
-from adapters.config_files import parse_cdn_yaml
-from adapters.directory_cdn import DirectoryCdn
-from adapters.file_cache import FileCache
-from adapters.http_api import HttpResourceApi
-from adapters.linux_hardware import LinuxHardware
-from adapters.s3_cdn import S3Cdn, S3Tuning
-from adapters.system import SystemClock, SystemRandom, sleep
-from app.retrying import Retrier
-from app.usecases import (
+from splitvault.adapters.config_files import parse_cdn_yaml
+from splitvault.adapters.directory_cdn import DirectoryCdn
+from splitvault.adapters.file_cache import FileCache
+from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.linux_hardware import LinuxHardware
+from splitvault.adapters.s3_cdn import S3Cdn, S3Tuning
+from splitvault.adapters.system import SystemClock, SystemRandom, sleep
+from splitvault.app.client.retrying import Retrier
+from splitvault.app.client.usecases import (
     DownloadReport,
     Identity,
     Progress,
@@ -44,12 +44,12 @@ from app.usecases import (
     open_small_part,
     upload_resource,
 )
-from domain.config import ClientConfig
-from domain.errors import AccessDenied, ConfigInvalid, Failure
-from domain.legacy import parse_shared_key
-from domain.ports import Cache, Cdn, Clock, Hardware, Random
-from domain.ref import ResourceRef
-from domain.retry import RetryPolicy
+from splitvault.domain.config import ClientConfig
+from splitvault.domain.errors import AccessDenied, ConfigInvalid, Problem
+from splitvault.domain.legacy import parse_shared_key
+from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.retry import RetryPolicy
 
 log = logging.getLogger("splitvault.bootstrap")
 T = TypeVar("T")
@@ -115,7 +115,7 @@ class Client:
         """The transport key for this user on this machine (derived once per session)."""
         return self.transport_keys.for_fingerprint(self.fingerprint)
 
-    def cdn(self, *, write: bool) -> IOResult[Cdn, Failure]:
+    def cdn(self, *, write: bool) -> IOResult[Cdn, Problem]:
         """The CDN, with write keys only when ``write`` is asked for."""
         if self._fixed_cdn is not None:
             return IOSuccess(self._fixed_cdn)
@@ -139,8 +139,8 @@ class Client:
             self._cdns.clear()
 
     def with_cdn(
-        self, write: bool, action: Callable[[Cdn], IOResult[T, Failure]]
-    ) -> IOResult[T, Failure]:
+        self, write: bool, action: Callable[[Cdn], IOResult[T, Problem]]
+    ) -> IOResult[T, Problem]:
         """Run ``action`` on the CDN; on ``AccessDenied`` refresh ``cdn.yaml`` once and retry."""
         first = self.cdn(write=write).bind(action)
         if is_successful(first) or not isinstance(unsafe_perform_io(first.failure()), AccessDenied):
@@ -151,10 +151,10 @@ class Client:
 
     def upload(
         self, ref: ResourceRef, source: Path, *, progress: Progress | None = None
-    ) -> IOResult[UploadReport, Failure]:
+    ) -> IOResult[UploadReport, Problem]:
         """``upload_resource`` with this client's API, write-capable CDN, cache and keys."""
 
-        def run(cdn: Cdn) -> IOResult[UploadReport, Failure]:
+        def run(cdn: Cdn) -> IOResult[UploadReport, Problem]:
             return upload_resource(
                 ref,
                 source,
@@ -172,10 +172,10 @@ class Client:
 
     def download(
         self, ref: ResourceRef, out: Path, *, progress: Progress | None = None
-    ) -> IOResult[DownloadReport, Failure]:
+    ) -> IOResult[DownloadReport, Problem]:
         """``download_resource`` with this client's API, read-only CDN, cache and keys."""
 
-        def run(cdn: Cdn) -> IOResult[DownloadReport, Failure]:
+        def run(cdn: Cdn) -> IOResult[DownloadReport, Problem]:
             return download_resource(
                 ref,
                 out,
@@ -192,14 +192,14 @@ class Client:
 
         return self.with_cdn(False, run)
 
-    def _fetch_cdn(self, *, write: bool) -> IOResult[Cdn, Failure]:
-        def build(text: bytes) -> IOResult[Cdn, Failure]:
+    def _fetch_cdn(self, *, write: bool) -> IOResult[Cdn, Problem]:
+        def build(text: bytes) -> IOResult[Cdn, Problem]:
             try:
                 decoded = text.decode("utf-8")
             except UnicodeDecodeError:
                 return IOFailure(ConfigInvalid("cdn.yaml", "is not UTF-8 text"))
             parsed = parse_cdn_yaml(decoded)
-            if isinstance(parsed, ResultFailure):
+            if isinstance(parsed, Failure):
                 return IOFailure(parsed.failure())
             config = parsed.unwrap()
             if write and config.write_keys is None:
@@ -210,11 +210,11 @@ class Client:
                     )
                 )
             made = S3Cdn.from_config(config, write=write, tuning=self._s3_tuning)
-            if isinstance(made, ResultFailure):
+            if isinstance(made, Failure):
                 return IOFailure(made.failure())
             return IOSuccess(made.unwrap())
 
-        envelope: IOResult[bytes, Failure] = self.api.download_cdn_config(self.fingerprint)
+        envelope: IOResult[bytes, Problem] = self.api.download_cdn_config(self.fingerprint)
         return envelope.bind(
             lambda sealed: open_small_part(CDN_CONFIG_REF, sealed, self.transport_key)
         ).bind(build)
@@ -224,7 +224,7 @@ class Client:
         self.api.close()
 
 
-def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Failure]:
+def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Problem]:
     """The publisher key from its file, if one is configured."""
     if path is None:
         return IOSuccess(None)
@@ -235,7 +235,7 @@ def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Failure]:
             ConfigInvalid("publisher_key_file", f"cannot read {path}: {error.strerror}")
         )
     parsed = parse_shared_key(data, "publisher_key_file")
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         return IOFailure(parsed.failure())
     return IOSuccess(parsed.unwrap())
 
@@ -251,7 +251,7 @@ def bootstrap(
     random: Random | None = None,
     sleeper: Callable[[float], None] | None = None,
     retry_policy: RetryPolicy | None = None,
-) -> IOResult[Client, Failure]:
+) -> IOResult[Client, Problem]:
     """Build a ``Client`` from configuration; overrides replace single adapters.
 
     ``retry_policy`` governs the API adapter built here (a passed ``api`` keeps its own) and the
@@ -288,7 +288,7 @@ def bootstrap(
             sleep=the_sleep,
         )
     built_api = api
-    cache_result: IOResult[Cache, Failure] = (
+    cache_result: IOResult[Cache, Problem] = (
         IOSuccess(cache) if cache is not None else FileCache.open(config.cache_dir)
     )
 

@@ -34,9 +34,9 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from app import pipeline
-from domain import errors
-from domain.ref import ResourceRef
+from splitvault.app.client import pipeline
+from splitvault.domain import errors
+from splitvault.domain.ref import ResourceRef
 
 _T = TypeVar("_T")
 
@@ -203,10 +203,10 @@ def _child_operation(op: str, args: dict[str, Any]) -> float | None:
 
 def _bench_client(args: dict[str, Any]) -> Any:
     """A client of the bench's reference server with a directory CDN and a fixed machine."""
-    from adapters.directory_cdn import DirectoryCdn
-    from adapters.fixed_hardware import FixedHardware
-    from app.bootstrap import bootstrap
-    from domain.config import ClientConfig
+    from splitvault.adapters.directory_cdn import DirectoryCdn
+    from splitvault.adapters.fixed_hardware import FixedHardware
+    from splitvault.app.client.bootstrap import bootstrap
+    from splitvault.domain.config import ClientConfig
 
     config = ClientConfig(
         cache_dir=Path(args["cache"]),
@@ -224,7 +224,7 @@ def _warm_download(args: dict[str, Any]) -> float:
     """What an inference service does at start-up once logged in: small part from the API, big
     part from its cache, open into the output. Client start-up (imports, login, one Argon2id
     derivation) happens first and is not part of the returned seconds."""
-    from app.usecases import download_resource
+    from splitvault.app.client.usecases import download_resource
 
     client = _bench_client(args)
     try:
@@ -252,7 +252,7 @@ def _warm_download(args: dict[str, Any]) -> float:
     return seconds
 
 
-def _unwrap(result: IOResult[_T, errors.Failure]) -> _T:
+def _unwrap(result: IOResult[_T, errors.Problem]) -> _T:
     """The success value of an IOResult, or exit the child with the failure's description."""
     if not is_successful(result):
         failure = unsafe_perform_io(result.failure())
@@ -377,7 +377,7 @@ def _python_command(base: Path, op: str, params: dict[str, Any]) -> tuple[str, .
     fd = os.open(params_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(params, handle)
-    return (sys.executable, "-m", "app.bench", "--child", op, str(params_path))
+    return (sys.executable, "-m", "splitvault.app.tools.bench", "--child", op, str(params_path))
 
 
 def _plan(
@@ -515,12 +515,12 @@ class _DownloadWorld:
     EMAIL = "bench-downloader@example.com"
 
     def __init__(self, base: Path, source: Path, workers: int) -> None:
-        from adapters.directory_cdn import DirectoryCdn
-        from adapters.fixed_hardware import FixedHardware
-        from app.bootstrap import bootstrap
-        from app.server import add_user, create_app
-        from app.server_runner import RunningServer
-        from domain.config import ClientConfig
+        from splitvault.adapters.directory_cdn import DirectoryCdn
+        from splitvault.adapters.fixed_hardware import FixedHardware
+        from splitvault.app.client.bootstrap import bootstrap
+        from splitvault.app.server.api import add_user, create_app
+        from splitvault.app.server.runner import RunningServer
+        from splitvault.domain.config import ClientConfig
 
         self._password = os.urandom(12).hex()
         data = base / "server-data"
@@ -737,4 +737,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child_main(sys.argv[2:])
     else:
-        raise SystemExit("run the bench as `splitvault bench` or app.bench.run_bench()")
+        raise SystemExit(
+            "run the bench as `splitvault bench` or splitvault.app.tools.bench.run_bench()"
+        )

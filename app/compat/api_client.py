@@ -1,5 +1,4 @@
-"""The seed-compatible facade: ``ApiClient``, ``ApiCredentials``, ``CDNCredentials``, ``CDNManager``
-(the original client's names).
+"""``ApiClient`` and ``ApiCredentials``: the resource API client under the original names.
 
 Scripts written against the original client keep their method names. What changed, on purpose:
 
@@ -21,21 +20,27 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-from returns.io import IOFailure, IOResult
-from returns.result import Failure as ResultFailure
+from returns.io import IOResult
+from returns.result import Failure
 
-from adapters.config_files import default_cache_dir
-from adapters.s3_cdn import S3Cdn
-from adapters.system import SystemClock, SystemRandom, sleep
-from app.bootstrap import Client, bootstrap
-from app.errors import to_exception, unwrap_or_raise
-from app.retrying import Retrier
-from app.usecases import DownloadReport, UploadReport, open_small_part, write_atomically
-from domain.config import ClientConfig, S3Keys
-from domain.errors import ConfigInvalid, Failure, LimitExceeded, StorageFailed
-from domain.ports import Cdn, Hardware
-from domain.ref import ResourceRef, parse_folder
-from domain.retry import RetryPolicy
+from splitvault.adapters.config_files import default_cache_dir
+from splitvault.app.client.bootstrap import Client, bootstrap
+from splitvault.app.client.errors import to_exception, unwrap_or_raise
+from splitvault.app.client.usecases import (
+    DownloadReport,
+    UploadReport,
+    open_small_part,
+)
+from splitvault.cdn_manager import (
+    CDNCredentials,
+    CDNManager,
+    download_resuming,
+    ref_from_key,
+)
+from splitvault.domain.config import ClientConfig
+from splitvault.domain.errors import ConfigInvalid, LimitExceeded, Problem, StorageFailed
+from splitvault.domain.ports import Cdn, Hardware
+from splitvault.domain.ref import ResourceRef, parse_folder
 
 
 @attrs.frozen
@@ -46,86 +51,11 @@ class ApiCredentials:
     password: str = attrs.field(repr=False)
 
 
-@attrs.frozen
-class CDNCredentials:
-    """Keys for the S3-compatible CDN; the secret is hidden from reprs."""
-
-    endpoint_url: str
-    bucket: str
-    access_key_id: str
-    secret_access_key: str = attrs.field(repr=False)
-    region: str = "us-east-1"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> CDNCredentials:
-        """Build from the original client's dict (``endpoint_url``/``endpoint``, ``bucket``...)."""
-        aliases = {
-            "endpoint_url": ("endpoint_url", "endpoint"),
-            "bucket": ("bucket", "bucket_name"),
-            "access_key_id": ("access_key_id", "aws_access_key_id", "access_key"),
-            "secret_access_key": ("secret_access_key", "aws_secret_access_key", "secret_key"),
-            "region": ("region", "region_name"),
-        }
-        values: dict[str, str] = {}
-        for field, names in aliases.items():
-            for name in names:
-                value = data.get(name)
-                if isinstance(value, str) and value:
-                    values[field] = value
-                    break
-            else:
-                if field != "region":
-                    raise to_exception(ConfigInvalid(field, "missing from the CDN credentials"))
-        return cls(**values)
-
-
-def _ref_from_key(key: str) -> ResourceRef:
-    """``folder/name`` or ``folder/name.big`` → a ref, or ``InvalidNameError``."""
-    stripped = key.removesuffix(".big")
-    folder, _, name = stripped.partition("/")
-    parsed = ResourceRef.parse(folder, name)
-    if isinstance(parsed, ResultFailure):
-        raise to_exception(parsed.failure())
-    return parsed.unwrap()
-
-
 def _ref(folder: str, name: str) -> ResourceRef:
     parsed = ResourceRef.parse(folder, name)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise to_exception(parsed.failure())
     return parsed.unwrap()
-
-
-class CDNManager:
-    """Direct big-part transfers to and from the CDN by key (``folder/name.big``).
-
-    Args:
-        credentials: the CDN keys; a manager built with read keys cannot upload.
-        writable: whether ``credentials`` are write keys.
-    """
-
-    def __init__(self, credentials: CDNCredentials, *, writable: bool = False) -> None:
-        keys = S3Keys(credentials.access_key_id, credentials.secret_access_key)
-        build = S3Cdn.writer if writable else S3Cdn.reader
-        self.cdn: Cdn = build(
-            credentials.endpoint_url, credentials.bucket, keys, region=credentials.region
-        )
-        # The S3 adapter does not retry (one retry layer, ours): this one drives it.
-        self.retrier = Retrier(RetryPolicy(), SystemClock(), SystemRandom(), sleep)
-
-    def __repr__(self) -> str:
-        return f"CDNManager({self.cdn!r})"
-
-    def upload_to_cdn(self, file_path: str | os.PathLike[str], key: str) -> None:
-        """Upload a file as the big part under ``key``."""
-        ref = _ref_from_key(key)
-        unwrap_or_raise(
-            self.retrier.run(f"upload of {key}", lambda: self.cdn.upload_file(ref, Path(file_path)))
-        )
-
-    def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
-        """Download the big part under ``key`` into ``file_path`` (atomically)."""
-        unwrap_or_raise(_download_resuming(self.cdn, _ref_from_key(key), file_path, self.retrier))
 
 
 class ApiClient:
@@ -224,7 +154,7 @@ class ApiClient:
         """A file stored with ``upload_file``, opened from its transport envelope."""
         client = self._session()
         ref = _ref(folder, file_name)
-        envelope: IOResult[bytes, Failure] = client.api.download_small_part(ref, client.fingerprint)
+        envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
         return unwrap_or_raise(
             envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
         )
@@ -232,7 +162,7 @@ class ApiClient:
     def list_files(self, folder: str) -> list[str]:
         """Names in a folder; raises ``InvalidNameError`` for a folder that is not a plain name."""
         parsed = parse_folder(folder)
-        if isinstance(parsed, ResultFailure):
+        if isinstance(parsed, Failure):
             raise to_exception(parsed.failure())
         return list(unwrap_or_raise(self._session().api.list_folder(parsed.unwrap())))
 
@@ -254,7 +184,7 @@ class ApiClient:
     def upload_to_cdn(self, file_path: str | os.PathLike[str], key: str) -> None:
         """Upload a file to the CDN under ``key`` with the uploader's keys."""
         client = self._session()
-        ref = _ref_from_key(key)
+        ref = ref_from_key(key)
         unwrap_or_raise(
             client.with_cdn(
                 True,
@@ -267,11 +197,11 @@ class ApiClient:
     def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
         """Download ``key`` from the CDN into ``file_path`` (atomically)."""
         client = self._session()
-        ref = _ref_from_key(key)
+        ref = ref_from_key(key)
 
         unwrap_or_raise(
             client.with_cdn(
-                False, lambda cdn: _download_resuming(cdn, ref, file_path, client.retrier)
+                False, lambda cdn: download_resuming(cdn, ref, file_path, client.retrier)
             )
         )
 
@@ -288,24 +218,6 @@ class ApiClient:
     ) -> DownloadReport:
         """Download ``folder/name`` into ``out_path``, streaming; nothing is left on failure."""
         return unwrap_or_raise(self._session().download(_ref(folder, name), Path(out_path)))
-
-
-def _download_resuming(
-    cdn: Cdn, ref: ResourceRef, file_path: str | os.PathLike[str], retrier: Retrier
-) -> IOResult[None, Failure]:
-    """Download into a temp file beside ``file_path``; each retry resumes from the temp's length."""
-
-    def fill(temp: Path) -> IOResult[None, Failure]:
-        def once() -> IOResult[None, Failure]:
-            try:
-                start = temp.stat().st_size
-            except OSError as error:
-                return IOFailure(StorageFailed(str(temp), error.strerror or "cannot stat"))
-            return cdn.download_file(ref, temp, start=start).map(lambda _: None)
-
-        return retrier.run(f"download of {ref.key}", once)
-
-    return write_atomically(Path(file_path), fill)
 
 
 def _read_small(path: Path) -> bytes:

@@ -30,13 +30,13 @@ import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 
-from domain import digest, errors, legacy
-from domain.errors import NotFound, PartMismatch, StorageFailed
-from domain.format_v1 import DEFAULT_CHUNK_SIZE, Layout, Opener, Sealer, check_big_part
-from domain.keys import TAG_BYTES
-from domain.ports import BigPartDigest
-from domain.ref import ResourceRef
-from domain.split import DEFAULT_RULE
+from splitvault.domain import digest, errors, legacy
+from splitvault.domain.errors import NotFound, PartMismatch, StorageFailed
+from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, Layout, Opener, Sealer, check_big_part
+from splitvault.domain.keys import TAG_BYTES
+from splitvault.domain.ports import BigPartDigest
+from splitvault.domain.ref import ResourceRef
+from splitvault.domain.split import DEFAULT_RULE
 
 log = logging.getLogger("splitvault.pipeline")
 
@@ -111,7 +111,7 @@ class _Turns:
 
 
 # task(index, slot, turns) runs on a worker thread and returns a failure or None.
-_Task = Callable[[int, _Slot, _Turns], "errors.Failure | None"]
+_Task = Callable[[int, _Slot, _Turns], "errors.Problem | None"]
 
 
 def _run_chunks(
@@ -123,7 +123,7 @@ def _run_chunks(
     task: _Task,
     chunk_bytes: Callable[[int], int],
     progress: Progress | None,
-) -> errors.Failure | None:
+) -> errors.Problem | None:
     """Run ``task`` for chunks ``0..count-1`` on a pool with at most ``2 * workers`` in flight.
 
     The calling thread waits for chunks in order, reports progress and stops at the first
@@ -132,7 +132,7 @@ def _run_chunks(
     """
     turns = _Turns(stages)
     slots = deque(_Slot(*slot_sizes) for _ in range(min(count, 2 * workers)))
-    inflight: deque[tuple[int, _Slot, Future[errors.Failure | None]]] = deque()
+    inflight: deque[tuple[int, _Slot, Future[errors.Problem | None]]] = deque()
     done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-chunk") as pool:
         try:
@@ -159,7 +159,7 @@ def _run_chunks(
             wait([pending for _, _, pending in inflight])
 
 
-def _os_failure(what: str, exc: OSError) -> errors.Failure:
+def _os_failure(what: str, exc: OSError) -> errors.Problem:
     if isinstance(exc, FileNotFoundError):
         return NotFound(what)
     return StorageFailed(what, exc.strerror or type(exc).__name__)
@@ -271,7 +271,7 @@ def _plain_length(layout: Layout) -> Callable[[int], int]:
 
 def _run_v1_chunks(
     layout: Layout, workers: int, task: _Task, progress: Progress | None
-) -> errors.Failure | None:
+) -> errors.Problem | None:
     """``_run_chunks`` over a v1 layout, with one ordered stage (the writes)."""
     # Buffers as large as the largest chunk present, not the chunk size the header claims: a
     # 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot. (Callers check the
@@ -300,7 +300,7 @@ def seal_file(
     wrap_nonce: bytes | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
-) -> IOResult[SealedParts, errors.Failure]:
+) -> IOResult[SealedParts, errors.Problem]:
     """Seal ``source`` with format v1: write the big part to ``big_out``, return the small part.
 
     ``big_out`` is created or truncated (mode 0600 when created); the caller renames it into
@@ -336,7 +336,7 @@ def seal_file(
             small = memoryview(bytearray(layout.small_ciphertext_length))
             leaves: list[bytes | None] = [None] * layout.chunk_count
 
-            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 pt_start, pt_end = layout.plaintext_span(index)
                 plain = slot.plain[: pt_end - pt_start]
                 ct_start, ct_end = layout.ciphertext_span(index)
@@ -381,7 +381,7 @@ def open_file(
     workers: int | None = None,
     progress: Progress | None = None,
     verify_big_digest: bool = True,
-) -> IOResult[None, errors.Failure]:
+) -> IOResult[None, errors.Problem]:
     """Open a v1 resource from its small part and the big part at ``big_path`` into ``out``.
 
     ``out`` (the caller's temp path) is created or truncated and sized up front. Every chunk is
@@ -415,7 +415,7 @@ def open_file(
             _prepare_output(out_fd, layout.plaintext_length)
             leaves: list[bytes | None] = [None] * layout.chunk_count
 
-            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 ct_start, ct_end = layout.ciphertext_span(index)
                 cipher = slot.cipher[: ct_end - ct_start]
                 try:
@@ -479,7 +479,7 @@ def seal_file_legacy(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
     progress: Progress | None = None,
-) -> IOResult[SealedParts, errors.Failure]:
+) -> IOResult[SealedParts, errors.Problem]:
     """Seal ``source`` in the legacy suite: ``IV || AES-256-CBC(key, PKCS#7(data))``, split.
 
     CBC encryption is serial, so chunks are encrypted in order (into reused buffers, no copies)
@@ -511,7 +511,7 @@ def seal_file_legacy(
                 start = index * chunk_size
                 return start, min(start + chunk_size, length)
 
-            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 pt_start, pt_end = plain_span(index)
                 plain = slot.plain[: pt_end - pt_start]
                 # The IV leads chunk 0's output; the padding block ends the last chunk's.
@@ -565,7 +565,7 @@ def open_file_legacy(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
     progress: Progress | None = None,
-) -> IOResult[None, errors.Failure]:
+) -> IOResult[None, errors.Problem]:
     """Open a legacy resource into ``out``, decrypting chunks in parallel.
 
     Each CBC block needs only the ciphertext block before it, so every chunk is decrypted on
@@ -615,7 +615,7 @@ def open_file_legacy(
                 start = index * chunk_size
                 return start, min(start + chunk_size, body)
 
-            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Failure | None:
+            def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 start, end = body_span(index)
                 # The block before the chunk (the IV for chunk 0), then the chunk's blocks.
                 cipher = slot.cipher[: legacy.BLOCK + end - start]

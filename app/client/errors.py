@@ -13,7 +13,7 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from domain import errors as e
+from splitvault.domain import errors as e
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ class SplitvaultError(Exception):
 
     exit_code = 1
 
-    def __init__(self, failure: e.Failure) -> None:
+    def __init__(self, failure: e.Problem) -> None:
         super().__init__(failure.describe())
         self.failure = failure
 
@@ -103,12 +103,12 @@ _BY_TYPE: dict[type, type[SplitvaultError]] = {
 }
 
 
-def to_exception(failure: e.Failure) -> SplitvaultError:
+def to_exception(failure: e.Problem) -> SplitvaultError:
     """The exception that stands for ``failure``."""
     return _BY_TYPE[type(failure)](failure)
 
 
-def unwrap_or_raise(result: IOResult[T, e.Failure]) -> T:
+def unwrap_or_raise(result: IOResult[T, e.Problem]) -> T:
     """Unwrap an ``IOResult`` at the edge, raising the matching ``SplitvaultError``."""
     if is_successful(result):
         return unsafe_perform_io(result.unwrap())

@@ -42,7 +42,7 @@ import yaml
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from returns.io import IOFailure, IOResult, IOSuccess
-from returns.result import Failure as ResultFailure
+from returns.result import Failure
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -52,10 +52,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters.atomic_file import atomic_path
-from domain import keys
-from domain.errors import ConfigInvalid, StorageFailed
-from domain.ref import ResourceRef, check_name, parse_folder
+from splitvault.adapters.atomic_file import atomic_path
+from splitvault.domain import keys
+from splitvault.domain.errors import ConfigInvalid, StorageFailed
+from splitvault.domain.ref import ResourceRef, check_name, parse_folder
 
 log = logging.getLogger("splitvault.server")
 
@@ -740,7 +740,7 @@ def _require_uploader(principal: Principal, action: str) -> None:
 
 def _ref(folder: object, name: object) -> ResourceRef:
     parsed = ResourceRef.parse(folder, name)
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise Refusal(400, "InvalidName", parsed.failure().describe())
     return parsed.unwrap()
 
@@ -818,7 +818,7 @@ def _load_small_part(state: ServerState, ref: ResourceRef, role: str) -> bytes:
 async def _list_resources(state: ServerState, request: Request) -> Response:
     state.authenticate(request)
     parsed = parse_folder(request.path_params["folder"])
-    if isinstance(parsed, ResultFailure):
+    if isinstance(parsed, Failure):
         raise Refusal(400, "InvalidName", parsed.failure().describe())
     folder = parsed.unwrap()
 
