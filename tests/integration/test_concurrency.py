@@ -13,9 +13,9 @@ from pathlib import Path
 
 from splitvault.app.client.usecases import DownloadReport
 from splitvault.domain.ref import ResourceRef
-from tests.api_support import value
 from tests.support import worker
 from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.results import value
 from tests.support.stack import (
     DOWNLOADER,
     PASSWORD,

@@ -30,9 +30,9 @@ from splitvault.adapters.file_cache import file_digest
 from splitvault.app.client.usecases import DownloadReport
 from splitvault.domain.ports import BigPartDigest
 from splitvault.domain.ref import ResourceRef
-from tests.api_support import value
 from tests.support import worker
 from tests.support.fault_proxy import PASS, Fault, FaultProxy
+from tests.support.results import value
 from tests.support.stack import (
     DOWNLOADER,
     PASSWORD,

@@ -21,8 +21,8 @@ from splitvault.adapters import s3_cdn
 from splitvault.app.client import pipeline
 from splitvault.domain.errors import StorageFailed
 from splitvault.domain.ref import ResourceRef
-from tests.api_support import failure, value
 from tests.support.fault_proxy import FaultProxy
+from tests.support.results import failure, value
 from tests.support.stack import DOWNLOADER, UPLOADER, Stack, download, upload, write_model
 
 MiB = 1 << 20

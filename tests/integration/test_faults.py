@@ -20,8 +20,8 @@ from splitvault.app.client.usecases import DownloadReport
 from splitvault.domain.errors import Problem, TimedOut, Transient
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
-from tests.api_support import failure, value
 from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.results import failure, value
 from tests.support.stack import (
     DOWNLOADER,
     QUICK_RETRIES,

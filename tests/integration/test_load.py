@@ -32,7 +32,7 @@ from splitvault.app.client.usecases import DownloadReport, download_resource
 from splitvault.domain.errors import Problem
 from splitvault.domain.ports import Cache, Cdn
 from splitvault.domain.ref import ResourceRef
-from tests.api_support import value
+from tests.support.results import value
 from tests.support.stack import DOWNLOADER, UPLOADER, Stack, upload, write_model
 
 pytestmark = pytest.mark.slow

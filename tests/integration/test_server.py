@@ -37,22 +37,19 @@ from splitvault.domain.errors import (
 )
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
-from tests.api_support import (
+from tests.fakes import FakeClock, FakeRandom, FakeSleep
+from tests.support.certs import tls_files
+from tests.support.faults import FaultInjector
+from tests.support.results import failure, value
+from tests.support.server_fixtures import http, served, user_template, world  # noqa: F401 - fixtures
+from tests.support.server_world import (
     CDN_CONFIG,
     DOWNLOADER,
     FAST_RETRIES,
     PASSWORD,
     UPLOADER,
-    FakeClock,
-    FakeRandom,
-    FakeSleep,
     ServerWorld,
-    failure,
-    value,
 )
-from tests.support.certs import tls_files
-from tests.support.faults import FaultInjector
-from tests.support.server_fixtures import http, served, user_template, world  # noqa: F401 - fixtures
 
 REF = ResourceRef("models", "bert.small")
 

@@ -16,14 +16,9 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.api_support import (
-    DOWNLOADER,
-    PASSWORD,
-    UPLOADER,
-    ServerWorld,
-)
 from tests.security.hostile import capture_debug_logs, raw_http
 from tests.support.server_fixtures import http, served, world  # noqa: F401 - fixtures
+from tests.support.server_world import DOWNLOADER, PASSWORD, UPLOADER, ServerWorld
 
 WRONG = "guess-number-"
 

@@ -25,9 +25,10 @@ from splitvault.app.client.errors import NetworkError
 from splitvault.app.server.api import create_app
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.errors import RemoteError
-from tests.api_support import FAST_RETRIES, FakeClock, FakeRandom, FakeSleep
+from tests.fakes import FakeClock, FakeRandom, FakeSleep
 from tests.security.hostile import capture_debug_logs, failure
 from tests.support.certs import tls_files
+from tests.support.server_world import FAST_RETRIES
 from tests.support.stack import PASSWORD, UPLOADER, Stack
 
 

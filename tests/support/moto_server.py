@@ -30,6 +30,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
+from splitvault.adapters.s3_cdn import MIB, S3Tuning
 from splitvault.domain.config import S3Keys
 
 if TYPE_CHECKING:
@@ -143,3 +144,14 @@ def moto_s3_fixture(
             yield server
 
     return pytest.fixture(scope=scope, name=name)(fixture)
+
+
+# The smallest parts S3 allows, so "more than two parts" stays a ~11 MiB object.
+SMALL_PARTS = S3Tuning(
+    multipart_threshold=5 * MIB,
+    multipart_chunksize=5 * MIB,
+    max_concurrency=4,
+    connect_timeout=5.0,
+    read_timeout=30.0,
+    max_attempts=2,
+)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from splitvault.app.server.runner import RunningServer
-from tests.api_support import AppSlot, ServerWorld, running_world, slot_server
+from tests.support.server_world import AppSlot, ServerWorld, running_world, slot_server
 from tests.support.stack import user_template
 
 __all__ = ["http", "served", "user_template", "world"]

@@ -32,9 +32,15 @@ from splitvault.domain.config import ClientConfig, S3Keys
 from splitvault.domain.errors import Problem
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
-from tests.api_support import DOWNLOADER, OTHER_DOWNLOADER, PASSWORD, UPLOADER, make_template
 from tests.support.faults import FaultInjector
 from tests.support.moto_server import MotoS3
+from tests.support.server_world import (
+    DOWNLOADER,
+    OTHER_DOWNLOADER,
+    PASSWORD,
+    UPLOADER,
+    make_template,
+)
 
 __all__ = [
     "DOWNLOADER",

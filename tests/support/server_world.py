@@ -1,7 +1,6 @@
-"""Hand-written fakes and helpers for tests of the reference API server and its HTTP adapter.
+"""A reference server world for tests of the API server and its HTTP adapter.
 
-The clock, randomness and sleep fakes make retries and token refreshes deterministic: sleeping
-advances the fake clock instead of waiting. ``ServerWorld`` bundles a data directory, a fresh
+``ServerWorld`` bundles a data directory, a fresh
 reference app (behind its own fault switch) and a factory for clients bound to it. One uvicorn
 server per test module serves every test's app through an ``AppSlot``: starting and stopping
 uvicorn costs ~0.2 s, a new app costs nothing.
@@ -9,7 +8,6 @@ uvicorn costs ~0.2 s, a new app costs nothing.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import attrs
-from returns.io import IOResult
 from returns.pipeline import is_successful
-from returns.unsafe import unsafe_perform_io
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,6 +23,7 @@ from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.app.server.api import ServerStats, add_user, create_app, set_cdn_config
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.retry import RetryPolicy
+from tests.fakes import FakeClock, FakeRandom, FakeSleep, ServerClock
 from tests.support.faults import FaultInjector
 
 UPLOADER = "uploader@example.com"
@@ -45,60 +42,6 @@ CDN_CONFIG = {
 T = TypeVar("T")
 
 FAST_RETRIES = RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=4, budget=5.0)
-
-
-class FakeClock:
-    """Monotonic and wall time that move only when told (or when ``FakeSleep`` sleeps)."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class ServerClock:
-    """The server's ``now``: a fixed wall time a test can push forward (expiry, throttling)."""
-
-    def __init__(self, base: float) -> None:
-        self.base = base
-
-    def __call__(self) -> float:
-        return self.base
-
-    def advance(self, seconds: float) -> None:
-        self.base += seconds
-
-
-class FakeRandom:
-    """Real random bytes, but jitter fixed at ``jitter`` so waits are predictable."""
-
-    def __init__(self, jitter: float = 0.5) -> None:
-        self.jitter = jitter
-
-    def token_bytes(self, n: int) -> bytes:
-        return os.urandom(n)
-
-    def uniform(self) -> float:
-        return self.jitter
-
-
-class FakeSleep:
-    """Records each wait and advances the fake clock by it instead of blocking."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.clock.advance(seconds)
 
 
 def make_template(directory: Path) -> Path:
@@ -202,15 +145,3 @@ def running_world(
         for api in world.clients:
             api.close()
         slot.app = None
-
-
-def value(result: IOResult[T, object]) -> T:
-    """The success value of an ``IOResult`` (fails the test with the failure otherwise)."""
-    assert is_successful(result), result
-    return unsafe_perform_io(result.unwrap())
-
-
-def failure(result: IOResult[object, object]) -> object:
-    """The failure value of an ``IOResult`` (fails the test on success)."""
-    assert not is_successful(result), result
-    return unsafe_perform_io(result.failure())

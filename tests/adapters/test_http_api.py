@@ -27,7 +27,9 @@ from splitvault.adapters.http_api import (
 from splitvault.domain.errors import AuthFailed, RemoteError, Transient
 from splitvault.domain.ref import ResourceRef, check_name
 from splitvault.domain.retry import HttpStatus
-from tests.api_support import FAST_RETRIES, FakeClock, FakeRandom, FakeSleep, failure
+from tests.fakes import FakeClock, FakeRandom, FakeSleep
+from tests.support.results import failure
+from tests.support.server_world import FAST_RETRIES
 
 LOGIN_URL = httpx.URL("https://api.example/login")
 Flow = Generator[httpx.Request, httpx.Response, None]

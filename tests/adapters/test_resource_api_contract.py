@@ -19,18 +19,17 @@ from splitvault.domain import keys
 from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch, NotFound, WrongKey
 from splitvault.domain.ports import ApiFailure, KeyFragments, ResourceApi
 from splitvault.domain.ref import ResourceRef
-from tests.api_support import (
+from tests.support.results import failure, value
+from tests.support.server_fixtures import served, user_template  # noqa: F401 - fixtures
+from tests.support.server_world import (
     DOWNLOADER,
     OTHER_DOWNLOADER,
     PASSWORD,
     UPLOADER,
     AppSlot,
     ServerWorld,
-    failure,
     running_world,
-    value,
 )
-from tests.support.server_fixtures import served, user_template  # noqa: F401 - fixtures
 
 
 class ApiAdapter(ResourceApi, KeyFragments, Protocol):

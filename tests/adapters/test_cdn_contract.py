@@ -35,8 +35,7 @@ from splitvault.domain.errors import (
     Transient,
 )
 from splitvault.domain.ref import ResourceRef
-from tests.contract.conftest import SMALL_PARTS
-from tests.support.moto_server import ADMIN_KEYS, MotoS3
+from tests.support.moto_server import ADMIN_KEYS, SMALL_PARTS, MotoS3
 
 AnyCdn = S3Cdn | DirectoryCdn
 

@@ -17,7 +17,8 @@ from splitvault.domain.errors import (
     Transient,
 )
 from splitvault.domain.retry import Reported, RetryPolicy, TransportFault, is_transient, outcome_of
-from tests.api_support import FakeClock, FakeRandom, FakeSleep, failure, value
+from tests.fakes import FakeClock, FakeRandom, FakeSleep
+from tests.support.results import failure, value
 
 POLICY = RetryPolicy(base_delay=0.5, max_delay=4.0, max_attempts=5, budget=20.0)
 
