@@ -95,6 +95,18 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
     return Path(base) / "splitvault"
 
 
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$SPLITVAULT_STATE_DIR``, else ``$XDG_STATE_HOME/splitvault`` (``~/.local/state``).
+
+    What this machine remembers between runs that is not a cache (the images an archive declared).
+    """
+    explicit = environ.get("SPLITVAULT_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = environ.get("XDG_STATE_HOME") or str(Path(_home(environ)) / ".local" / "state")
+    return Path(base) / "splitvault"
+
+
 def _home(environ: Mapping[str, str]) -> str:
     return environ.get("HOME") or str(Path.home())
 
