@@ -164,7 +164,13 @@ class _ChunkSource:
         return opened.failure() if isinstance(opened, Failure) else None
 
 
-def _open_v1_into_memory(opener: Opener, big_path: Path, workers: int) -> IOResult[bytes, Problem]:
+def open_v1_into_memory(opener: Opener, big_path: Path, workers: int) -> IOResult[bytes, Problem]:
+    """Authenticate and decrypt every chunk of a v1 resource into one exact-size ``bytes``.
+
+    ``big_path`` is the (verified) big part; ``workers`` threads each hold one chunk buffer.
+    Fails with ``PartMismatch`` for a big part of the wrong length, ``CorruptResource`` for a
+    chunk that does not authenticate, ``StorageFailed`` for I/O.
+    """
     layout = opener.layout
     try:
         fd = os.open(big_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -203,7 +209,7 @@ def _open_v1_into_memory(opener: Opener, big_path: Path, workers: int) -> IOResu
         os.close(fd)
 
 
-def _legacy_into_memory(
+def open_legacy_into_memory(
     small: bytes, big_path: Path, key: bytes, workers: int
 ) -> IOResult[bytes, Problem]:
     """Decrypt a legacy pair (small bytes + big part file) into one exact-size buffer."""
@@ -336,7 +342,7 @@ def load_into_memory(
                 )
             return _legacy_big_part(client, ref).bind(
                 lambda path: _finally_unlink(
-                    path, _legacy_into_memory(small, path, shared_key, workers)
+                    path, open_legacy_into_memory(small, path, shared_key, workers)
                 ).map(lambda data: MemoryLoad(data, legacy=True, cache_hit=False))
             )
         publisher_key = shared_key if shared_key is not None else client.publisher_key
@@ -359,7 +365,7 @@ def _v1_into_memory(
 
     def attempt() -> IOResult[MemoryLoad, Problem]:
         return _verified_entry(client, ref, opener.big_digest, filled).bind(
-            lambda path: _open_v1_into_memory(opener, path, workers).map(
+            lambda path: open_v1_into_memory(opener, path, workers).map(
                 lambda data: MemoryLoad(data, legacy=False, cache_hit=not filled)
             )
         )
@@ -415,6 +421,9 @@ class ResourceReader(io.RawIOBase):
 
     def writable(self) -> bool:
         return False
+
+    def write(self, _data: object) -> int:
+        raise io.UnsupportedOperation("a resource is read-only")
 
     def tell(self) -> int:
         self._checkClosed()
@@ -531,7 +540,7 @@ class MemoryUpload:
     cache_path: Path
 
 
-def _seal_buffer_into(
+def seal_buffer_into(
     sealer: Sealer, plaintext: memoryview, temp: Path
 ) -> IOResult[tuple[bytes, BigPartDigest], Problem]:
     """Seal every chunk of ``plaintext`` in order, writing the big part's share to ``temp``."""
@@ -596,7 +605,7 @@ def upload_from_memory(
             small_parts.append(sealed[0])
             return sealed[1]
 
-        return _seal_buffer_into(sealer, view, temp).map(keep)
+        return seal_buffer_into(sealer, view, temp).map(keep)
 
     def to_cdn(path: Path) -> IOResult[Path, Problem]:
         def on_cdn(cdn: Cdn) -> IOResult[Path, Problem]:
