@@ -276,9 +276,9 @@ def loader_version(dockerd: PrivateDockerd) -> Iterator[str]:
 
 
 @pytest.mark.docker
+@pytest.mark.usefixtures("script_env")
 def test_a_loader_service_unlocks_and_checks_a_version_without_configuration(
     stack: Stack,
-    script_env: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     dockerd: PrivateDockerd,
@@ -326,3 +326,38 @@ def test_a_loader_service_unlocks_and_checks_a_version_without_configuration(
     with pytest.raises(AuthError):
         api_client.set_credentials_from_dict(DOWNLOADER, "wrong password")
     api_client.close()
+
+
+def test_migrate_republishes_an_original_format_resource_as_v1(
+    stack: Stack,
+    script_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``splitvault migrate NAME --folder F --key-file K``: afterwards the small part is v1,
+    the plaintext reads back without the shared key, and a second run leaves it alone."""
+    from splitvault.app.cli.main import main
+    from splitvault.domain.format_v1 import MAGIC
+
+    folder, downloader, uploader = _original_layout(stack)
+    _serve_original_cdn_yaml(stack, downloader, uploader)
+    plaintext = os.urandom(400_000)
+    small, big = seal_legacy_bytes(plaintext, SHARED_KEY, os.urandom(16))
+    ref = ResourceRef(folder, "old.pt")
+    assert is_successful(stack.client(UPLOADER).api.upload_small_part(ref, small))
+    stack.moto.s3_client().put_object(Bucket=folder, Key="old.pt.big", Body=big)
+    key_file = tmp_path / "shared.key"
+    key_file.write_text(KEY_HEX + "\n")
+    _as(monkeypatch, UPLOADER, tmp_path / "migrate-cache")
+
+    command = ["migrate", "old.pt", "--folder", folder, "--key-file", str(key_file)]
+    assert main(["--json", *command]) == 0
+    assert f'"migrated": ["{folder}/old.pt"]' in capsys.readouterr().out
+    assert stack.small_part_path(ref).read_bytes().startswith(MAGIC)
+    _as(monkeypatch, DOWNLOADER, tmp_path / "reader-cache")
+    with ApiClient() as reader:
+        assert reader.load_big_small_resource("old.pt", folder) == plaintext
+    _as(monkeypatch, UPLOADER, tmp_path / "migrate-cache")
+    assert main(command) == 0
+    assert "already v1" in capsys.readouterr().out
