@@ -218,14 +218,30 @@ class ImagesMissing:
         return "images missing after load: " + ", ".join(self.images)
 
 
+@attrs.frozen
+class UntrustedPublisher:
+    """Content that is unsigned, or signed by a key the client does not trust."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.what} is not from a trusted publisher: {self.detail}; nothing was written. "
+            "Pin the publisher's key (publisher_keys) if you trust it, or ask the publisher to "
+            "re-sign and re-upload"
+        )
+
+
 # One alias per concern; the union of all is the closed set.
 FormatFailure = CorruptResource | WrongKey | PartMismatch | UnsupportedFormat | LimitExceeded
+TrustFailure = UntrustedPublisher
 RemoteFailure = (
     NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
 )
 LocalFailure = ConfigInvalid | StorageFailed
 EngineFailure = EngineFailed | ImagesMissing
-Problem = InvalidRef | FormatFailure | RemoteFailure | LocalFailure | EngineFailure
+Problem = InvalidRef | FormatFailure | TrustFailure | RemoteFailure | LocalFailure | EngineFailure
 
 FAILURE_TYPES: tuple[type, ...] = (
     InvalidRef,
@@ -234,6 +250,7 @@ FAILURE_TYPES: tuple[type, ...] = (
     PartMismatch,
     UnsupportedFormat,
     LimitExceeded,
+    UntrustedPublisher,
     NotFound,
     AccessDenied,
     AuthFailed,
