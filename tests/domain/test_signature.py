@@ -71,3 +71,24 @@ def test_any_flipped_bit_in_header_head_or_signature_is_refused(data: st.DataObj
 def test_the_statement_fixes_where_the_header_ends() -> None:
     """Moving bytes between header and head changes the statement (length prefix)."""
     assert s.statement(b"ab", b"c") != s.statement(b"a", b"bc")
+
+
+def test_the_readme_vector_from_the_written_spec() -> None:
+    """An independent reading of the README's statement, with raw primitives, gives its bytes."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    message = (
+        b"splitvault/2/publisher-signature\x00"
+        + len(b"header").to_bytes(4, "big")
+        + b"header"
+        + hashlib.sha256(b"head").digest()
+    )
+    assert message == s.statement(b"header", b"head")
+    signature = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).sign(message)
+    assert signature.hex() == (
+        "b80c5d17429199554d198c6d5aff204cafc4438e9d5dd890d1d7cc0bbc152904"
+        "810e66a02e9fb100a0f94639e0203e4b0716ed2c4c869cd04a7e6158a4956e04"
+    )
+    assert s.key_id(PUBLISHER.public) == "3f38cb0ba3ca9598"
