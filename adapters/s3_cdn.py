@@ -315,6 +315,8 @@ class S3Cdn:
     def _failure(self, error: Exception, what: str) -> CdnFailure:
         if isinstance(error, ClientError):
             if _code(error) == "NoSuchBucket":
+                if isinstance(self._layout, SharedBucket):
+                    return NotFound(f"bucket {self._layout.bucket}")
                 return NotFound(f"the bucket of {what}")
             return _client_error_failure(error, what)
         if isinstance(error, ReadTimeoutError):

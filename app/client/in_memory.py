@@ -95,8 +95,8 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> bool:
     return True
 
 
-def _storage(what: str, error: OSError) -> StorageFailed:
-    return StorageFailed(what, error.strerror or type(error).__name__)
+def _storage(what: str, error: OSError, action: str = "write") -> StorageFailed:
+    return StorageFailed(what, error.strerror or type(error).__name__, action)
 
 
 def _small_part(client: Client, ref: ResourceRef) -> IOResult[bytes, Problem]:
@@ -175,7 +175,7 @@ def open_v1_into_memory(opener: Opener, big_path: Path, workers: int) -> IOResul
     try:
         fd = os.open(big_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
-        return IOFailure(_storage(str(big_path), error))
+        return IOFailure(_storage(str(big_path), error, "read"))
     try:
         checked = check_big_part(opener, os.fstat(fd).st_size)
         if isinstance(checked, Failure):
@@ -204,7 +204,7 @@ def open_v1_into_memory(opener: Opener, big_path: Path, workers: int) -> IOResul
             return IOFailure(problems[0])
         return IOSuccess(holder.getvalue())
     except OSError as error:
-        return IOFailure(_storage(str(big_path), error))
+        return IOFailure(_storage(str(big_path), error, "read"))
     finally:
         os.close(fd)
 
@@ -217,7 +217,7 @@ def open_legacy_into_memory(
     try:
         fd = os.open(big_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
-        return IOFailure(_storage(str(big_path), error))
+        return IOFailure(_storage(str(big_path), error, "read"))
     try:
         stream_length = len(small) + os.fstat(fd).st_size
         checked = legacy.check_legacy_stream_length(stream_length, what)
@@ -277,7 +277,7 @@ def open_legacy_into_memory(
             return IOFailure(PartMismatch("the big part shrank while being read"))
         return IOSuccess(holder.getvalue())
     except OSError as error:
-        return IOFailure(_storage(str(big_path), error))
+        return IOFailure(_storage(str(big_path), error, "read"))
     finally:
         os.close(fd)
 
@@ -293,7 +293,7 @@ def _legacy_big_part(client: Client, ref: ResourceRef) -> IOResult[Path, Problem
         scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, name = _mkstemp(scratch)
     except OSError as error:
-        return IOFailure(_storage(str(scratch), error))
+        return IOFailure(_storage(str(scratch), error, "create"))
     os.close(fd)
     temp = Path(name)
 
@@ -302,7 +302,7 @@ def _legacy_big_part(client: Client, ref: ResourceRef) -> IOResult[Path, Problem
             try:
                 start = temp.stat().st_size
             except OSError as error:
-                return IOFailure(_storage(str(temp), error))
+                return IOFailure(_storage(str(temp), error, "read"))
             return cdn.download_file(ref, temp, start=start).map(lambda _: temp)
 
         return run_with(client.retrier, f"download of the big part of {ref}", once)
@@ -514,12 +514,12 @@ def _reader_over(opener: Opener, path: Path, ref: ResourceRef) -> IOResult[Resou
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
-        return IOFailure(_storage(str(path), error))
+        return IOFailure(_storage(str(path), error, "read"))
     try:
         checked = check_big_part(opener, os.fstat(fd).st_size)
     except OSError as error:
         os.close(fd)
-        return IOFailure(_storage(str(path), error))
+        return IOFailure(_storage(str(path), error, "read"))
     if isinstance(checked, Failure):
         os.close(fd)
         return IOFailure(checked.failure())

@@ -178,7 +178,7 @@ def download_resuming(
             try:
                 start = temp.stat().st_size
             except OSError as error:
-                return IOFailure(StorageFailed(str(temp), error.strerror or "cannot stat"))
+                return IOFailure(StorageFailed(str(temp), error.strerror or "cannot stat", "read"))
             return cdn.download_file(ref, temp, start=start).map(lambda _: None)
 
         return retrier.run(f"download of {ref.key}", once)
@@ -226,4 +226,4 @@ def _read(path: Path) -> IOResult[bytes, Problem]:
     try:
         return IOResult.from_value(path.read_bytes())
     except OSError as error:
-        return IOFailure(StorageFailed(str(path), error.strerror or "cannot read"))
+        return IOFailure(StorageFailed(str(path), error.strerror or "cannot read", "read"))
