@@ -60,6 +60,7 @@ from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
+from splitvault.domain.cdn_layout import ObjectLayout, SharedBucket
 from splitvault.domain.config import DEFAULT_REGION, CdnConfig, S3Keys
 from splitvault.domain.errors import (
     AccessDenied,
@@ -196,6 +197,8 @@ class S3Cdn:
         keys: the only credentials this instance holds.
         writable: whether ``keys`` are write keys; a reader refuses uploads locally.
         tuning: part sizes, concurrency, timeouts and retries.
+        layout: where a ref's object lives (default: ``bucket``, key ``folder/name.big``);
+            ``BucketPerFolder`` reaches the original client's objects.
 
     Failures: ``NotFound``, ``AccessDenied`` (403, bad keys, a reader asked to upload),
     ``Transient`` (throttling, 5xx, connection errors, after retries), ``TimedOut``,
@@ -211,9 +214,11 @@ class S3Cdn:
         keys: S3Keys,
         writable: bool,
         tuning: S3Tuning | None = None,
+        layout: ObjectLayout | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
         self._bucket = bucket
+        self._layout: ObjectLayout = layout if layout is not None else SharedBucket(bucket)
         self._writable = writable
         self._tuning = tuning or S3Tuning()
         session = boto3.session.Session(
@@ -234,6 +239,7 @@ class S3Cdn:
         *,
         region: str = DEFAULT_REGION,
         tuning: S3Tuning | None = None,
+        layout: ObjectLayout | None = None,
     ) -> S3Cdn:
         """A download-only client holding the read keys and nothing else."""
         return cls(
@@ -243,6 +249,7 @@ class S3Cdn:
             keys=read_keys,
             writable=False,
             tuning=tuning,
+            layout=layout,
         )
 
     @classmethod
@@ -254,6 +261,7 @@ class S3Cdn:
         *,
         region: str = DEFAULT_REGION,
         tuning: S3Tuning | None = None,
+        layout: ObjectLayout | None = None,
     ) -> S3Cdn:
         """A client that can upload, holding the write keys."""
         return cls(
@@ -263,6 +271,7 @@ class S3Cdn:
             keys=write_keys,
             writable=True,
             tuning=tuning,
+            layout=layout,
         )
 
     @classmethod
@@ -276,12 +285,19 @@ class S3Cdn:
             return Failure(ConfigInvalid(role, f"cdn.yaml holds no {role} keys for this role"))
         build = cls.writer if write else cls.reader
         return Success(
-            build(config.endpoint, config.bucket, keys, region=config.region, tuning=tuning)
+            build(
+                config.endpoint,
+                config.bucket or "",
+                keys,
+                region=config.region,
+                tuning=tuning,
+                layout=config.object_layout(),
+            )
         )
 
     def __repr__(self) -> str:
         role = "writer" if self._writable else "reader"
-        return f"S3Cdn({role}, endpoint={self._endpoint_url!r}, bucket={self._bucket!r})"
+        return f"S3Cdn({role}, endpoint={self._endpoint_url!r}, {self._layout.describe()})"
 
     @property
     def writable(self) -> bool:
@@ -293,12 +309,15 @@ class S3Cdn:
         self._client.close()
 
     def _what(self, ref: ResourceRef) -> str:
+        # Both layouts make ``folder/name.big`` the object's bucket-qualified name.
         return f"CDN object {ref.key}"
 
     def _failure(self, error: Exception, what: str) -> CdnFailure:
         if isinstance(error, ClientError):
             if _code(error) == "NoSuchBucket":
-                return NotFound(f"bucket {self._bucket}")
+                if isinstance(self._layout, SharedBucket):
+                    return NotFound(f"bucket {self._layout.bucket}")
+                return NotFound(f"the bucket of {what}")
             return _client_error_failure(error, what)
         if isinstance(error, ReadTimeoutError):
             return TimedOut(what, self._tuning.read_timeout)
@@ -331,7 +350,8 @@ class S3Cdn:
         subscribers = [_ProgressSubscriber(progress)] if progress is not None else None
         try:
             with TransferManager(self._client, self._tuning.transfer_config()) as manager:
-                manager.upload(str(source), self._bucket, ref.key, subscribers=subscribers).result()
+                bucket, key = self._layout.locate(ref)
+                manager.upload(str(source), bucket, key, subscribers=subscribers).result()
         except (ClientError, BotoCoreError, RetriesExceededError) as error:
             failure = self._failure(error, what)
             log.warning("upload of %s failed: %s", what, failure.describe())
@@ -347,7 +367,8 @@ class S3Cdn:
     def _head(self, ref: ResourceRef) -> IOResult[tuple[int, str], CdnFailure]:
         what = self._what(ref)
         try:
-            answer = self._client.head_object(Bucket=self._bucket, Key=ref.key)
+            bucket, key = self._layout.locate(ref)
+            answer = self._client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as error:
             return IOFailure(self._failure(error, what))
         # "*" (any version) only if a store omits the ETag; S3 always sends one.
@@ -395,11 +416,12 @@ class S3Cdn:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as error:
             return IOFailure(StorageFailed(f"download into {dest}", _reason(error)))
+        bucket, key = self._layout.locate(ref)
         try:
             job = _RangedDownload(
                 client=self._client,
-                bucket=self._bucket,
-                key=ref.key,
+                bucket=bucket,
+                key=key,
                 etag=etag,
                 fd=fd,
                 progress=progress,

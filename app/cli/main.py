@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     client_flags(p)
 
+    from splitvault.app.cli import migrate
+
+    migrate.register(command, client_flags)
+
     p = command("demo", commands.demo, "run the main job end to end on loopback servers")
     p.add_argument("--size", type=_size, default=256 << 20)
     p.add_argument("--offline", action="store_true", help="only seal and open a 64 MiB file")
