@@ -42,7 +42,12 @@ def test_the_counter_is_thread_safe() -> None:
     import threading
 
     bar = TransferBar()
-    threads = [threading.Thread(target=lambda: [bar(3) for _ in range(10_000)]) for _ in range(4)]
+
+    def count() -> None:
+        for _ in range(10_000):
+            bar(3)
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
