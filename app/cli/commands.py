@@ -350,5 +350,7 @@ def bench(args: argparse.Namespace) -> Report:
     """``splitvault bench``: seal/open throughput and memory against a plain copy."""
     from splitvault.app.tools import bench as run_bench
 
-    report = run_bench.run_bench(args.size, args.repetitions)
+    report = run_bench.run_bench(
+        args.size, args.repetitions, online_size=None if args.offline else args.online_size
+    )
     return {**run_bench.report_json(report), "text": run_bench.render(report)}

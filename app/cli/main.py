@@ -132,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=256 << 20)
     p.add_argument("--offline", action="store_true", help="only seal and open a 64 MiB file")
 
-    p = command("bench", "bench", "measure seal/open throughput against a plain copy")
-    p.add_argument("--size", type=_size, default=1 << 30)
+    p = command(
+        "bench", "bench", "CPU per GiB and wall time of seal/open/upload/download next to peers"
+    )
+    p.add_argument("--size", type=_size, default=1 << 30, help="offline file size (1GiB)")
+    p.add_argument("--online-size", type=_size, default=256 << 20, help="S3 rows' size (256MiB)")
+    p.add_argument("--offline", action="store_true", help="leave out the S3 rows")
     p.add_argument("--repetitions", type=int, default=3)
     return parser
 
