@@ -347,7 +347,7 @@ def demo(args: argparse.Namespace) -> Report:
 
 
 def bench(args: argparse.Namespace) -> Report:
-    """``splitvault bench``: seal/open throughput and memory against a plain copy."""
+    """``splitvault bench``: CPU per GiB and wall time of every path, next to its peers."""
     from splitvault.app.tools import bench as run_bench
 
     report = run_bench.run_bench(

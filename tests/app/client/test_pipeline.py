@@ -30,7 +30,7 @@ from splitvault.app.client.pipeline import (
     seal_file,
     seal_file_legacy,
 )
-from splitvault.app.tools.bench import parse_size, render, report_json, run_bench
+from splitvault.app.tools.bench import render, report_json, run_bench, targets
 from splitvault.domain import errors
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.digest import root as digest_root
@@ -456,33 +456,32 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
 # --- the bench's plumbing (speed itself is never asserted) ---------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [("1GiB", 1 << 30), ("512MiB", 512 << 20), ("100M", 100_000_000), ("4096", 4096)],
-)
-def test_parse_size_reads_units(text: str, size: int) -> None:
-    """Sizes with binary and decimal units parse to bytes."""
-    assert parse_size(text) == size
-
-
-def test_parse_size_refuses_nonsense() -> None:
-    """An unknown unit is a ValueError naming the input."""
-    with pytest.raises(ValueError, match="1 parsec"):
-        parse_size("1 parsec")
+@pytest.mark.slow
+def test_bench_runs_every_operation_and_reports(tmp_path: Path) -> None:
+    """A tiny offline bench run measures every row, verifies outputs, renders text and JSON."""
+    report = run_bench(256 << 10, repetitions=1, workdir=tmp_path, online_size=None)
+    names = [m.name for m in report.measurements]
+    assert names[:3] == ["dd bs=1M copy", "v1 seal", "v1 open"]
+    assert "splitvault --help" in names
+    copy = report.measurements[0]
+    assert copy.ratio_to_copy == 1.0
+    assert all(m.peak_rss > 0 and m.seconds > 0 and m.cpu_seconds > 0 for m in report.measurements)
+    assert report.baseline_rss > 0
+    text = render(report)
+    assert "v1 seal" in text and "x copy" in text and "CPU/GiB" in text
+    assert "online rows not asked for" in text
+    data = json.loads(json.dumps(report_json(report)))
+    assert data["size"] == 256 << 10
+    assert {t["what"] for t in data["targets"]} >= {"splitvault --help CPU s (< 0.15)"}
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_bench_runs_every_operation_and_reports(tmp_path: Path) -> None:
-    """A tiny bench run measures every row, verifies outputs and renders text and JSON."""
-    report = run_bench(256 << 10, repetitions=1, workdir=tmp_path)
-    names = [m.name for m in report.measurements]
-    assert names[:2] == ["plain copy", "v1 seal"]
-    assert {"v1 open", "legacy seal", "legacy open"} <= set(names)
-    copy = report.measurements[0]
-    assert copy.ratio_to_copy == 1.0
-    assert all(m.peak_rss > 0 and m.seconds > 0 for m in report.measurements)
-    assert report.baseline_rss > 0
-    text = render(report)
-    assert "v1 seal" in text and "baseline" in text
-    assert json.loads(json.dumps(report_json(report)))["size"] == 256 << 10
-    assert list(tmp_path.iterdir()) == []
+def test_bench_online_rows_run_against_moto(tmp_path: Path) -> None:
+    """With moto installed, upload and cold download sit next to boto3 in the same run."""
+    report = run_bench(1 << 20, repetitions=1, workdir=tmp_path, online_size=6 << 20)
+    names = {m.name for m in report.measurements}
+    assert {"splitvault upload", "boto3 upload_file", "splitvault cold download"} <= names
+    assert {"boto3 download_file", "warm download 8 MiB"} <= names
+    whats = {what for what, *_ in targets(report)}
+    assert "splitvault upload wall / boto3 upload_file (<= 1.05)" in whats
