@@ -159,10 +159,10 @@ def _run_chunks(
             wait([pending for _, _, pending in inflight])
 
 
-def _os_failure(what: str, exc: OSError) -> errors.Problem:
+def _os_failure(what: str, exc: OSError, action: str = "write") -> errors.Problem:
     if isinstance(exc, FileNotFoundError):
         return NotFound(what)
-    return StorageFailed(what, exc.strerror or type(exc).__name__)
+    return StorageFailed(what, exc.strerror or type(exc).__name__, action)
 
 
 def _pread_exact(fd: int, buf: memoryview, offset: int) -> bool:
@@ -297,8 +297,8 @@ class _Blamed(Exception):
 
 
 @contextmanager
-def _blame(what: str) -> Iterator[None]:
-    """Report an ``OSError`` raised inside as a failure of ``what``.
+def _blame(what: str, action: str = "write") -> Iterator[None]:
+    """Report an ``OSError`` raised inside as a failure to ``action`` the file ``what``.
 
     A full disk while writing the output must name the output, not the source being read (nor
     the cache entry being read from): the person has to free space on the right file system.
@@ -306,7 +306,7 @@ def _blame(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise _Blamed(_os_failure(what, exc)) from exc
+        raise _Blamed(_os_failure(what, exc, action)) from exc
 
 
 def seal_file(
@@ -337,7 +337,7 @@ def seal_file(
     reading, writing = str(source), str(big_out)
     try:
         with ExitStack() as stack:
-            with _blame(reading):
+            with _blame(reading, "read"):
                 src_fd = _open_fd(source, os.O_RDONLY)
                 stack.callback(os.close, src_fd)
                 length = os.fstat(src_fd).st_size
@@ -367,7 +367,7 @@ def seal_file(
                 plain = slot.plain[: pt_end - pt_start]
                 ct_start, ct_end = layout.ciphertext_span(index)
                 try:
-                    with _blame(reading):
+                    with _blame(reading, "read"):
                         if not _pread_exact(src_fd, plain, pt_start):
                             return StorageFailed(writing, f"{source} shrank while being sealed")
                     size = sealer.seal_chunk_into(index, plain, slot.cipher)
@@ -458,7 +458,7 @@ def open_with(
     reading, writing = str(big_path), str(out)
     try:
         with ExitStack() as stack:
-            with _blame(reading):
+            with _blame(reading, "read"):
                 big_fd = _open_fd(big_path, os.O_RDONLY)
                 stack.callback(os.close, big_fd)
                 big_length = os.fstat(big_fd).st_size
@@ -476,7 +476,7 @@ def open_with(
                 ct_start, ct_end = layout.ciphertext_span(index)
                 cipher = slot.cipher[: ct_end - ct_start]
                 try:
-                    with _blame(reading):
+                    with _blame(reading, "read"):
                         segments = layout.segments(ct_start, ct_end)
                         big_piece = _gather(segments, cipher, small_ct, big_fd)
                     if big_piece is None:
@@ -556,7 +556,7 @@ def seal_file_legacy(
     reading, writing = str(source), str(big_out)
     try:
         with ExitStack() as stack:
-            with _blame(reading):
+            with _blame(reading, "read"):
                 src_fd = _open_fd(source, os.O_RDONLY)
                 stack.callback(os.close, src_fd)
                 length = os.fstat(src_fd).st_size
@@ -581,7 +581,7 @@ def seal_file_legacy(
                 # The IV leads chunk 0's output; the padding block ends the last chunk's.
                 out_start = 0 if index == 0 else legacy.IV_BYTES + pt_start
                 try:
-                    with _blame(reading):
+                    with _blame(reading, "read"):
                         if not _pread_exact(src_fd, plain, pt_start):
                             return StorageFailed(writing, f"{source} shrank while being sealed")
                     with turns.turn(0, index) as go:
@@ -649,7 +649,7 @@ def open_file_legacy(
     reading, writing = str(big_path), str(out)
     try:
         with ExitStack() as stack:
-            with _blame(reading):
+            with _blame(reading, "read"):
                 big_fd = _open_fd(big_path, os.O_RDONLY)
                 stack.callback(os.close, big_fd)
                 stream_length = len(small) + os.fstat(big_fd).st_size
@@ -666,7 +666,7 @@ def open_file_legacy(
                     )
                 )
             tail = memoryview(bytearray(2 * legacy.BLOCK))
-            with _blame(reading):
+            with _blame(reading, "read"):
                 whole = _read_stream(small, big_fd, stream_length - len(tail), tail)
             if not whole:
                 return IOFailure(PartMismatch(f"the big part {big_path} shrank while being read"))
@@ -692,7 +692,7 @@ def open_file_legacy(
                 # The block before the chunk (the IV for chunk 0), then the chunk's blocks.
                 cipher = slot.cipher[: legacy.BLOCK + end - start]
                 try:
-                    with _blame(reading):
+                    with _blame(reading, "read"):
                         whole = _read_stream(small, big_fd, start, cipher)
                     if not whole:
                         return PartMismatch(f"the big part {big_path} shrank while being read")

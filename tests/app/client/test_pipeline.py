@@ -235,7 +235,18 @@ def test_a_full_output_names_the_output_not_the_input(tmp_path: Path) -> None:
     expected = [sealed_out, opened_out, sealed_out, opened_out]
     for problem, out in zip(problems, expected, strict=True):
         assert isinstance(problem, errors.StorageFailed), problem
-        assert problem.what == str(out), problem
+        assert (problem.what, problem.action) == (str(out), "write"), problem
+
+
+def test_a_failed_read_names_the_input_as_read(tmp_path: Path) -> None:
+    """A source that cannot be read is a read failure of the source, not a write of the output."""
+    unreadable = tmp_path / "a directory"
+    unreadable.mkdir()
+    (unreadable / "x").write_bytes(b"x")
+    problem = _failure(seal_file(unreadable, tmp_path / "big", ref=REF, dek=DEK, file_id=FILE_ID))
+    # A directory opens read-only but has no bytes to read: fstat says 4096, pread says EISDIR.
+    assert isinstance(problem, errors.StorageFailed), problem
+    assert (problem.what, problem.action) == (str(unreadable), "read"), problem
 
 
 def test_publisher_key_wraps_and_opens(tmp_path: Path) -> None:
