@@ -15,7 +15,6 @@ once; it is not needed for correctness, which comes from verification and atomic
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import time
@@ -57,7 +56,7 @@ def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDig
     """Length and segmented digest (``domain.digest``) of a file, its segments hashed on all cores.
 
     Each worker reads its segments with positional reads in 1 MiB pieces into its own buffer;
-    hashlib releases the GIL while hashing, so the segments really are hashed in parallel.
+    the leaf hash releases the GIL, so the segments really are hashed in parallel.
     Raises ``OSError`` when the file cannot be read, ``ValueError`` when it changed size meanwhile.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -67,7 +66,7 @@ def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDig
 
         def hash_segment(bound: tuple[int, int]) -> bytes:
             start, end = bound
-            hasher = hashlib.sha256()
+            hasher = digest.leaf_hasher()
             buffer = memoryview(bytearray(min(HASH_CHUNK, end - start)))
             position = start
             while position < end:

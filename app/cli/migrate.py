@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,6 @@ from returns.result import Failure
 
 from splitvault.app.client.errors import to_exception, unwrap_or_raise
 from splitvault.domain.errors import ConfigInvalid, CorruptResource
-
-Handler = Callable[[argparse.Namespace], dict[str, Any]]
-Command = Callable[[str, Handler, str], argparse.ArgumentParser]
-
-
-def register(command: Command, client_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``migrate`` to the CLI's parser (``command`` and ``client_flags`` are main's)."""
-    p = command("migrate", migrate, "re-publish original-format resources as format v1")
-    p.add_argument("names", nargs="+", help="resource names in FOLDER")
-    p.add_argument("--folder", required=True)
-    p.add_argument(
-        "--key-file", type=Path, required=True, help="file holding the original's shared key"
-    )
-    p.add_argument(
-        "--publisher-key", type=Path, help="wrap the new data keys under this publisher key"
-    )
-    client_flags(p)
 
 
 def _key(path: Path | None, field: str) -> bytes | None:

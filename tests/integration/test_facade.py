@@ -58,7 +58,12 @@ def test_facade_raises_typed_exceptions(stack: Stack, tmp_path: Path) -> None:
         pytest.raises(AuthError),
     ):
         bad.login()
+    with client(stack, UPLOADER, tmp_path) as up:
+        up.upload_file("anything", b"bound", "models")
     with client(stack, DOWNLOADER, tmp_path) as down:
+        # A fingerprinted request binds the account to m1 (a download that misses the cache
+        # no longer fetches cdn.yaml first, so a missing resource binds nothing).
+        assert down.load_bytes("anything", "models") == b"bound"
         with pytest.raises(NotFoundError):
             down.download_resource_file("absent.bin", "models", tmp_path / "x.bin")
         with pytest.raises(InvalidNameError):
