@@ -17,6 +17,7 @@ import attrs
 import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 
+from splitvault.domain import wire
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
@@ -32,8 +33,8 @@ from splitvault.domain.retry import TRANSIENT_STATUSES
 log = logging.getLogger("splitvault.http_key_fragments")
 
 DEFAULT_TIMEOUT = 30.0
-MAX_FRAGMENT_BYTES = 64 << 10
-_MAX_MESSAGE = 300
+MAX_FRAGMENT_BYTES = wire.MAX_FRAGMENT_BYTES
+_MAX_MESSAGE = wire.MAX_MESSAGE_CHARS
 
 
 @attrs.frozen
@@ -50,8 +51,8 @@ def _error_body(answer: _Answer) -> tuple[str, str]:
     except ValueError:
         body = None
     if isinstance(body, dict):
-        code = body.get("ErrorCode")
-        message = body.get("Message")
+        code = body.get(wire.FIELD_ERROR_CODE)
+        message = body.get(wire.FIELD_MESSAGE)
         if isinstance(message, str):
             return (code if isinstance(code, str) else "", message[:_MAX_MESSAGE])
     text = answer.body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]
@@ -110,7 +111,7 @@ class HttpKeyFragments:
                 ) as client,
                 # The version goes in as one path segment, whatever it contains.
                 client.stream(
-                    method, f"/keys/{quote(version, safe='')}", content=content
+                    method, f"/{wire.KEYS}/{quote(version, safe='')}", content=content
                 ) as response,
             ):
                 body = bytearray()

@@ -183,6 +183,17 @@ class StorageFailed:
 
 
 @attrs.frozen
+class Conflict:
+    """A write that would replace something stored as write-once (a key fragment, a schema)."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.what} conflicts with what is stored: {self.detail}"
+
+
+@attrs.frozen
 class EngineFailed:
     """The container engine is unreachable or refused an operation."""
 
@@ -207,7 +218,7 @@ FormatFailure = CorruptResource | WrongKey | PartMismatch | UnsupportedFormat | 
 RemoteFailure = (
     NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
 )
-LocalFailure = ConfigInvalid | StorageFailed
+LocalFailure = ConfigInvalid | StorageFailed | Conflict
 EngineFailure = EngineFailed | ImagesMissing
 Problem = InvalidRef | FormatFailure | RemoteFailure | LocalFailure | EngineFailure
 
@@ -227,6 +238,7 @@ FAILURE_TYPES: tuple[type, ...] = (
     RemoteError,
     ConfigInvalid,
     StorageFailed,
+    Conflict,
     EngineFailed,
     ImagesMissing,
 )
