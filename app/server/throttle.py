@@ -47,6 +47,10 @@ class LoginThrottle:
 
     def succeeded(self, key: str) -> None:
         """Forget the failures of ``key`` after a correct password."""
+        # Most logins follow no failure: a read spares the store a write (and its fsync).
+        found = self._store.failures_since(key, self._now() - self._window)
+        if is_successful(found) and not unsafe_perform_io(found.unwrap()):
+            return
         cleared = self._store.clear_failures(key)
         if not is_successful(cleared):
             raise store_refusal(unsafe_perform_io(cleared.failure()))
