@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -92,6 +93,11 @@ class ServeProcess:
         self.process.wait(timeout=30)
 
 
+def trust(ca: Path | None) -> ssl.SSLContext | bool:
+    """What httpx should verify a served process with: the private CA, or the defaults."""
+    return ssl.create_default_context(cafile=str(ca)) if ca is not None else True
+
+
 def free_port() -> int:
     """A port nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -101,9 +107,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_process(log_dir: Path, *store_args: str, name: str = "server") -> Iterator[ServeProcess]:
+def serve_process(
+    log_dir: Path, *store_args: str, name: str = "server", ca: Path | None = None
+) -> Iterator[ServeProcess]:
     """Run ``splitvault serve STORE_ARGS`` on a free port until it answers ``/readyz``; stop it
-    (SIGTERM, then SIGKILL) afterwards."""
+    (SIGTERM, then SIGKILL) afterwards. With ``ca`` the server speaks HTTPS (give ``--tls-*``)
+    and is verified against that CA."""
     port = free_port()
     log_path = log_dir / f"{name}-{port}.log"
     argv = [sys.executable, "-m", "splitvault.app.cli.main", "serve", *store_args]
@@ -111,14 +120,16 @@ def serve_process(log_dir: Path, *store_args: str, name: str = "server") -> Iter
         process = subprocess.Popen(
             [*argv, "--port", str(port)], stdout=log_file, stderr=subprocess.STDOUT
         )
-    running = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+    scheme = "https" if ca is not None else "http"
+    running = ServeProcess(process, f"{scheme}://127.0.0.1:{port}", log_path)
     try:
         deadline = time.monotonic() + SERVE_START_TIMEOUT
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"splitvault serve exited: {running.log()[-2000:]}")
             try:
-                if httpx.get(f"{running.url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{running.url}/readyz", timeout=2, verify=trust(ca))
+                if ready.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
