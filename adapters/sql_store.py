@@ -175,6 +175,9 @@ class SqlStore:
     and the driver's reason), ``Conflict`` for write-once violations, ``NotFound`` where it says.
     """
 
+    # The schema steps this code knows; a subclass in a test may add one.
+    migrations: tuple[tuple[str, ...], ...] = MIGRATIONS
+
     def __init__(self, backend: Backend, where: str, *, keep_versions: int) -> None:
         if keep_versions < 1:
             raise ValueError("keep_versions must be at least 1")
@@ -202,7 +205,9 @@ class SqlStore:
             return IOFailure(StorageFailed(self._where, f"{type(exc).__name__}: {exc}".strip()))
 
     def migrate(self) -> IOResult[int, StoreFailure]:
-        """Bring the schema to this code's version; a newer schema is a ``Conflict``."""
+        """Bring the schema to this code's version (returns the version found); a newer schema
+        is a ``Conflict``. All steps run in one transaction: a crash leaves the old schema."""
+        latest = len(self.migrations)
 
         def work(cursor: Cursor) -> int:
             self._backend.lock_schema(cursor)
@@ -210,23 +215,23 @@ class SqlStore:
             cursor.execute("SELECT version FROM schema_version")
             row = cursor.fetchone()
             current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
+            if current > latest:
                 raise _Refused(
                     Conflict(
                         f"the store at {self._where}",
                         f"its schema version {current} is newer than this splitvault's "
-                        f"({SCHEMA_VERSION}); upgrade splitvault, or point it at another store",
+                        f"({latest}); upgrade splitvault, or point it at another store",
                     )
                 )
-            for step in MIGRATIONS[current:]:
+            for step in self.migrations[current:]:
                 for statement in step:
                     cursor.execute(statement.format(**self._backend.types))
             if row is None:
-                cursor.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif current != SCHEMA_VERSION:
-                cursor.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            if current != SCHEMA_VERSION:
-                log.info("store schema migrated from version %d to %d", current, SCHEMA_VERSION)
+                cursor.execute("INSERT INTO schema_version (version) VALUES (?)", (latest,))
+            elif current != latest:
+                cursor.execute("UPDATE schema_version SET version = ?", (latest,))
+            if current != latest:
+                log.info("store schema migrated from version %d to %d", current, latest)
             return current
 
         return self._run(True, work)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from returns.pipeline import is_successful
 
-from splitvault.adapters.sql_store import SCHEMA_VERSION, SqlStore
+from splitvault.adapters.sql_store import MIGRATIONS, SCHEMA_VERSION, SqlStore
 from splitvault.domain.errors import Conflict, NotFound, StorageFailed
 from splitvault.domain.ports import Account, Device, Grant, ResourceVersion
 from tests.support.results import failure, value
@@ -239,3 +242,54 @@ def test_failures_are_typed_and_name_no_password(store: SqlStore) -> None:
     assert isinstance(problem, StorageFailed)
     assert problem.what == store.where
     assert ":***@" in store.where or "://" not in store.where
+
+
+def test_an_older_store_is_migrated_forward_and_then_refused_by_older_code(
+    store: SqlStore,
+) -> None:
+    """A build with one more schema step migrates this store (1 -> 2, data kept); this build then
+    refuses the migrated store instead of misreading it."""
+    value(store.put_grant(Grant(ALICE, "models", read=True, write=False)))
+    step = ("ALTER TABLE grants ADD COLUMN note TEXT",)
+    newer_code = type("NewerStore", (SqlStore,), {"migrations": (*MIGRATIONS, step)})
+    newer = newer_code(store._backend, store.where, keep_versions=3)
+    assert value(newer.migrate()) == SCHEMA_VERSION
+    assert value(newer.ping()) == SCHEMA_VERSION + 1
+    assert value(newer.list_grants(ALICE)) == (Grant(ALICE, "models", read=True, write=False),)
+    assert _raw_write(store, "UPDATE grants SET note = 'kept'")
+    refused = failure(store.migrate())
+    assert isinstance(refused, Conflict)
+
+
+_published = itertools.count()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["v1", "v2", "v3", "v4", "v5"])),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_publishing_keeps_the_newest_n_distinct_versions(
+    store: SqlStore, steps: list[tuple[str, str]]
+) -> None:
+    """After any sequence of publishes, each name's current version is the last published and the
+    kept versions are the newest three distinct ones, newest first (a model says which)."""
+    folder = f"f{next(_published)}"
+    model: dict[str, list[str]] = {}
+    for name, tag in steps:
+        value(store.publish(version(name, tag, f"{name}{tag}".encode(), folder=folder)))
+        history = [t for t in model.get(name, []) if t != tag]
+        model[name] = [tag, *history][:3]
+    for name, kept in model.items():
+        current = value(store.current(folder, name))
+        assert current is not None and current.version == kept[0]
+        assert current.small_part == f"{name}{kept[0]}".encode()
+        assert [v.version for v in value(store.versions(folder, name))] == kept
+    assert value(store.names(folder)) == tuple(sorted(model))
