@@ -45,7 +45,9 @@ from tests.support.stack import DOWNLOADER, UPLOADER, Stack, upload, write_model
 pytestmark = pytest.mark.slow
 
 CLIENTS = 32
-DURATION = 10.0  # seconds of load; each thread finishes the download it has started
+# Seconds of steady load per client after its first download (which pays for the logins and key
+# derivations and takes longest); each thread finishes the download it has started.
+DURATION = 10.0
 MiB = 1 << 20
 REFS = (ResourceRef("models", "load-a.bin"), ResourceRef("models", "load-b.bin"))
 
@@ -134,17 +136,14 @@ def test_32_clients_download_repeatedly_without_error(
     cold: list[float] = []
     warm: list[float] = []
     errors: list[str] = []
-    deadline: list[float] = []
 
     def service(index: int) -> None:
         client = clients[index]
         barrier.wait(timeout=60)
-        with lock:
-            if not deadline:
-                deadline.append(time.monotonic() + DURATION)
+        deadline = float("inf")
         iteration = 0
-        # At least two downloads each (a first and a repeat), then until the deadline.
-        while iteration < 2 or time.monotonic() < deadline[0]:
+        # The first download, then DURATION seconds of repeats (at least one).
+        while iteration < 2 or time.monotonic() < deadline:
             ref = REFS[(index + iteration) % len(REFS)]
             out = tmp_path / "out" / f"{index}" / ref.name
             is_cold = iteration % 2 == 1
@@ -162,6 +161,8 @@ def test_32_clients_download_repeatedly_without_error(
                     errors.append(f"client {index}: wrong bytes for {ref}")
                 else:
                     (first if iteration == 0 else cold if is_cold else warm).append(elapsed)
+            if iteration == 0:
+                deadline = time.monotonic() + DURATION
             iteration += 1
 
     threads = [threading.Thread(target=service, args=(index,)) for index in range(CLIENTS)]
@@ -184,9 +185,8 @@ def test_32_clients_download_repeatedly_without_error(
         "cold_downloads": summary(cold),
         "warm_downloads": summary(warm),
         "downloads_per_second": round(len(first + cold + warm) / seconds, 1),
-        "after_first_per_second": round(
-            len(cold + warm) / max(seconds - max(first, default=0.0), 1e-3), 1
-        ),
+        # Every client spends DURATION seconds after its first download, mostly overlapping.
+        "steady_downloads_per_second": round(len(cold + warm) / DURATION, 1),
         "server": {
             "logins": stats.logins,
             "small_part_downloads": stats.downloads,

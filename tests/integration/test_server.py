@@ -529,3 +529,63 @@ def test_tls_is_verified_and_a_ca_bundle_is_honoured(tmp_path: Path) -> None:
             faults.fail_next(1)  # the fault switch works behind TLS too
             value(trusting.login())
         assert len(sleep.waits) == 1 and faults.injected == 1
+
+
+# --- operations: health, readiness, metrics, write-once fragments --------------------------------
+
+
+def test_readyz_follows_the_store_and_healthz_does_not(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """/readyz is 200 with the schema version while the store answers and 503 once it does not;
+    /healthz stays 200 (the process is alive) and neither needs a token."""
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "schema": 1}
+
+    def hide(cursor: object) -> None:
+        cursor.execute("ALTER TABLE schema_version RENAME TO gone")  # type: ignore[attr-defined]
+
+    value(world.store._run(True, hide))
+    broken = http.get("/readyz")
+    assert broken.status_code == 503
+    assert broken.json() == {"status": "unavailable", "store": "not answering"}
+    assert http.get("/healthz").status_code == 200
+
+
+def test_metrics_count_requests_logins_failures_and_envelopes(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """After a login, a wrong password and a download, /metrics says so in Prometheus text."""
+    value(world.client().upload_small_part(REF, b"part"))
+    value(world.client(DOWNLOADER).download_small_part(REF, "machine"))
+    http.post("/login", json={"email": DOWNLOADER, "password": "guess-7f3a"})
+    text = http.get("/metrics").text
+    for line in (
+        "splitvault_logins_total 2.0",
+        "splitvault_login_failures_total 1.0",
+        "splitvault_envelopes_served_total 1.0",
+        'splitvault_requests_total{method="POST",route="login",status="401"} 1.0',
+        'splitvault_requests_total{method="POST",route="get_resource",status="200"} 1.0',
+        'splitvault_requests_total{method="POST",route="upload_resource",status="201"} 1.0',
+    ):
+        assert line in text, line
+    assert 'splitvault_request_seconds_count{route="get_resource"} 1.0' in text
+    assert PASSWORD not in text and "guess-7f3a" not in text
+
+
+def test_a_second_different_fragment_is_409_and_the_same_one_is_a_retry(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """Fragments are write-once: the same bytes again succeed, others are 409 and change nothing;
+    a fragment over the wire cap is 413."""
+    headers = _bearer(_login(http))
+    assert http.put("/keys/v9", content=b"\x01" * 32, headers=headers).status_code == 201
+    assert http.put("/keys/v9", content=b"\x01" * 32, headers=headers).status_code == 201
+    _assert_error(
+        http.put("/keys/v9", content=b"\x02" * 32, headers=headers), 409, "FragmentExists"
+    )
+    assert http.get("/keys/v9", headers=headers).content == b"\x01" * 32
+    oversized = http.put("/keys/v10", content=b"\x03" * (64 * 1024 + 1), headers=headers)
+    _assert_error(oversized, 413, "TooLarge")
+    assert value(world.store.fragment_versions()) == ("v9",)
