@@ -202,7 +202,8 @@ class SqlStore:
         except _Refused as refused:
             return IOFailure(refused.failure)
         except self._backend.errors as exc:
-            return IOFailure(StorageFailed(self._where, f"{type(exc).__name__}: {exc}".strip()))
+            detail = f"{type(exc).__name__}: {exc}".strip()
+            return IOFailure(StorageFailed(f"the store at {self._where}", detail))
 
     def migrate(self) -> IOResult[int, StoreFailure]:
         """Bring the schema to this code's version (returns the version found); a newer schema

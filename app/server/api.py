@@ -100,8 +100,9 @@ def create_app(
         login_attempts, login_window: wrong passwords allowed per e-mail per window before 429.
 
     Raises:
+        OSError: when the data directory's store cannot be opened (the message says why).
         ValueError: when the stored signing key has the wrong length.
-        Refusal: (503) when the store cannot be opened or read.
+        Refusal: (503) when the store cannot be read for the signing key.
     """
     if isinstance(where, Path):
         opened = open_store(where)

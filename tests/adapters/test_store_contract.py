@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from returns.pipeline import is_successful
 
+from splitvault.adapters.postgres_store import redacted
 from splitvault.adapters.sql_store import MIGRATIONS, SCHEMA_VERSION, SqlStore
 from splitvault.domain.errors import Conflict, NotFound, StorageFailed
 from splitvault.domain.ports import Account, Device, Grant, ResourceVersion
@@ -240,7 +241,7 @@ def test_failures_are_typed_and_name_no_password(store: SqlStore) -> None:
     broken = store._run(True, lambda cursor: cursor.execute("SELECT * FROM no_such_table"))
     problem = failure(broken)
     assert isinstance(problem, StorageFailed)
-    assert problem.what == store.where
+    assert problem.what == f"the store at {store.where}"
     assert ":***@" in store.where or "://" not in store.where
 
 
@@ -293,3 +294,12 @@ def test_publishing_keeps_the_newest_n_distinct_versions(
         assert current.small_part == f"{name}{kept[0]}".encode()
         assert [v.version for v in value(store.versions(folder, name))] == kept
     assert value(store.names(folder)) == tuple(sorted(model))
+
+
+def test_postgres_urls_are_named_without_their_password() -> None:
+    """The password leaves a URL whether it is in the user part or a query parameter."""
+    assert redacted("postgresql://u:s3cret@db:5432/sv") == "postgresql://u:***@db:5432/sv"
+    assert redacted("postgresql://db/sv?password=s3cret&sslmode=require") == (
+        "postgresql://db/sv?password=***&sslmode=require"
+    )
+    assert redacted("postgresql://db/sv") == "postgresql://db/sv"
