@@ -78,7 +78,8 @@ class HttpKeyFragments:
 
     Fails with ``AuthFailed`` (401), ``AccessDenied`` (403), ``NotFound`` (404),
     ``HardwareMismatch`` (409 with an error code), ``Transient`` (connection errors, 408, 429,
-    5xx), ``TimedOut`` and ``RemoteError`` for any other answer.
+    5xx), ``TimedOut`` and ``RemoteError`` for any other answer (a 409 ``FragmentExists``
+    included: fragments are write-once).
     """
 
     def __init__(
@@ -136,6 +137,9 @@ class HttpKeyFragments:
             return AccessDenied(f"the key fragment of version {version}", message)
         if status == 404:
             return NotFound(f"the key fragment of version {version}")
+        if status == 409 and code == wire.ERROR_FRAGMENT_EXISTS:
+            # Write-once: not a machine problem, and retrying cannot help.
+            return RemoteError(what, status, message)
         if status == 409 and code:
             return HardwareMismatch(code, message)
         if status in TRANSIENT_STATUSES:

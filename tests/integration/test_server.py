@@ -23,6 +23,7 @@ import yaml
 from returns.pipeline import is_successful
 
 from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.http_key_fragments import HttpKeyFragments
 from splitvault.adapters.sqlite_store import SqliteStore
 from splitvault.app.server.api import add_user, create_app, reset_binding
 from splitvault.app.server.runner import RunningServer
@@ -589,3 +590,16 @@ def test_a_second_different_fragment_is_409_and_the_same_one_is_a_retry(
     oversized = http.put("/keys/v10", content=b"\x03" * (64 * 1024 + 1), headers=headers)
     _assert_error(oversized, 413, "TooLarge")
     assert value(world.store.fragment_versions()) == ("v9",)
+
+
+def test_the_fragment_client_reports_a_write_once_refusal_as_such(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """HttpKeyFragments turns 409 FragmentExists into RemoteError 409 naming the rule, not into
+    a hardware mismatch."""
+    fragments = HttpKeyFragments(world.url, _login(http))
+    value(fragments.put_fragment("v3", b"\x01" * 32))
+    refused = failure(fragments.put_fragment("v3", b"\x02" * 32))
+    assert isinstance(refused, RemoteError) and refused.status == 409
+    assert "administrator" in refused.detail
+    assert value(fragments.get_fragment("v3")) == b"\x01" * 32
