@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,8 @@ from typing import Final, TypeVar
 
 import attrs
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.result import Failure, Success
@@ -47,6 +49,8 @@ log = logging.getLogger("splitvault.server")
 
 T = TypeVar("T")
 
+# Set (to a directory) by `serve --workers N`: the workers' metrics are summed from files there.
+MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Argon2id runs with 19 MiB each; a bound keeps a login storm from exhausting memory.
 ARGON2_CONCURRENCY: Final = 4
 HARDWARE_MISMATCH_MESSAGE: Final = (
@@ -363,5 +367,10 @@ async def readyz(state: ServerState, _request: Request) -> Response:
 
 
 async def metrics(state: ServerState, _request: Request) -> Response:
-    """The Prometheus text exposition of this process's metrics."""
-    return Response(generate_latest(state.stats.registry), media_type=CONTENT_TYPE_LATEST)
+    """The Prometheus text exposition: of this process, or of every worker of ``serve
+    --workers N`` (prometheus_client's multiprocess mode, switched on by ``serving``)."""
+    registry = state.stats.registry
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

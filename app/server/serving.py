@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +23,7 @@ from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.server.api import ENV_DATA, ENV_DATABASE_URL, ENV_TOKEN_LIFETIME
+from splitvault.app.server.routes import MULTIPROCESS_ENV
 from splitvault.app.server.stores import open_store
 from splitvault.domain.errors import ConfigInvalid
 from splitvault.domain.ports import StoreFailure
@@ -83,6 +86,19 @@ def serve(options: ServeOptions) -> None:
         os.environ[ENV_DATA] = str(options.data.resolve())
         os.environ.pop(ENV_DATABASE_URL, None)
     os.environ[ENV_TOKEN_LIFETIME] = str(options.token_lifetime)
+    metrics_dir = None
+    if options.workers > 1:
+        # Each worker counts into files here and /metrics sums them, whichever worker answers.
+        metrics_dir = tempfile.mkdtemp(prefix="splitvault-metrics-")
+        os.environ[MULTIPROCESS_ENV] = metrics_dir
+    try:
+        _run(options)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run(options: ServeOptions) -> None:
     uvicorn.run(
         FACTORY,
         factory=True,

@@ -38,13 +38,18 @@ def _login(url: str, verify: object = True) -> httpx.Response:
 
 
 def test_two_workers_serve_one_store_over_tls(data: Path, tmp_path: Path) -> None:
-    """--workers 2 with --tls-cert/--tls-key: logins over HTTPS work and land on one store."""
+    """--workers 2 with --tls-cert/--tls-key: logins over HTTPS work on one store, and /metrics
+    counts the logins of both workers."""
     ca, cert, key = tls_files(tmp_path / "pki")
     flags = ["--data", str(data), "--workers", "2", "--tls-cert", str(cert), "--tls-key", str(key)]
     with serve_process(tmp_path, *flags, ca=ca) as server:
         assert server.url.startswith("https://")
         answers = [_login(server.url, trust(ca)) for _ in range(6)]
         assert [answer.status_code for answer in answers] == [200] * 6
+        # Whichever worker answers the scrape, /metrics sums both.
+        for _ in range(4):
+            scraped = httpx.get(f"{server.url}/metrics", verify=trust(ca), timeout=30).text
+            assert "splitvault_logins_total 6.0" in scraped, scraped[:2000]
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/healthz", timeout=10)  # an unknown CA is refused
         plain = server.url.replace("https://", "http://")
