@@ -62,7 +62,7 @@ def seal(args: argparse.Namespace) -> Report:
     from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE
 
     source: Path = args.file
-    ref = parse_ref(args.folder, args.name or source.name)
+    ref = parse_ref(args.folder, source.name if args.name is None else args.name)
     if not source.is_file():
         raise to_exception(StorageFailed(str(source), "no such file to seal"))
     small_path = args.out / f"{ref.name}.small"
@@ -126,7 +126,7 @@ def open_parts(args: argparse.Namespace) -> Report:
         big_size = args.big.stat().st_size
     except OSError as error:
         raise to_exception(
-            StorageFailed(str(error.filename), error.strerror or "cannot read")
+            StorageFailed(str(error.filename), error.strerror or "cannot read", "read")
         ) from None
     publisher_key = (
         read_key_file(args.publisher_key, "publisher key") if args.publisher_key else None
@@ -168,7 +168,7 @@ def _client(args: argparse.Namespace) -> Any:
 def upload(args: argparse.Namespace) -> Report:
     """``splitvault upload``: seal FILE and store it as FOLDER/NAME."""
     source: Path = args.file
-    ref = parse_ref(args.folder, args.name or source.name)
+    ref = parse_ref(args.folder, source.name if args.name is None else args.name)
     client = _client(args)
     size = source.stat().st_size if source.is_file() else 0
     try:
