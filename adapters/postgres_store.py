@@ -137,7 +137,7 @@ class PostgresStore(SqlStore):
         URL without its password), and ``Conflict`` when its schema is newer than this code.
         """
         if urlsplit(url).scheme not in ("postgresql", "postgres"):
-            return IOFailure(StorageFailed(redacted(url), "expected a postgresql:// URL"))
+            return IOFailure(StorageFailed(redacted(url), "expected a postgresql:// URL", "open"))
         store = cls(_PostgresBackend(url, pool_size), redacted(url), keep_versions=keep_versions)
         migrated = store.migrate()
         if not is_successful(migrated):

@@ -203,7 +203,8 @@ class SqlStore:
             return IOFailure(refused.failure)
         except self._backend.errors as exc:
             detail = f"{type(exc).__name__}: {exc}".strip()
-            return IOFailure(StorageFailed(f"the store at {self._where}", detail))
+            action = "write to" if write else "read from"
+            return IOFailure(StorageFailed(f"the store at {self._where}", detail, action))
 
     def migrate(self) -> IOResult[int, StoreFailure]:
         """Bring the schema to this code's version (returns the version found); a newer schema

@@ -116,4 +116,4 @@ class SqliteStore(SqlStore):
 
 def _open_failed(path: Path, exc: Exception) -> StoreFailure:
     detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return StorageFailed(str(path), detail)
+    return StorageFailed(str(path), detail, "open")

@@ -44,7 +44,9 @@ def open_store(
     if database_url:
         return PostgresStore.open(database_url, keep_versions=keep_versions).map(_as_store)
     if data_dir is None:
-        return IOFailure(StorageFailed("the server store", "give --data DIR or --database-url"))
+        return IOFailure(
+            StorageFailed("the server store", "give --data DIR or --database-url", "open")
+        )
     return open_data_dir(data_dir, keep_versions=keep_versions)
 
 
@@ -74,7 +76,9 @@ def import_legacy_layout(store: ServerStore, data_dir: Path) -> IOResult[int, St
     try:
         steps = list(_legacy_items(data_dir))
     except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as exc:
-        return IOFailure(StorageFailed(str(data_dir), f"the old layout could not be read: {exc}"))
+        return IOFailure(
+            StorageFailed(str(data_dir), f"the old layout could not be imported: {exc}", "read")
+        )
     for step in steps:
         result = step(store)
         if not is_successful(result):
