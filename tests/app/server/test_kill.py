@@ -216,8 +216,14 @@ def test_sigkill_during_writes_leaves_a_consistent_store(target: Target, tmp_pat
                 thread.join(timeout=180)
             assert not any(thread.is_alive() for thread in threads)
         _check_consistent(target, ledger)
-    assert sum(len(acked) for acked in ledger.acked.values()) > 0  # writes did happen
-    assert ledger.fragments_acked
+    uploads = sum(len(acked) for acked in ledger.acked.values())
+    assert uploads > 0 and ledger.fragments_acked  # writes did happen
+    print(
+        f"\n{target.opener}: {ROUNDS} kills; {uploads} uploads and {len(ledger.fragments_acked)} "
+        f"fragments acknowledged of {sum(map(len, ledger.sent.values()))} and "
+        f"{len(ledger.fragments_sent)} sent; {len(ledger.users_acked)} of "
+        f"{len(ledger.users_started)} admin user additions completed"
+    )
     with serve_process(tmp_path, *target.flags, name="after") as server:
         login = httpx.post(
             f"{server.url}/login", json={"email": UPLOADER, "password": PASSWORD}, timeout=30
