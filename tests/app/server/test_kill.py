@@ -35,7 +35,11 @@ from tests.support.server_fixtures import serve_process
 UPLOADER = "uploader@example.com"
 DOWNLOADER = "downloader@example.com"
 PASSWORD = "correct horse battery staple"
-NAMES = tuple(f"r{index}" for index in range(4))
+WRITERS = 3
+# Each writer thread has names of its own, so the uploads of one name are sequential and "sent
+# later" means "committed later".
+NAMES = {writer: tuple(f"w{writer}-r{index}" for index in range(2)) for writer in range(WRITERS)}
+ALL_NAMES = tuple(name for names in NAMES.values() for name in names)
 ROUNDS = 3
 KEEP = 3
 
@@ -74,17 +78,18 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 class Ledger:
     """What was sent and what the server acknowledged, in order."""
 
-    sent: dict[str, list[bytes]] = attrs.field(factory=lambda: {name: [] for name in NAMES})
-    acked: dict[str, list[bytes]] = attrs.field(factory=lambda: {name: [] for name in NAMES})
+    sent: dict[str, list[bytes]] = attrs.field(factory=lambda: {n: [] for n in ALL_NAMES})
+    acked: dict[str, list[bytes]] = attrs.field(factory=lambda: {n: [] for n in ALL_NAMES})
     fragments_sent: dict[str, bytes] = attrs.field(factory=dict)
     fragments_acked: set[str] = attrs.field(factory=set)
     users_started: dict[str, str] = attrs.field(factory=dict)
     users_acked: set[str] = attrs.field(factory=set)
+    users_killed: set[str] = attrs.field(factory=set)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
 
-def _writes(url: str, ledger: Ledger, stop: threading.Event, seed: int) -> None:
-    """Uploads and fragment registrations until the server goes away."""
+def _writes(url: str, ledger: Ledger, stop: threading.Event, writer: int, seed: int) -> None:
+    """Uploads (of this writer's names) and fragment registrations until the server goes away."""
     rng = random.Random(seed)
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
@@ -93,7 +98,7 @@ def _writes(url: str, ledger: Ledger, stop: threading.Event, seed: int) -> None:
             counter = 0
             while not stop.is_set():
                 counter += 1
-                name = rng.choice(NAMES)
+                name = rng.choice(NAMES[writer])
                 small = f"{seed}-{counter}-".encode() * rng.randint(50, 2000)
                 with ledger.lock:
                     ledger.sent[name].append(small)
@@ -124,10 +129,10 @@ def _failed_logins(url: str, stop: threading.Event) -> None:
 
 
 def _admin_users(target: Target, ledger: Ledger, round_: int, stop: threading.Event) -> None:
-    """``admin users add`` processes one after the other; the third is SIGKILLed mid-run."""
+    """``admin users add`` processes one after the other (each ~0.3 s); the second and fourth
+    are SIGKILLed at a random moment of their run."""
+    rng = random.Random(round_)
     for index in range(4):
-        if stop.is_set() and index >= 3:
-            return
         email = f"u{round_}-{index}@example.com"
         password = f"password {round_} {index}"
         with ledger.lock:
@@ -152,12 +157,15 @@ def _admin_users(target: Target, ledger: Ledger, round_: int, stop: threading.Ev
         assert process.stdin is not None
         process.stdin.write(password.encode() + b"\n")
         process.stdin.close()
-        if index == 2:
-            time.sleep(random.uniform(0.3, 1.5))  # somewhere in start-up, hashing or the write
+        if index in (1, 3):
+            time.sleep(rng.uniform(0.05, 0.35))  # in start-up, hashing or the write
             process.send_signal(signal.SIGKILL)
-        if process.wait(timeout=120) == 0:
-            with ledger.lock:
+        status = process.wait(timeout=120)
+        with ledger.lock:
+            if status == 0:
                 ledger.users_acked.add(email)
+            elif status == -signal.SIGKILL:
+                ledger.users_killed.add(email)
 
 
 def _check_consistent(target: Target, ledger: Ledger) -> None:
@@ -165,7 +173,7 @@ def _check_consistent(target: Target, ledger: Ledger) -> None:
         with sqlite3.connect(Path(target.location) / DB_FILE) as raw:
             assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     with target.open() as store:
-        for name in NAMES:
+        for name in ALL_NAMES:
             current = value(store.current("models", name))
             sent, acked = ledger.sent[name], ledger.acked[name]
             if current is None:
@@ -200,8 +208,10 @@ def test_sigkill_during_writes_leaves_a_consistent_store(target: Target, tmp_pat
         with serve_process(tmp_path, *target.flags, name=f"round{round_}") as server:
             stop = threading.Event()
             threads = [
-                threading.Thread(target=_writes, args=(server.url, ledger, stop, round_ * 10 + i))
-                for i in range(3)
+                threading.Thread(
+                    target=_writes, args=(server.url, ledger, stop, writer, round_ * 10 + writer)
+                )
+                for writer in range(WRITERS)
             ]
             threads.append(threading.Thread(target=_failed_logins, args=(server.url, stop)))
             threads.append(
@@ -216,13 +226,19 @@ def test_sigkill_during_writes_leaves_a_consistent_store(target: Target, tmp_pat
                 thread.join(timeout=180)
             assert not any(thread.is_alive() for thread in threads)
         _check_consistent(target, ledger)
+    assert ledger.users_killed  # some admin processes really died mid-run
+    with target.open() as store:
+        kept_killed = sum(
+            value(store.get_account(email)) is not None for email in ledger.users_killed
+        )
     uploads = sum(len(acked) for acked in ledger.acked.values())
     assert uploads > 0 and ledger.fragments_acked  # writes did happen
     print(
         f"\n{target.opener}: {ROUNDS} kills; {uploads} uploads and {len(ledger.fragments_acked)} "
         f"fragments acknowledged of {sum(map(len, ledger.sent.values()))} and "
         f"{len(ledger.fragments_sent)} sent; {len(ledger.users_acked)} of "
-        f"{len(ledger.users_started)} admin user additions completed"
+        f"{len(ledger.users_started)} admin user additions completed, {len(ledger.users_killed)} "
+        f"killed ({kept_killed} of those left a whole account, the others none)"
     )
     with serve_process(tmp_path, *target.flags, name="after") as server:
         login = httpx.post(
@@ -230,7 +246,7 @@ def test_sigkill_during_writes_leaves_a_consistent_store(target: Target, tmp_pat
         )
         auth = {"Authorization": f"Bearer {login.json()['token']}"}
         listed = httpx.get(f"{server.url}/resources/list/models", headers=auth).json()["files"]
-        assert {name for name in NAMES if ledger.acked[name]} <= set(listed) <= set(NAMES)
+        assert {name for name in ALL_NAMES if ledger.acked[name]} <= set(listed) <= set(ALL_NAMES)
         version = sorted(ledger.fragments_acked)[0]
         fragment = httpx.get(f"{server.url}/keys/{version}", headers=auth)
         assert fragment.content == ledger.fragments_sent[version]
