@@ -34,6 +34,7 @@ import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
+from splitvault.domain import wire
 from splitvault.domain.config import ApiCredentials
 from splitvault.domain.errors import (
     AccessDenied,
@@ -63,11 +64,11 @@ log = logging.getLogger("splitvault.http_api")
 
 T = TypeVar("T")
 
-MAX_ENVELOPE_BYTES: Final = 1 << 20  # small parts are a few KB; the server stores at most 1 MiB
-MAX_FRAGMENT_BYTES: Final = 1 << 20
-MAX_SMALL_BODY_BYTES: Final = 64 * 1024  # logins, listings and error answers
-MAX_MESSAGE_CHARS: Final = 300
-CONFIG_REF: Final = ResourceRef("config", "cdn.yaml")
+MAX_ENVELOPE_BYTES: Final = wire.MAX_ENVELOPE_BYTES
+MAX_FRAGMENT_BYTES: Final = wire.MAX_FRAGMENT_BYTES
+MAX_SMALL_BODY_BYTES: Final = wire.MAX_SMALL_BODY_BYTES
+MAX_MESSAGE_CHARS: Final = wire.MAX_MESSAGE_CHARS
+CONFIG_REF: Final = wire.CONFIG_REF
 
 
 class LoginRefused(Exception):
@@ -127,7 +128,10 @@ class LoginTokenAuth(httpx.Auth):
             "POST",
             self._login_url,
             extensions={"timeout": self._timeout.as_dict()},
-            json={"email": self._credentials.email, "password": self._credentials.password},
+            json={
+                wire.FIELD_EMAIL: self._credentials.email,
+                wire.FIELD_PASSWORD: self._credentials.password,
+            },
             # No compression: the size check on the answer must hold for the decoded bytes.
             headers={"Accept-Encoding": "identity"},
         )
@@ -137,7 +141,7 @@ class LoginTokenAuth(httpx.Auth):
         body = _read_login_answer(response)
         status = response.status_code
         if status == 200 and body is not None:
-            token = _json_field(body, "token")
+            token = _json_field(body, wire.FIELD_TOKEN)
             if token:
                 self._token = token
                 self._timing = plan_refresh(
@@ -289,7 +293,9 @@ class HttpResourceApi:
         if ca_bundle is not None:
             verify = ssl.create_default_context(cafile=str(ca_bundle))
         timeouts = httpx.Timeout(timeout, connect=connect_timeout)
-        self._auth = LoginTokenAuth(self._base_url.join("login"), email, password, clock, timeouts)
+        self._auth = LoginTokenAuth(
+            self._base_url.join(wire.LOGIN), email, password, clock, timeouts
+        )
         self._client = httpx.Client(
             verify=verify,
             timeout=timeouts,
@@ -339,7 +345,7 @@ class HttpResourceApi:
     def upload_small_part(self, ref: ResourceRef, small_part: bytes) -> IOResult[None, ApiFailure]:
         """Store a small part; an existing one of the same name is replaced."""
         what = f"upload of {ref}"
-        url = self._url("resources", ref.folder)
+        url = self._url(wire.RESOURCES, ref.folder)
         content, content_type = _multipart_file(ref.name, small_part)
 
         def build() -> httpx.Request:
@@ -356,11 +362,11 @@ class HttpResourceApi:
     ) -> IOResult[bytes, ApiFailure]:
         """The small part sealed in the transport envelope for this user and ``fingerprint``."""
         what = f"download of {ref}"
-        url = self._url("resources", "get", ref.folder)
+        url = self._url(wire.RESOURCES, wire.GET, ref.folder)
         payload = {
-            "file_name": ref.name,
-            "password": self._password,
-            "hardware_fingerprint": fingerprint,
+            wire.FIELD_FILE_NAME: ref.name,
+            wire.FIELD_PASSWORD: self._password,
+            wire.FIELD_FINGERPRINT: fingerprint,
         }
 
         def build() -> httpx.Request:
@@ -385,7 +391,7 @@ class HttpResourceApi:
                 f"invalid folder {folder!r}; validate with parse_folder first"
             )
         what = f"listing of {folder}"
-        url = self._url("resources", "list", folder)
+        url = self._url(wire.RESOURCES, wire.LIST, folder)
         return self._exchange(what, lambda: self._client.build_request("GET", url)).bind(
             lambda answer: _names(what, f"folder {folder}", answer)
         )
@@ -393,7 +399,7 @@ class HttpResourceApi:
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
         """The key fragment of an image archive version."""
         what = f"key fragment {version}"
-        url = self._url("keys", _checked_version(version))
+        url = self._url(wire.KEYS, _checked_version(version))
         return self._exchange(
             what, lambda: self._client.build_request("GET", url), body_cap=MAX_FRAGMENT_BYTES
         ).bind(lambda answer: _expect(what, what, answer, 200, answer.body))
@@ -401,7 +407,7 @@ class HttpResourceApi:
     def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
         """Register the key fragment of a version (uploader role)."""
         what = f"key fragment {version}"
-        url = self._url("keys", _checked_version(version))
+        url = self._url(wire.KEYS, _checked_version(version))
 
         def build() -> httpx.Request:
             return self._client.build_request(
@@ -581,7 +587,7 @@ def _multipart_file(name: str, data: bytes) -> tuple[bytes, str]:
     quoted = name.replace("\\", "\\\\").replace('"', '\\"')
     head = (
         f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+        f'Content-Disposition: form-data; name="{wire.UPLOAD_FILE_FIELD}"; filename="{quoted}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
@@ -634,12 +640,12 @@ def _clean(text: str) -> str:
 def _error_message(body: bytes | None) -> str:
     if not body:
         return "no details"
-    message = _json_field(body, "Message")
+    message = _json_field(body, wire.FIELD_MESSAGE)
     return _clean(message) if message else "no details"
 
 
 def _error_code(body: bytes) -> str:
-    code = _json_field(body, "ErrorCode")
+    code = _json_field(body, wire.FIELD_ERROR_CODE)
     return _clean(code) if code else "Unknown"
 
 
@@ -673,7 +679,7 @@ def _names(what: str, subject: str, answer: _Answer) -> IOResult[tuple[str, ...]
         data = json.loads(answer.body)
     except (ValueError, UnicodeDecodeError):
         data = None
-    files = data.get("files") if isinstance(data, dict) else None
+    files = data.get(wire.FIELD_FILES) if isinstance(data, dict) else None
     if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
         return IOFailure(RemoteError(what, 200, "the answer is not {'files': [names]}"))
     return IOSuccess(tuple(files))

@@ -18,6 +18,7 @@ import attrs
 import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 
+from splitvault.domain import wire
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
@@ -33,10 +34,9 @@ from splitvault.domain.retry import TRANSIENT_STATUSES
 log = logging.getLogger("splitvault.http_key_fragments")
 
 DEFAULT_TIMEOUT = 30.0
-MAX_FRAGMENT_BYTES = 64 << 10
-# ``GET /keys`` (no version) answers the latest registered fragment and names it in this header.
-LATEST_VERSION_HEADER = "X-Splitvault-Version"
-_MAX_MESSAGE = 300
+MAX_FRAGMENT_BYTES = wire.MAX_FRAGMENT_BYTES
+LATEST_VERSION_HEADER = wire.LATEST_VERSION_HEADER
+_MAX_MESSAGE = wire.MAX_MESSAGE_CHARS
 
 
 @attrs.frozen
@@ -54,8 +54,8 @@ def _error_body(answer: _Answer) -> tuple[str, str]:
     except ValueError:
         body = None
     if isinstance(body, dict):
-        code = body.get("ErrorCode")
-        message = body.get("Message")
+        code = body.get(wire.FIELD_ERROR_CODE)
+        message = body.get(wire.FIELD_MESSAGE)
         if isinstance(message, str):
             return (code if isinstance(code, str) else "", message[:_MAX_MESSAGE])
     text = answer.body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]
@@ -81,7 +81,8 @@ class HttpKeyFragments:
 
     Fails with ``AuthFailed`` (401), ``AccessDenied`` (403), ``NotFound`` (404),
     ``HardwareMismatch`` (409 with an error code), ``Transient`` (connection errors, 408, 429,
-    5xx), ``TimedOut`` and ``RemoteError`` for any other answer.
+    5xx), ``TimedOut`` and ``RemoteError`` for any other answer (a 409 ``FragmentExists``
+    included: fragments are write-once).
     """
 
     def __init__(
@@ -104,7 +105,7 @@ class HttpKeyFragments:
         self, method: str, version: str | None, content: bytes | None = None
     ) -> IOResult[_Answer, ApiFailure]:
         # No version: the latest registered one (the original's call had no version).
-        path = "/keys" if version is None else f"/keys/{quote(version, safe='')}"
+        path = f"/{wire.KEYS}" if version is None else f"/{wire.KEYS}/{quote(version, safe='')}"
         what = f"{method} {path}"
         try:
             with (
@@ -146,6 +147,9 @@ class HttpKeyFragments:
             return AccessDenied(f"the key fragment of version {version}", message)
         if status == 404:
             return NotFound(f"the key fragment of version {version}")
+        if status == 409 and code == wire.ERROR_FRAGMENT_EXISTS:
+            # Write-once: not a machine problem, and retrying cannot help.
+            return RemoteError(what, status, message)
         if status == 409 and code:
             return HardwareMismatch(code, message)
         if status in TRANSIENT_STATUSES:

@@ -198,21 +198,31 @@ def original_cdn_config(
 
 
 def _original_cdn_mapping(data: Mapping[object, object]) -> Result[CdnConfig, ConfigInvalid]:
-    unknown = _unknown(data, ORIGINAL_CDN_FIELDS, "")
+    """The original's fields; with a ``bucket`` (and ``region``) beside them, one bucket holds
+    every folder (our layout), without one a bucket per folder (the original's)."""
+    known = (*ORIGINAL_CDN_FIELDS, "bucket", "region")
+    unknown = _unknown(data, known, "")
     if unknown is not None:
         return Failure(
             ConfigInvalid(
-                unknown,
-                "unknown field in an original-style cdn.yaml; expected "
-                + ", ".join(ORIGINAL_CDN_FIELDS),
+                unknown, "unknown field in an original-style cdn.yaml; expected " + ", ".join(known)
             )
         )
-    return original_cdn_config(
+    built = original_cdn_config(
         data.get("host"),
         data.get("downloader_access_key"),
         data.get("downloader_access_secret"),
         data.get("uploader_access_key"),
         data.get("uploader_access_secret"),
+    )
+    bucket = data.get("bucket")
+    region = data.get("region", DEFAULT_REGION)
+    return built.bind(
+        lambda config: (Success(None) if bucket is None else _bucket(bucket)).bind(
+            lambda named: _text(region, "region").map(
+                lambda text: attrs.evolve(config, bucket=named, region=text)
+            )
+        )
     )
 
 

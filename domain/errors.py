@@ -199,6 +199,17 @@ class StorageFailed:
 
 
 @attrs.frozen
+class Conflict:
+    """A write that would replace something stored as write-once (a key fragment, a schema)."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.what} conflicts with what is stored: {self.detail}"
+
+
+@attrs.frozen
 class EngineFailed:
     """The container engine is unreachable or refused an operation."""
 
@@ -239,7 +250,7 @@ TrustFailure = UntrustedPublisher
 RemoteFailure = (
     NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
 )
-LocalFailure = ConfigInvalid | StorageFailed
+LocalFailure = ConfigInvalid | StorageFailed | Conflict
 EngineFailure = EngineFailed | ImagesMissing
 Problem = InvalidRef | FormatFailure | TrustFailure | RemoteFailure | LocalFailure | EngineFailure
 
@@ -260,6 +271,7 @@ FAILURE_TYPES: tuple[type, ...] = (
     RemoteError,
     ConfigInvalid,
     StorageFailed,
+    Conflict,
     EngineFailed,
     ImagesMissing,
 )

@@ -17,6 +17,7 @@ from returns.io import IOResult
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
+    Conflict,
     CorruptResource,
     EngineFailure,
     HardwareMismatch,
@@ -189,3 +190,262 @@ class Random(Protocol):
     def uniform(self) -> float:
         """A float in [0, 1) for jitter (need not be cryptographic)."""
         ...
+
+
+# --- the server's store ------------------------------------------------------------------------
+#
+# Everything the reference API server keeps goes through these protocols; one store object
+# (``SqliteStore``, ``PostgresStore``) implements them all, and one contract suite checks both.
+# Every write is one transaction: readers, and a process that is killed mid-write, see all of it or
+# none of it.
+
+StoreFailure = StorageFailed | Conflict | NotFound
+
+ROLES: tuple[str, ...] = ("uploader", "downloader", "admin")
+DEVICE_STATUSES: tuple[str, ...] = ("pending", "active", "revoked")
+
+
+@attrs.frozen
+class Account:
+    """One user account.
+
+    ``email`` is canonical (see ``app.server.accounts.canonical_email``); ``salt`` is the per-user
+    random salt a client derives its device key with; ``generation`` is the session generation
+    every token carries (bumped by a password change, a device revocation, a binding reset);
+    ``fingerprint`` is the hardware binding of the password-per-download protocol.
+    """
+
+    email: str
+    role: str
+    password_hash: str = attrs.field(repr=False)
+    salt: bytes = attrs.field(repr=False)
+    generation: int = 0
+    fingerprint: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Device:
+    """A client machine's enrolled public key; the fingerprint is stored only as a keyed hash."""
+
+    device_id: str
+    email: str
+    public_key: bytes
+    fingerprint_hash: bytes = attrs.field(repr=False)
+    status: str
+    created_at: float
+
+
+@attrs.frozen
+class Grant:
+    """What an account may do in a folder."""
+
+    email: str
+    folder: str
+    read: bool
+    write: bool
+
+
+@attrs.frozen
+class ResourceVersion:
+    """One published version of a resource; ``version`` is the header's file id (hex)."""
+
+    folder: str
+    name: str
+    version: str
+    small_part: bytes = attrs.field(repr=False)
+    publisher: str
+    created_at: float
+
+
+class Accounts(Protocol):
+    """User accounts, keyed by canonical e-mail."""
+
+    def get_account(self, email: str) -> IOResult[Account | None, StoreFailure]:
+        """The account, or ``None``."""
+        ...
+
+    def put_account(self, account: Account) -> IOResult[None, StoreFailure]:
+        """Create or replace the account (grants and devices are kept)."""
+        ...
+
+    def remove_account(self, email: str) -> IOResult[bool, StoreFailure]:
+        """Delete the account with its grants and devices; ``True`` when it existed."""
+        ...
+
+    def list_accounts(self) -> IOResult[tuple[Account, ...], StoreFailure]:
+        """Every account, by e-mail."""
+        ...
+
+
+class Sessions(Protocol):
+    """Changes that end sessions or bind a machine, each one atomic on its own."""
+
+    def bump_generation(self, email: str) -> IOResult[int, StoreFailure]:
+        """Add one to the account's session generation; ``NotFound`` without the account."""
+        ...
+
+    def bind_fingerprint(self, email: str, fingerprint: str | None) -> IOResult[str, StoreFailure]:
+        """Bind ``fingerprint`` when none is bound (``None`` clears the binding and bumps the
+        generation); returns the fingerprint bound afterwards (``""`` after a reset)."""
+        ...
+
+
+class Devices(Protocol):
+    """Enrolled client devices."""
+
+    def put_device(self, device: Device) -> IOResult[None, StoreFailure]:
+        """Enrol a device; a second enrolment of the same id is a ``Conflict``."""
+        ...
+
+    def list_devices(self, email: str | None = None) -> IOResult[tuple[Device, ...], StoreFailure]:
+        """Devices of one account, or of all."""
+        ...
+
+    def set_device_status(self, device_id: str, status: str) -> IOResult[Device, StoreFailure]:
+        """Approve or revoke; revoking bumps the account's session generation in the same write."""
+        ...
+
+
+class Grants(Protocol):
+    """Folder grants."""
+
+    def put_grant(self, grant: Grant) -> IOResult[None, StoreFailure]:
+        """Create or replace the account's grant on the folder."""
+        ...
+
+    def remove_grant(self, email: str, folder: str) -> IOResult[bool, StoreFailure]:
+        """Delete it; ``True`` when it existed."""
+        ...
+
+    def list_grants(self, email: str | None = None) -> IOResult[tuple[Grant, ...], StoreFailure]:
+        """Grants of one account, or of all."""
+        ...
+
+
+class Resources(Protocol):
+    """Small parts by folder and name, with their recent versions."""
+
+    def publish(self, version: ResourceVersion) -> IOResult[None, StoreFailure]:
+        """Record the version and make it current (the commit point); keeps the store's last N."""
+        ...
+
+    def current(self, folder: str, name: str) -> IOResult[ResourceVersion | None, StoreFailure]:
+        """The current version, or ``None``."""
+        ...
+
+    def names(self, folder: str) -> IOResult[tuple[str, ...], StoreFailure]:
+        """Names of the folder's resources, sorted."""
+        ...
+
+
+class ResourceAdmin(Protocol):
+    """What operators do to resources."""
+
+    def versions(
+        self, folder: str, name: str | None = None
+    ) -> IOResult[tuple[ResourceVersion, ...], StoreFailure]:
+        """The kept versions in a folder (of one name), newest first."""
+        ...
+
+    def remove_resource(self, folder: str, name: str) -> IOResult[int, StoreFailure]:
+        """Delete a resource and every version; returns how many versions went."""
+        ...
+
+    def collect_garbage(self) -> IOResult[int, StoreFailure]:
+        """Delete versions beyond the kept N that nothing points at; returns how many went."""
+        ...
+
+
+class Fragments(Protocol):
+    """Image key fragments, write-once per version."""
+
+    def put_fragment(
+        self, version: str, fragment: bytes, *, replace: bool = False
+    ) -> IOResult[None, StoreFailure]:
+        """Store a fragment; a different one for a stored version is a ``Conflict`` unless
+        ``replace`` (an administrator's decision). The same bytes again succeed (a retry)."""
+        ...
+
+    def get_fragment(self, version: str) -> IOResult[bytes | None, StoreFailure]:
+        """The fragment, or ``None``."""
+        ...
+
+    def latest_fragment(self) -> IOResult[tuple[str, bytes] | None, StoreFailure]:
+        """The most recently registered ``(version, fragment)``, or ``None`` when there is none."""
+        ...
+
+    def fragment_versions(self) -> IOResult[tuple[str, ...], StoreFailure]:
+        """Every version with a fragment, sorted."""
+        ...
+
+
+class FragmentAdmin(Protocol):
+    """What operators do to fragments."""
+
+    def remove_fragment(self, version: str) -> IOResult[bool, StoreFailure]:
+        """Delete it; ``True`` when it existed."""
+        ...
+
+
+class Settings(Protocol):
+    """Named server settings (the CDN config, the token signing key)."""
+
+    def get_setting(self, name: str) -> IOResult[bytes | None, StoreFailure]:
+        """The value, or ``None``."""
+        ...
+
+    def put_setting(self, name: str, value: bytes) -> IOResult[None, StoreFailure]:
+        """Create or replace."""
+        ...
+
+    def setting_or_create(self, name: str, value: bytes) -> IOResult[bytes, StoreFailure]:
+        """The stored value, storing ``value`` first when there is none: servers starting
+        together agree on one."""
+        ...
+
+
+class LoginFailures(Protocol):
+    """Failed logins, shared by every server on the store so a throttle holds on all of them."""
+
+    def record_failure(
+        self, key: str, at: float, *, forget_before: float
+    ) -> IOResult[None, StoreFailure]:
+        """Record one failure for ``key`` and drop every record older than ``forget_before``."""
+        ...
+
+    def failures_since(self, key: str, since: float) -> IOResult[tuple[float, ...], StoreFailure]:
+        """Times of ``key``'s failures after ``since``, oldest first."""
+        ...
+
+    def clear_failures(self, key: str) -> IOResult[None, StoreFailure]:
+        """Forget ``key``'s failures (after a correct password)."""
+        ...
+
+
+class StoreHealth(Protocol):
+    """Whether the store answers, and its schema version."""
+
+    def ping(self) -> IOResult[int, StoreFailure]:
+        """The schema version, read from the store itself."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class ServerStore(
+    Accounts,
+    Sessions,
+    Devices,
+    Grants,
+    Resources,
+    ResourceAdmin,
+    Fragments,
+    FragmentAdmin,
+    Settings,
+    LoginFailures,
+    StoreHealth,
+    Protocol,
+):
+    """Everything the reference server keeps, on one object."""

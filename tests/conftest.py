@@ -3,7 +3,8 @@
 - ``moto_s3``: one moto S3 server on 127.0.0.1 per session;
 - contract suites: ``cdn`` is parametrised over the S3 adapter (on that moto server) and the
   directory adapter, ``cache`` over the file-system cache; a new adapter joins a suite by adding
-  a parameter;
+  a parameter; ``store`` runs over SQLite and a real PostgreSQL (``postgres_cluster``, one private
+  cluster per session);
 - integration and security: ``stack`` (the reference API server and a fresh bucket with IAM read
   and write keys, per test), ``shared_stack`` (one per module, for attacks that must change
   nothing), and fault proxies in front of the S3 server and the API server.
@@ -20,14 +21,19 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.adapters.directory_cdn import DirectoryCdn
 from splitvault.adapters.file_cache import FileCache
+from splitvault.adapters.postgres_store import PostgresStore
 from splitvault.adapters.s3_cdn import S3Cdn
+from splitvault.adapters.sql_store import SqlStore
+from splitvault.adapters.sqlite_store import SqliteStore
 from tests.support.fault_proxy import FaultProxy
 from tests.support.moto_server import ADMIN_KEYS, SMALL_PARTS, MotoS3, moto_s3_fixture
+from tests.support.postgres import PostgresCluster, postgres_cluster_fixture
 from tests.support.stack import Stack, running_stack, user_template
 
 moto_s3 = moto_s3_fixture()
+postgres_cluster = postgres_cluster_fixture()
 
-__all__ = ["moto_s3", "user_template"]
+__all__ = ["moto_s3", "postgres_cluster", "user_template"]
 
 
 @pytest.fixture
@@ -60,6 +66,19 @@ def cache(request: pytest.FixtureRequest, tmp_path: Path) -> FileCache:
     """Each Cache adapter in turn, on an empty root."""
     assert request.param == "file"
     return unsafe_perform_io(FileCache.open(tmp_path / "cache").unwrap())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    """Each server store adapter in turn, empty and migrated (PostgreSQL: a fresh database)."""
+    opened: SqlStore
+    if request.param == "sqlite":
+        opened = unsafe_perform_io(SqliteStore.open(tmp_path / "store").unwrap())
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        opened = unsafe_perform_io(PostgresStore.open(cluster.new_database()).unwrap())
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

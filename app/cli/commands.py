@@ -256,12 +256,25 @@ def fingerprint(args: argparse.Namespace) -> Report:
 
 
 def serve(args: argparse.Namespace) -> Report:
-    """``splitvault serve``: the reference resource API server, until interrupted."""
-    import uvicorn
+    """``splitvault serve``: the reference resource API server, until SIGTERM or Ctrl-C."""
+    from splitvault.app.server import serving
 
-    from splitvault.app.server.api import create_app
-
-    uvicorn.run(create_app(args.data), host=args.host, port=args.port, log_level="info")
+    options = serving.ServeOptions(
+        data=args.data,
+        database_url=args.database_url,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        concurrency=args.concurrency,
+        keep_alive=args.keep_alive,
+        graceful_seconds=args.graceful_seconds,
+    )
+    problem = serving.check(options)
+    if problem is not None:
+        raise to_exception(problem)
+    serving.serve(options)
     return {"text": "server stopped"}
 
 

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: str | Handler, help_text: str) -> argparse.ArgumentParser:
         """Register subcommand ``name`` run by ``cli.commands.<handler>``, or by
         ``cli.<module>.<function>`` for ``handler = "module:function"`` (imported lazily)."""
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -109,15 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("fingerprint", "fingerprint", "show this machine's hardware fingerprint")
 
     p = command("serve", "serve", "run the reference resource API server")
-    p.add_argument("--data", type=Path, required=True, help="server data directory")
+    store = p.add_mutually_exclusive_group(required=True)
+    store.add_argument("--data", type=Path, help="server data directory (embedded SQLite store)")
+    store.add_argument("--database-url", help="postgresql://… shared by several servers")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1, help="server processes on this host")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    p.add_argument("--concurrency", type=int, default=1024, help="open connections at most")
+    p.add_argument("--keep-alive", type=float, default=5.0, help="idle keep-alive seconds")
+    p.add_argument("--graceful-seconds", type=float, default=30.0, help="drain time on SIGTERM")
 
-    p = command("users", "users_add", "add a user to a server data directory")
+    p = command("users", "users_add", "add a user (same as: splitvault admin users add)")
     p.add_argument("action", choices=["add"])
     p.add_argument("email")
-    p.add_argument("--role", choices=["uploader", "downloader"], required=True)
+    p.add_argument("--role", choices=["uploader", "downloader", "admin"], required=True)
     p.add_argument("--data", type=Path, required=True)
+
+    from splitvault.app.cli import admin
+
+    admin.register(command)
 
     p = command("seal-images", "seal_images", "docker save IMAGES and encrypt the archive")
     p.add_argument("images", nargs="+")
@@ -170,10 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.INFO)
     from splitvault.app.client.errors import SplitvaultError
 
-    module, _, function = str(args.handler).rpartition(":")
-    handler: Handler = getattr(
-        importlib.import_module(f"splitvault.app.cli.{module or 'commands'}"), function
-    )
+    if callable(args.handler):  # admin's leaves carry their handler (admin.py stays light)
+        handler: Handler = args.handler
+    else:
+        module, _, function = str(args.handler).rpartition(":")
+        handler = getattr(
+            importlib.import_module(f"splitvault.app.cli.{module or 'commands'}"), function
+        )
     try:
         result = handler(args)
     except SplitvaultError as error:

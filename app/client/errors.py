@@ -106,6 +106,7 @@ _BY_TYPE: dict[type, type[SplitvaultError]] = {
     e.RemoteError: NetworkError,
     e.ConfigInvalid: ConfigError,
     e.StorageFailed: StorageError,
+    e.Conflict: ConfigError,
     e.EngineFailed: EngineError,
     e.ImagesMissing: EngineError,
 }

@@ -207,7 +207,7 @@ def _online(root: Path, size: int) -> dict[str, Any]:
                 if not same:
                     raise SystemExit("\n".join(lines))
             infer.close()
-            small_path = data / "resources" / ref.folder / f"{ref.name}.small"
+            small_path = f"{data / 'splitvault.db'} ({ref.folder}/{ref.name})"
             head = s3.head_object(Bucket="models", Key=ref.key)
             lines += [
                 "where the parts live:",

@@ -331,12 +331,20 @@ def test_a_bare_host_means_https(host: str, endpoint: str | None) -> None:
     assert config.write_keys is None
 
 
+def test_the_original_fields_with_a_bucket_keep_every_folder_in_it() -> None:
+    """``bucket`` beside the original fields (the operator CLI's "+ bucket") means one bucket."""
+    config = ok(parse_cdn_yaml(ORIGINAL_CDN_YAML + "bucket: models\nregion: eu-west-1\n"))
+    assert config.bucket == "models" and config.region == "eu-west-1"
+    assert ok(parse_cdn_yaml(ORIGINAL_CDN_YAML)).bucket is None  # a bucket per folder
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [
         (ORIGINAL_CDN_YAML.replace("host: https://cdn.example.com\n", ""), "host"),
         (ORIGINAL_CDN_YAML.replace("uploader_access_key: AKIAUP\n", ""), "uploader_access_key"),
-        (ORIGINAL_CDN_YAML + "bucket: models\n", "bucket"),
+        (ORIGINAL_CDN_YAML + "bucket: not/a/bucket\n", "bucket"),
+        (ORIGINAL_CDN_YAML + "colour: blue\n", "colour"),
         (ORIGINAL_CDN_YAML.replace("https://cdn.example.com", "cdn example"), "host"),
         (CDN_YAML.replace("bucket: models\n", "layout: bucket-per-folder\nbucket: m\n"), "bucket"),
         (CDN_YAML.replace("bucket: models\n", "layout: sideways\n"), "layout"),

@@ -275,7 +275,6 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
     stack = world.stack
     source = tmp_path / "src.bin"
     plaintext = write_model(source, SIZE)
-    small = stack.small_part_path(REF)
 
     run_and_kill(world, world.spec("upload", UPLOADER, source), UPLOAD_POINTS[point])
 
@@ -283,7 +282,7 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
     objects = s3.list_objects_v2(Bucket=stack.bucket).get("Contents", [])
     on_cdn = [item["Key"] for item in objects]
     if point in ("s3-stalls-mid-upload", "api-holds-the-commit"):
-        assert not small.exists()  # killed before the API write: nothing committed
+        assert not stack.has_small_part(REF)  # killed before the API write: nothing committed
     if point == "s3-stalls-mid-upload":
         assert on_cdn == []  # an interrupted PUT leaves no object
     if point == "api-holds-the-commit":
@@ -292,7 +291,7 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
     if entry.exists() and on_cdn:
         cdn_bytes = s3.get_object(Bucket=stack.bucket, Key=REF.key)["Body"].read()
         assert hashlib.sha256(cdn_bytes).digest() == sha256(entry)
-    if small.exists():
+    if stack.has_small_part(REF):
         # Committed: the resource is whole and opens to the uploaded bytes.
         out = tmp_path / "committed.bin"
         value(download(stack.client(DOWNLOADER, machine="machine-a"), REF, out))

@@ -62,7 +62,7 @@ def test_small_part_on_the_server_never_holds_plaintext(stack: Stack, tmp_path: 
     """The stored small part and the bucket object contain no 16-byte run of the plaintext."""
     plaintext = model(tmp_path / "model.onnx", 64 * 1024)
     ok(upload(stack.client(UPLOADER), REF, tmp_path / "model.onnx"))
-    small = stack.small_part_path(REF).read_bytes()
+    small = stack.small_part(REF)
     big = stack.moto.s3_client().get_object(Bucket=stack.bucket, Key=REF.key)["Body"].read()
     assert 0 < len(small) <= 4096
     for start in range(0, 8192, 16):
@@ -76,7 +76,7 @@ def test_downloader_cannot_upload(stack: Stack, tmp_path: Path) -> None:
     model(tmp_path / "model.onnx", 100_000)
     result = upload(stack.client(DOWNLOADER), REF, tmp_path / "model.onnx")
     assert isinstance(failure(result), AccessDenied)
-    assert not stack.small_part_path(REF).exists()
+    assert not stack.has_small_part(REF)
     listing = stack.moto.s3_client().list_objects_v2(Bucket=stack.bucket)
     assert listing.get("KeyCount", 0) == 0
 

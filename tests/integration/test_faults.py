@@ -202,4 +202,4 @@ def test_a_stalled_s3_upload_times_out(stack: Stack, s3_proxy: FaultProxy, tmp_p
     s3_proxy.behave(Fault("stall", direction="up", after=MiB, trigger=b"PUT /"))
     problem = failure(bounded(lambda: upload(writer, REF, tmp_path / "model.onnx")))
     assert problem == TimedOut(f"CDN object {REF.key}", 1.0)
-    assert not stack.small_part_path(REF).exists()
+    assert not stack.has_small_part(REF)

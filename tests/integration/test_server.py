@@ -23,6 +23,8 @@ import yaml
 from returns.pipeline import is_successful
 
 from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.http_key_fragments import HttpKeyFragments
+from splitvault.adapters.sqlite_store import SqliteStore
 from splitvault.app.server.api import add_user, create_app, reset_binding
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain import keys
@@ -81,7 +83,7 @@ def test_login_issues_a_pinned_hs256_token_with_the_claims(world: ServerWorld) -
     """A login returns an HS256 JWT with sub, role, iat, jti and exp = iat + lifetime."""
     with httpx.Client(base_url=world.url) as http:
         token = _login(http, DOWNLOADER.upper())
-    key = (world.data_dir / "jwt.key").read_bytes()
+    key = world.signing_key()
     claims = jwt.decode(
         token, key, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
     )
@@ -135,7 +137,7 @@ def test_bad_tokens_are_401(world: ServerWorld, http: httpx.Client) -> None:
     claims["role"] = "uploader"
     claims["sub"] = DOWNLOADER
     forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    key = (world.data_dir / "jwt.key").read_bytes()
+    key = world.signing_key()
     tampered = ("A" if signature[0] != "A" else "B") + signature[1:]
     cases: dict[str, list[str | None]] = {
         "MissingToken": [None, "Basic dXNlcjpwYXNz", "Bearer"],
@@ -218,17 +220,17 @@ def test_wrong_role_is_access_denied_without_a_second_login(world: ServerWorld) 
 # --- uploads, downloads and the data directory ---------------------------------------------------
 
 
-def test_small_parts_are_stored_whole_under_the_data_directory(
+def test_small_parts_are_stored_whole_in_a_private_store(
     world: ServerWorld, http: httpx.Client
 ) -> None:
-    """An upload lands in resources/{folder}/{name}.small, 0600, with no temp files left."""
+    """An upload becomes the current version in the store, whose one file is 0600."""
     value(world.client().upload_small_part(REF, b"\x00small part\xff"))
-    stored = world.data_dir / "resources" / "models" / "bert.small.small"
-    assert stored.read_bytes() == b"\x00small part\xff"
-    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
-    assert [p.name for p in stored.parent.iterdir()] == ["bert.small.small"]
-    assert stat.S_IMODE((world.data_dir / "jwt.key").stat().st_mode) == 0o600
-    assert stat.S_IMODE((world.data_dir / "users.json").stat().st_mode) == 0o600
+    current = value(world.store.current("models", "bert.small"))
+    assert current is not None and current.small_part == b"\x00small part\xff"
+    assert current.publisher == UPLOADER
+    assert value(world.store.names("models")) == ("bert.small",)
+    assert stat.S_IMODE((world.data_dir / "splitvault.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE(world.data_dir.stat().st_mode) == 0o700
 
 
 def test_hostile_names_are_refused_and_create_nothing(
@@ -265,7 +267,9 @@ def test_hostile_names_are_refused_and_create_nothing(
     _assert_error(http.put("/keys/%2E%2E", content=b"k", headers=headers), 400, "InvalidName")
     before = sorted(p.name for p in world.data_dir.parent.iterdir())
     assert before == ["server-data"]
-    assert not (world.data_dir / "resources").exists()
+    assert value(world.store.list_accounts())  # the store is there, and holds no resource:
+    assert all(value(world.store.names(f)) == () for f in ("models", "..", "escape"))
+    assert value(world.store.fragment_versions()) == ()
 
 
 def test_bodies_over_one_mebibyte_are_413(world: ServerWorld, http: httpx.Client) -> None:
@@ -332,11 +336,11 @@ def test_binding_reset_lets_another_machine_in(world: ServerWorld) -> None:
 
 
 def test_add_user_validates_and_concurrent_edits_are_all_kept(tmp_path: Path) -> None:
-    """add_user names a bad field; users added from many threads are all in users.json."""
+    """add_user names a bad field; users added from many threads are all in the store."""
     assert failure(add_user(tmp_path, "no-at-sign", "pw", "uploader")) == ConfigInvalid(
         "email", "expected an e-mail address like name@example.com"
     )
-    assert isinstance(failure(add_user(tmp_path, "a@b.c", "pw", "admin")), ConfigInvalid)
+    assert isinstance(failure(add_user(tmp_path, "a@b.c", "pw", "root")), ConfigInvalid)
     threads = [
         threading.Thread(target=add_user, args=(tmp_path, f"u{i}@example.com", "pw", "downloader"))
         for i in range(6)
@@ -345,9 +349,11 @@ def test_add_user_validates_and_concurrent_edits_are_all_kept(tmp_path: Path) ->
         thread.start()
     for thread in threads:
         thread.join()
-    users = json.loads((tmp_path / "users.json").read_text())
-    assert sorted(users) == [f"u{i}@example.com" for i in range(6)]
-    assert all(entry["hash"].startswith("$argon2id$") for entry in users.values())
+    with value(SqliteStore.open(tmp_path)) as store:
+        accounts = value(store.list_accounts())
+    assert [a.email for a in accounts] == [f"u{i}@example.com" for i in range(6)]
+    assert all(a.password_hash.startswith("$argon2id$") for a in accounts)
+    assert len({a.salt for a in accounts}) == 6  # a random salt each
 
 
 # --- error bodies --------------------------------------------------------------------------------
@@ -360,10 +366,19 @@ def test_errors_are_json_without_tracebacks(world: ServerWorld, http: httpx.Clie
     _assert_error(http.post("/login", content=b"{not json"), 400, "BadRequest")
     _assert_error(http.post("/login", json=["a", "list"]), 400, "BadRequest")
     token = _login(http)
-    (world.data_dir / "users.json").write_text("{corrupt")  # an operator's mistake
-    crash = http.get("/resources/list/models", headers=_bearer(token))
-    _assert_error(crash, 500, "InternalError")
-    assert str(world.data_dir) not in crash.text and "users.json" not in crash.text
+    _break_store(world)  # an operator's mistake
+    broken = http.get("/resources/list/models", headers=_bearer(token))
+    _assert_error(broken, 503, "StoreUnavailable")
+    assert broken.headers["retry-after"] == "1"
+    assert str(world.data_dir) not in broken.text and "splitvault.db" not in broken.text
+    assert "accounts" not in broken.text  # nor the driver's message
+
+
+def _break_store(world: ServerWorld) -> None:
+    def drop(cursor: object) -> None:
+        cursor.execute("ALTER TABLE accounts RENAME TO accounts_gone")  # type: ignore[attr-defined]
+
+    value(world.store._run(True, drop))
 
 
 # --- retries -------------------------------------------------------------------------------------
@@ -515,3 +530,76 @@ def test_tls_is_verified_and_a_ca_bundle_is_honoured(tmp_path: Path) -> None:
             faults.fail_next(1)  # the fault switch works behind TLS too
             value(trusting.login())
         assert len(sleep.waits) == 1 and faults.injected == 1
+
+
+# --- operations: health, readiness, metrics, write-once fragments --------------------------------
+
+
+def test_readyz_follows_the_store_and_healthz_does_not(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """/readyz is 200 with the schema version while the store answers and 503 once it does not;
+    /healthz stays 200 (the process is alive) and neither needs a token."""
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "schema": 1}
+
+    def hide(cursor: object) -> None:
+        cursor.execute("ALTER TABLE schema_version RENAME TO gone")  # type: ignore[attr-defined]
+
+    value(world.store._run(True, hide))
+    broken = http.get("/readyz")
+    assert broken.status_code == 503
+    assert broken.json() == {"status": "unavailable", "store": "not answering"}
+    assert http.get("/healthz").status_code == 200
+
+
+def test_metrics_count_requests_logins_failures_and_envelopes(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """After a login, a wrong password and a download, /metrics says so in Prometheus text."""
+    value(world.client().upload_small_part(REF, b"part"))
+    value(world.client(DOWNLOADER).download_small_part(REF, "machine"))
+    http.post("/login", json={"email": DOWNLOADER, "password": "guess-7f3a"})
+    text = http.get("/metrics").text
+    for line in (
+        "splitvault_logins_total 2.0",
+        "splitvault_login_failures_total 1.0",
+        "splitvault_envelopes_served_total 1.0",
+        'splitvault_requests_total{method="POST",route="login",status="401"} 1.0',
+        'splitvault_requests_total{method="POST",route="get_resource",status="200"} 1.0',
+        'splitvault_requests_total{method="POST",route="upload_resource",status="201"} 1.0',
+    ):
+        assert line in text, line
+    assert 'splitvault_request_seconds_count{route="get_resource"} 1.0' in text
+    assert PASSWORD not in text and "guess-7f3a" not in text
+
+
+def test_a_second_different_fragment_is_409_and_the_same_one_is_a_retry(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """Fragments are write-once: the same bytes again succeed, others are 409 and change nothing;
+    a fragment over the wire cap is 413."""
+    headers = _bearer(_login(http))
+    assert http.put("/keys/v9", content=b"\x01" * 32, headers=headers).status_code == 201
+    assert http.put("/keys/v9", content=b"\x01" * 32, headers=headers).status_code == 201
+    _assert_error(
+        http.put("/keys/v9", content=b"\x02" * 32, headers=headers), 409, "FragmentExists"
+    )
+    assert http.get("/keys/v9", headers=headers).content == b"\x01" * 32
+    oversized = http.put("/keys/v10", content=b"\x03" * (64 * 1024 + 1), headers=headers)
+    _assert_error(oversized, 413, "TooLarge")
+    assert value(world.store.fragment_versions()) == ("v9",)
+
+
+def test_the_fragment_client_reports_a_write_once_refusal_as_such(
+    world: ServerWorld, http: httpx.Client
+) -> None:
+    """HttpKeyFragments turns 409 FragmentExists into RemoteError 409 naming the rule, not into
+    a hardware mismatch."""
+    fragments = HttpKeyFragments(world.url, _login(http))
+    value(fragments.put_fragment("v3", b"\x01" * 32))
+    refused = failure(fragments.put_fragment("v3", b"\x02" * 32))
+    assert isinstance(refused, RemoteError) and refused.status == 409
+    assert "administrator" in refused.detail
+    assert value(fragments.get_fragment("v3")) == b"\x01" * 32

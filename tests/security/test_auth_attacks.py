@@ -24,7 +24,6 @@ from splitvault import ApiClient, ApiCredentials
 from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.app.cli.main import main
 from splitvault.app.client.errors import AuthError, HardwareMismatchError
-from splitvault.app.server.api import UserStore
 from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
@@ -136,7 +135,8 @@ def test_a_wrong_password_is_401_and_every_layer_says_authentication_failed(
         headers={"Authorization": f"Bearer {token}"},
     )
     _error(answer, 401, "InvalidCredentials")
-    assert UserStore(stack.data_dir).get(UPLOADER).fingerprint is None  # type: ignore[union-attr]
+    account = ok(stack.store.get_account(UPLOADER))
+    assert account is not None and account.fingerprint is None
 
 
 # --- another machine ------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_expired_and_forged_tokens_are_401(stack: Stack) -> None:
     token = _token(stack, DOWNLOADER)
     header, payload, signature = token.split(".")
     claims = jwt.decode(token, options={"verify_signature": False})
-    key = (stack.data_dir / "jwt.key").read_bytes()
+    key = stack.signing_key()
     now = int(time.time())
     promoted = {**claims, "sub": UPLOADER, "role": "uploader"}
     forged = {
@@ -236,7 +236,7 @@ def test_a_role_claim_signed_with_the_real_key_does_not_grant_uploads(stack: Sta
     downloader cannot upload: the server uses the stored role (403)."""
     token = _token(stack, DOWNLOADER)
     claims = jwt.decode(token, options={"verify_signature": False})
-    key = (stack.data_dir / "jwt.key").read_bytes()
+    key = stack.signing_key()
     promoted = jwt.encode({**claims, "role": "uploader"}, key, algorithm="HS256")
     answer = httpx.put(
         f"{stack.url}/keys/v1",
@@ -244,7 +244,7 @@ def test_a_role_claim_signed_with_the_real_key_does_not_grant_uploads(stack: Sta
         headers={"Authorization": f"Bearer {promoted}"},
     )
     _error(answer, 403, "Forbidden")
-    assert not (stack.data_dir / "keys" / "v1.fragment").exists()
+    assert stack.fragment("v1") is None
 
 
 def test_the_client_renews_an_expired_session_and_reports_a_revoked_account(
@@ -258,8 +258,7 @@ def test_the_client_renews_an_expired_session_and_reports_a_revoked_account(
     ok(reader.api.list_folder("models"))
     assert reader.api.logins == 2
 
-    with UserStore(stack.data_dir).editing() as users:
-        del users[DOWNLOADER]
+    assert ok(stack.store.remove_account(DOWNLOADER)) is True
     refused = failure(reader.api.list_folder("models"))
     assert isinstance(refused, AuthFailed)
     assert reader.api.logins == 2
@@ -316,5 +315,5 @@ def test_a_downloader_is_403_and_every_layer_says_access_denied(
         ["upload", str(cli / "evil.onnx"), "--folder", "models"],
     )
     assert code == 3 and "access denied" in err and "uploader" in err
-    assert not (stack.data_dir / "resources" / "models").exists()
+    assert ok(stack.store.names("models")) == ()
     assert stack.moto.s3_client().list_objects_v2(Bucket=stack.bucket).get("KeyCount", 0) == 0

@@ -9,7 +9,6 @@ must show that nothing was created outside the cache or the server's data direct
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -330,8 +329,8 @@ def test_hostile_file_names_in_a_download_body_are_refused(
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["ErrorCode"] == "InvalidName"
-    users = json.loads((shared_stack.data_dir / "users.json").read_text())
-    assert users[UPLOADER]["fingerprint"] != "fp-names"
+    account = ok(shared_stack.store.get_account(UPLOADER))
+    assert account is not None and account.fingerprint != "fp-names"
 
 
 def test_literal_dot_segments_never_reach_a_handler(

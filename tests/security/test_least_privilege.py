@@ -142,7 +142,7 @@ def test_no_route_reaches_the_servers_own_files(stack: Stack) -> None:
                 files={"file": ("cdn.yaml", b"endpoint: http://attacker", "text/plain")},
             )
             assert upload.status_code == 403
-    assert b"attacker" not in (stack.data_dir / "cdn.yaml").read_bytes()
+    assert b"attacker" not in (ok(stack.store.get_setting("cdn_config")) or b"")
 
 
 _SKIP = (types.ModuleType, type, types.FrameType, types.CodeType)

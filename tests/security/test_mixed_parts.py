@@ -9,7 +9,6 @@ cannot: the last test pins that documented weakness.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -73,11 +72,10 @@ def test_parts_of_another_resource_are_refused(stack: Stack, tmp_path: Path) -> 
     _refused_cold_download(stack, tmp_path, "big-of-b")
     _put_big_object(stack, A, big_a)
 
-    small_a = stack.small_part_path(A)
-    kept = small_a.read_bytes()
-    shutil.copyfile(stack.small_part_path(B), small_a)
+    kept = stack.small_part(A)
+    stack.put_small_part(A, stack.small_part(B))
     _refused_cold_download(stack, tmp_path, "small-of-b")
-    small_a.write_bytes(kept)
+    stack.put_small_part(A, kept)
 
     fine = stack.client(DOWNLOADER, cache=tmp_path / "cache-fine")
     ok(download(fine, A, tmp_path / "fine.onnx"))
@@ -91,18 +89,18 @@ def test_parts_of_an_older_version_are_refused(stack: Stack, tmp_path: Path) -> 
     second = _model(tmp_path / "v2.onnx", b"2")
     writer = stack.client(UPLOADER)
     ok(upload(writer, A, tmp_path / "v1.onnx"))
-    old_big, old_small = _big_object(stack, A), stack.small_part_path(A).read_bytes()
+    old_big, old_small = _big_object(stack, A), stack.small_part(A)
     ok(upload(writer, A, tmp_path / "v2.onnx"))
-    new_big, new_small = _big_object(stack, A), stack.small_part_path(A).read_bytes()
+    new_big, new_small = _big_object(stack, A), stack.small_part(A)
     assert len(old_big) == len(new_big) and old_big != new_big
 
     _put_big_object(stack, A, old_big)
     _refused_cold_download(stack, tmp_path, "old-big")
     _put_big_object(stack, A, new_big)
 
-    stack.small_part_path(A).write_bytes(old_small)
+    stack.put_small_part(A, old_small)
     _refused_cold_download(stack, tmp_path, "old-small")
-    stack.small_part_path(A).write_bytes(new_small)
+    stack.put_small_part(A, new_small)
 
     fine = stack.client(DOWNLOADER, cache=tmp_path / "cache-fine")
     ok(download(fine, A, tmp_path / "fine.onnx"))

@@ -249,7 +249,7 @@ def _secrets(stack: Stack, sealer: Client, loader: Client) -> dict[str, str | by
     found["password key uploader"] = keys.password_key(PASSWORD, UPLOADER)
     for client in (sealer, loader):
         found[f"session transport key {client.config.email}"] = client.transport_key
-    header, _ = parse_header(stack.small_part_path(REF).read_bytes()).unwrap()
+    header, _ = parse_header(stack.small_part(REF)).unwrap()
     dek = header.dek_field
     subkeys = keys.data_subkeys(dek, header.file_id)
     found |= {
@@ -257,7 +257,8 @@ def _secrets(stack: Stack, sealer: Client, loader: Client) -> dict[str, str | by
         "chunk key": subkeys.chunk_key,
         "header MAC key": subkeys.header_mac_key,
     }
-    fragment = (stack.data_dir / "keys" / f"{VERSION}.fragment").read_bytes()
+    fragment = stack.fragment(VERSION)
+    assert fragment is not None
     found |= {
         "key fragment": fragment,
         "archive data key": keys.archive_dek(fragment),

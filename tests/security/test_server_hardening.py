@@ -9,7 +9,6 @@ echoing a secret (the password sent, a stored hash, the signing key).
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import httpx
 import jwt
 
 from tests.security.hostile import capture_debug_logs, raw_http
+from tests.support.results import value
 from tests.support.server_fixtures import http, served, world  # noqa: F401 - fixtures
 from tests.support.server_world import DOWNLOADER, PASSWORD, UPLOADER, ServerWorld
 
@@ -32,9 +32,8 @@ def _token(http: httpx.Client, email: str = UPLOADER) -> str:
 
 def _secrets_of(world: ServerWorld) -> list[str]:
     """What must never appear in an answer: the signing key and the stored password hashes."""
-    key = (world.data_dir / "jwt.key").read_bytes()
-    users = json.loads((world.data_dir / "users.json").read_text())
-    hashes = [entry["hash"] for entry in users.values()]
+    key = world.signing_key()
+    hashes = [account.password_hash for account in value(world.store.list_accounts())]
     salts = [h.split("$")[-2] for h in hashes]
     return [key.hex(), base64.b64encode(key).decode()[:40], "$argon2id", *hashes, *salts]
 
@@ -121,7 +120,7 @@ def test_tokens_are_hs256_and_other_algorithms_are_refused(
     header = jwt.get_unverified_header(token)
     claims = jwt.decode(token, options={"verify_signature": False})
     assert header["alg"] == "HS256" and claims["exp"] > claims["iat"]
-    key = (world.data_dir / "jwt.key").read_bytes()
+    key = world.signing_key()
     _, payload, signature = token.split(".")
     lowered = base64.urlsafe_b64encode(b'{"alg":"hs256","typ":"JWT"}').rstrip(b"=").decode()
     for forged in (
@@ -236,8 +235,8 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed(
         status = raw.split(b" ", 2)[1]
         assert status in {b"400", b"413"}, raw
         assert b"Traceback" not in raw
-    assert not (world.data_dir / "resources").exists()
-    assert not (world.data_dir / "keys").exists()
+    assert value(world.store.names("models")) == ()
+    assert value(world.store.fragment_versions()) == ()
 
 
 def test_unknown_routes_and_methods_are_json(world: ServerWorld, http: httpx.Client) -> None:

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.sql_store import SqlStore
 from splitvault.app.server.api import ServerStats, add_user, create_app, set_cdn_config
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.retry import RetryPolicy
@@ -92,6 +93,17 @@ class ServerWorld:
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def store(self) -> SqlStore:
+        """The app's store (the SQLite file in ``data_dir``)."""
+        store: SqlStore = self.app.state.store
+        return store
+
+    def signing_key(self) -> bytes:
+        """The server's token signing key (to forge tokens in tests)."""
+        key: bytes = self.app.state.signing.key
+        return key
 
     @property
     def stats(self) -> ServerStats:

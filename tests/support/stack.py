@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,17 +24,21 @@ from starlette.applications import Starlette
 
 from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.sql_store import SqlStore
 from splitvault.adapters.system import SystemClock, SystemRandom
 from splitvault.app.client.bootstrap import Client, bootstrap
 from splitvault.app.client.usecases import DownloadReport, UploadReport
 from splitvault.app.server.api import create_app, set_cdn_config
+from splitvault.app.server.routes import version_of
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.config import ClientConfig, S3Keys
 from splitvault.domain.errors import Problem
+from splitvault.domain.ports import ResourceVersion
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
 from tests.support.faults import FaultInjector
 from tests.support.moto_server import MotoS3
+from tests.support.results import value
 from tests.support.server_world import (
     DOWNLOADER,
     OTHER_DOWNLOADER,
@@ -143,9 +148,37 @@ class Stack:
         )
         assert is_successful(stored), stored
 
-    def small_part_path(self, ref: ResourceRef) -> Path:
-        """Where the server stores a small part."""
-        return self.data_dir / "resources" / ref.folder / f"{ref.name}.small"
+    @property
+    def store(self) -> SqlStore:
+        """The server's store (the SQLite file in ``data_dir``)."""
+        store: SqlStore = self.app.state.store
+        return store
+
+    def has_small_part(self, ref: ResourceRef) -> bool:
+        """Whether the server has a current small part for ``ref`` (an upload committed)."""
+        return value(self.store.current(ref.folder, ref.name)) is not None
+
+    def small_part(self, ref: ResourceRef) -> bytes:
+        """The small part the server would hand out for ``ref`` (fails the test without one)."""
+        current = value(self.store.current(ref.folder, ref.name))
+        assert current is not None, f"no small part for {ref}"
+        return current.small_part
+
+    def fragment(self, version: str) -> bytes | None:
+        """The key fragment the server holds for ``version``, or ``None``."""
+        return value(self.store.get_fragment(version))
+
+    def put_small_part(self, ref: ResourceRef, small_part: bytes) -> None:
+        """Make ``small_part`` current for ``ref``, behind the API's back (an attacker's write)."""
+        version = ResourceVersion(
+            ref.folder, ref.name, version_of(small_part), small_part, "planted", time.time()
+        )
+        value(self.store.publish(version))
+
+    def signing_key(self) -> bytes:
+        """The server's token signing key (to forge tokens in attacks)."""
+        key: bytes = self.app.state.signing.key
+        return key
 
 
 def upload(client: Client, ref: ResourceRef, source: Path) -> IOResult[UploadReport, Problem]:

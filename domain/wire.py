@@ -1,0 +1,61 @@
+"""The resource API's wire constants, in one place for the server and the HTTP adapters.
+
+The reference server (``app.server``) and the clients (``adapters.http_api``,
+``adapters.http_key_fragments``) used to hand-copy these; a change to the protocol is now one edit
+here, and a mismatch between the two sides cannot creep in.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from splitvault.domain.ref import ResourceRef
+
+# Path segments (relative to the API's base URL); ``{folder}`` and ``{version}`` are one quoted
+# segment each: ``POST login``, ``POST resources/{folder}`` (upload),
+# ``POST resources/get/{folder}``, ``GET resources/list/{folder}``, ``GET|PUT keys/{version}``.
+LOGIN: Final = "login"
+RESOURCES: Final = "resources"
+GET: Final = "get"
+LIST: Final = "list"
+KEYS: Final = "keys"
+HEALTH_PATH: Final = "/healthz"
+READY_PATH: Final = "/readyz"
+METRICS_PATH: Final = "/metrics"
+
+# ``GET keys`` (no version) answers the latest registered fragment and names it in this header.
+LATEST_VERSION_HEADER: Final = "X-Splitvault-Version"
+
+# JSON fields.
+FIELD_EMAIL: Final = "email"
+FIELD_PASSWORD: Final = "password"  # noqa: S105 - a field name, not a password
+FIELD_TOKEN: Final = "token"  # noqa: S105 - a field name, not a token
+FIELD_FILE_NAME: Final = "file_name"
+FIELD_FINGERPRINT: Final = "hardware_fingerprint"
+FIELD_FILES: Final = "files"
+FIELD_NAME: Final = "name"
+FIELD_VERSION: Final = "version"
+FIELD_ERROR_CODE: Final = "ErrorCode"
+FIELD_MESSAGE: Final = "Message"
+UPLOAD_FILE_FIELD: Final = "file"
+
+# Error codes a client may act on (the server sends others too; they are informational).
+ERROR_HARDWARE_MISMATCH: Final = "HardwareMismatch"
+ERROR_FRAGMENT_EXISTS: Final = "FragmentExists"
+ERROR_TOO_MANY_ATTEMPTS: Final = "TooManyAttempts"
+
+# Size caps, shared so that what one side accepts the other side can send.
+MAX_BODY_BYTES: Final = 1 << 20  # the server refuses larger request bodies with 413
+MAX_ENVELOPE_BYTES: Final = 1 << 20  # small parts are a few KB; the server stores at most 1 MiB
+MAX_FRAGMENT_BYTES: Final = 64 << 10  # an image key fragment is 32 bytes; 64 KiB leaves room
+MAX_SMALL_BODY_BYTES: Final = 64 * 1024  # logins, listings and error answers
+MAX_MESSAGE_CHARS: Final = 300
+MAX_EMAIL_CHARS: Final = 320
+MAX_PASSWORD_CHARS: Final = 1024  # Argon2id hashes any length; a bound keeps requests cheap
+MAX_FINGERPRINT_CHARS: Final = 512
+MAX_TOKEN_CHARS: Final = 4096
+
+# The CDN config the server hands out like a resource, per role.
+CONFIG_FOLDER: Final = "config"
+CDN_CONFIG_NAME: Final = "cdn.yaml"
+CONFIG_REF: Final = ResourceRef(CONFIG_FOLDER, CDN_CONFIG_NAME)
