@@ -58,7 +58,7 @@ from splitvault.adapters.atomic_file import (
 )
 from splitvault.adapters.ranges import cut, write_all
 from splitvault.domain import digest
-from splitvault.domain.errors import PartMismatch, Problem, StorageFailed, Transient
+from splitvault.domain.errors import PartMismatch, Problem, RemoteError, StorageFailed, Transient
 from splitvault.domain.ports import BigPartDigest, Fill, Produce, Span, Use
 from splitvault.domain.ref import ResourceRef
 
@@ -83,6 +83,7 @@ LOCK_NAME = ".lock"
 INCOMING_NAME = ".incoming"
 EVICT_LOCK_NAME = ".evict.lock"
 RECORD_MAGIC = "splitvault-ranges/1"
+RANGE_NOT_SATISFIABLE = 416
 
 
 def version_of(expected: BigPartDigest) -> str:
@@ -177,9 +178,15 @@ def _root_mismatch(actual: bytes, expected: bytes) -> str:
 
 @attrs.frozen
 class _Units:
-    """The pieces of a big part a fill records: its digest segments, or plain 1 MiB units."""
+    """The pieces of a big part a fill records: its digest segments, or plain 1 MiB units.
 
-    spans: tuple[Span, ...]
+    Computed, never listed: a header may claim a petabyte, and nothing may be allocated for
+    that claim before the CDN has shown the object is that long.
+    """
+
+    length: int
+    first: int
+    size: int
     hashed: bool
 
     @classmethod
@@ -187,11 +194,27 @@ class _Units:
         length = expected.length
         first, size = max(expected.first_segment, 1), expected.segment_size
         if max(min(first, length), min(size, length)) <= MAX_HASHED_SEGMENT:
-            return cls(tuple(digest.segment_bounds(length, first, size)), True)
-        return cls(tuple(digest.segment_bounds(length, PLAIN_UNIT, PLAIN_UNIT)), False)
+            return cls(length, min(first, length), size, hashed=True)
+        return cls(length, min(PLAIN_UNIT, length), PLAIN_UNIT, hashed=False)
 
-    def starting_at(self) -> dict[int, int]:
-        return {low: index for index, (low, _) in enumerate(self.spans)}
+    @property
+    def count(self) -> int:
+        if self.length == 0:
+            return 0
+        return 1 + -(-(self.length - self.first) // self.size)
+
+    def span(self, index: int) -> Span:
+        if index == 0:
+            return 0, self.first
+        low = self.first + (index - 1) * self.size
+        return low, min(low + self.size, self.length)
+
+    def index_starting_at(self, offset: int) -> int | None:
+        if offset == 0 and self.length:
+            return 0
+        if offset < self.first or offset >= self.length or (offset - self.first) % self.size:
+            return None
+        return 1 + (offset - self.first) // self.size
 
 
 def _record_header(expected: BigPartDigest) -> str:
@@ -217,7 +240,7 @@ def _read_record(record: Path, expected: BigPartDigest, units: _Units) -> dict[i
         if len(parts) != 2 or not parts[0].isdigit():
             continue
         index = int(parts[0])
-        if index >= len(units.spans):
+        if index >= units.count:
             continue
         if units.hashed:
             try:
@@ -239,7 +262,6 @@ class _FillSink:
         self._fd = fd
         self._record_fd = record_fd
         self._units = units
-        self._starts = units.starting_at()
         self.landed = landed
         self.moved = 0
         self.local_error: OSError | None = None
@@ -251,7 +273,7 @@ class _FillSink:
         with self._lock:
             stream = self._streams.pop(offset, None)
         if stream is None:
-            index = self._starts.get(offset)
+            index = self._units.index_starting_at(offset)
             if index is None:
                 raise ValueError(f"a write at byte {offset} neither starts nor continues a range")
             stream = (index, 0, None)
@@ -262,9 +284,9 @@ class _FillSink:
             raise
         index, seen, buffer = stream
         view = memoryview(data)
-        spans = self._units.spans
-        while view and index < len(spans):
-            low, high = spans[index]
+        count = self._units.count
+        while view and index < count:
+            low, high = self._units.span(index)
             size = high - low
             take = min(size - seen, len(view))
             if self._units.hashed:
@@ -279,7 +301,7 @@ class _FillSink:
                 index, seen = index + 1, 0
         with self._lock:
             self.moved += len(data)
-            if index < len(spans):
+            if index < count:
                 self._streams[offset + len(data)] = (index, seen, buffer)
 
     def _land(self, index: int, leaf: bytes | None) -> None:
@@ -488,16 +510,21 @@ class FileCache:
         if not landed:
             partial.unlink(missing_ok=True)
             record.unlink(missing_ok=True)
-        self._make_room(expected.length, keep=partial)
+        if self._max_bytes is not None and expected.length <= self._max_bytes:
+            # A part larger than the whole bound cannot be made room for; evicting everything
+            # for it (or for a header's lie) would only empty the cache.
+            self._make_room(expected.length, keep=partial)
         try:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                if os.fstat(fd).st_size != expected.length:
-                    os.ftruncate(fd, expected.length)  # sparse: the bound counts it whole
                 if not landed:
                     with atomic_path(record) as temp:
                         temp.write_text(_record_header(expected), encoding="ascii")
-                outcome = self._fill_missing(fd, record, units, landed, fill)
+                outcome = self._probe(fd, record, units, landed, fill)
+                if outcome is None:
+                    if os.fstat(fd).st_size != expected.length:
+                        os.ftruncate(fd, expected.length)  # sparse: the bound counts it whole
+                    outcome = self._fill_missing(fd, record, units, landed, fill)
             finally:
                 os.close(fd)
         except OSError as error:
@@ -505,6 +532,12 @@ class FileCache:
         if isinstance(outcome, OSError):
             return self._abandon(partial, record, outcome)
         if outcome is not None:
+            problem = unsafe_perform_io(outcome.failure())
+            if isinstance(problem, RemoteError) and problem.status == RANGE_NOT_SATISFIABLE:
+                _remove_partial(partial)
+                return IOFailure(
+                    PartMismatch(f"the big part of {ref} on the CDN: {problem.describe()}")
+                )
             return outcome
         reason = self._commit_reason(partial, expected, units, landed)
         if reason is not None:
@@ -527,7 +560,7 @@ class FileCache:
         self._remove_other_versions(ref, keep=version)
         return IOSuccess(None)
 
-    def _fill_missing(
+    def _probe(
         self,
         fd: int,
         record: Path,
@@ -535,8 +568,26 @@ class FileCache:
         landed: dict[int, bytes | None],
         fill: Fill,
     ) -> IOResult[None, Problem] | OSError | None:
+        """Fetch the last unit first: it proves the object is as long as the header says
+        before anything is reserved or preallocated for that length."""
+        last = units.count - 1
+        if last < 0 or last in landed:
+            return None
+        return self._fill_missing(fd, record, units, landed, fill, only=[last])
+
+    def _fill_missing(
+        self,
+        fd: int,
+        record: Path,
+        units: _Units,
+        landed: dict[int, bytes | None],
+        fill: Fill,
+        *,
+        only: list[int] | None = None,
+    ) -> IOResult[None, Problem] | OSError | None:
         """Ask ``fill`` for the units not yet landed: ``None`` when all are there now."""
-        missing = [units.spans[i] for i in range(len(units.spans)) if i not in landed]
+        wanted = range(units.count) if only is None else only
+        missing = [units.span(i) for i in wanted if i not in landed]
         if not missing:
             return None
         record_fd = os.open(record, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -545,7 +596,7 @@ class FileCache:
             log.info(
                 "fetching %d of %d segments (%d bytes)",
                 len(missing),
-                len(units.spans),
+                units.count,
                 sum(high - low for low, high in missing),
             )
             filled = fill(cut(missing, self._range_bytes), sink)
@@ -555,7 +606,7 @@ class FileCache:
             return sink.local_error
         if not is_successful(filled):
             return filled
-        if len(landed) < len(units.spans):
+        if any(i not in landed for i in wanted):
             return IOFailure(Transient("big part fill", "the CDN answered fewer bytes than asked"))
         return None
 
@@ -573,7 +624,7 @@ class FileCache:
     ) -> str | None:
         if not units.hashed:
             return mismatch_reason(partial, expected)
-        leaves = [landed[index] or b"" for index in range(len(units.spans))]
+        leaves = [landed[index] or b"" for index in range(units.count)]
         root = digest.root(expected.length, leaves)
         return None if root == expected.root else _root_mismatch(root, expected.root)
 
@@ -583,11 +634,16 @@ class FileCache:
     ) -> dict[int, bytes | None]:
         """The recorded units that still hold their bytes, each re-hashed once."""
         try:
-            if partial.stat(follow_symlinks=False).st_size != expected.length:
-                return {}
+            size = partial.stat(follow_symlinks=False).st_size
         except FileNotFoundError:
             return {}
-        recorded = _read_record(record, expected, units)
+        if size > expected.length:
+            return {}
+        recorded = {
+            index: leaf
+            for index, leaf in _read_record(record, expected, units).items()
+            if units.span(index)[1] <= size
+        }
         if not recorded or not units.hashed:
             return recorded
         fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -595,7 +651,7 @@ class FileCache:
             local = threading.local()
 
             def check(index: int) -> bool:
-                low, high = units.spans[index]
+                low, high = units.span(index)
                 buffer = getattr(local, "buffer", None)
                 if buffer is None or len(buffer) < high - low:
                     buffer = memoryview(bytearray(high - low))
@@ -615,7 +671,7 @@ class FileCache:
                 len(recorded),
                 partial,
             )
-        log.info("resuming %s: %d of %d segments on disk", partial, len(kept), len(units.spans))
+        log.info("resuming %s: %d of %d segments on disk", partial, len(kept), units.count)
         with atomic_path(record) as temp:
             lines = [_record_header(expected)]
             lines += [f"{i} {leaf.hex() if leaf else '-'}\n" for i, leaf in kept.items()]
