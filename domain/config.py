@@ -194,6 +194,9 @@ class ClientConfig:
         connect_timeout, read_timeout: seconds, for the API and the CDN.
         workers: parallel transfers and crypto threads.
         publisher_key_file: file holding the publisher key that wraps data keys, if used.
+        cache_max_bytes: the bound on the bytes the cache holds (``None``: no bound); least
+            recently used entries are evicted past it, never one in use. A whole number of
+            bytes or a size such as ``20GiB``.
     """
 
     cache_dir: Path
@@ -207,6 +210,7 @@ class ClientConfig:
     read_timeout: float = 60.0
     workers: int = 4
     publisher_key_file: Path | None = None
+    cache_max_bytes: int | None = None
 
 
 CLIENT_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ClientConfig))
@@ -273,6 +277,35 @@ def _secret_text(value: object, field: str) -> Result[str, ConfigInvalid]:
     return Success(value)
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
+_BYTE_UNITS |= {"g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+_BYTE_UNITS |= {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def _byte_size(value: object, field: str) -> Result[int, ConfigInvalid]:
+    """A byte count: a whole number, or text such as ``500MiB`` / ``20G`` (binary) / ``1GB``."""
+    if isinstance(value, bool):
+        return Failure(ConfigInvalid(field, "expected a size in bytes, got a boolean"))
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        digits = text.rstrip("kmgtib")
+        unit = text[len(digits) :]
+        if not digits.isdigit() or unit not in _BYTE_UNITS:
+            return Failure(
+                ConfigInvalid(field, f"expected a size such as 20GiB or 500MiB, got {value!r}")
+            )
+        number = int(digits) * _BYTE_UNITS[unit]
+    else:
+        return Failure(ConfigInvalid(field, f"expected a size in bytes, got {_type_name(value)}"))
+    if number < 1:
+        return Failure(
+            ConfigInvalid(field, "must be at least 1 byte (leave it unset for no bound)")
+        )
+    return Success(number)
+
+
 _Parser = Callable[[object, str], Result[object, ConfigInvalid]]
 _CLIENT_PARSERS: dict[str, _Parser] = {
     "cache_dir": _path,
@@ -286,6 +319,7 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "read_timeout": _positive_float,
     "workers": _workers,
     "publisher_key_file": _path,
+    "cache_max_bytes": _byte_size,
 }
 
 

@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", commands.bench, "measure seal/open throughput against a plain copy")
     p.add_argument("--size", type=_size, default=1 << 30)
     p.add_argument("--repetitions", type=int, default=3)
+
+    from splitvault.app.cli import cache
+
+    cache.add_arguments(command("cache", cache.run, "list, prune or clear the local cache"))
     return parser
 
 

@@ -289,7 +289,9 @@ def bootstrap(
         )
     built_api = api
     cache_result: IOResult[Cache, Problem] = (
-        IOSuccess(cache) if cache is not None else FileCache.open(config.cache_dir)
+        IOSuccess(cache)
+        if cache is not None
+        else FileCache.open(config.cache_dir, max_bytes=config.cache_max_bytes)
     )
 
     def make(the_cache: Cache, publisher_key: bytes | None) -> Client:
