@@ -262,8 +262,9 @@ class _FillSink:
         self._fd = fd
         self._record_fd = record_fd
         self._units = units
-        self.landed = landed
+        self.landed_units = landed
         self.moved = 0
+        self._landed_bytes = 0
         self.local_error: OSError | None = None
         # next expected offset -> (unit index, bytes of it seen, its buffer)
         self._streams: dict[int, tuple[int, int, bytearray | None]] = {}
@@ -304,10 +305,16 @@ class _FillSink:
             if index < count:
                 self._streams[offset + len(data)] = (index, seen, buffer)
 
+    def landed(self) -> int:
+        with self._lock:
+            return self._landed_bytes
+
     def _land(self, index: int, leaf: bytes | None) -> None:
         line = f"{index} {leaf.hex() if leaf is not None else '-'}\n".encode("ascii")
+        low, high = self._units.span(index)
         with self._lock:
-            self.landed[index] = leaf
+            self._landed_bytes += high - low
+            self.landed_units[index] = leaf
             try:
                 write_all(self._record_fd, line, os.lseek(self._record_fd, 0, os.SEEK_END))
             except OSError as error:

@@ -73,6 +73,10 @@ class FileSink:
         if self._progress is not None:
             self._progress(len(data))
 
+    def landed(self) -> int:
+        with self._lock:
+            return sum(end - low for low, end in self._reached.items())
+
     def contiguous_end(self, start: int, ranges: Sequence[Span]) -> int:
         """The end of the bytes known good from ``start``: whole ranges, then part of one."""
         end = start

@@ -75,6 +75,10 @@ class RangeSink(Protocol):
         """Take ``data``, the big part's bytes at ``offset``. Raises ``OSError`` (disk full)."""
         ...
 
+    def landed(self) -> int:
+        """Bytes this sink has kept for good so far: what a retry will not ask for again."""
+        ...
+
 
 class Cdn(Protocol):
     """Object storage for big parts, keyed by ``ref.key``."""

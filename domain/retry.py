@@ -77,7 +77,7 @@ class Streak:
     Args:
         began: monotonic seconds when the operation started.
         since: monotonic seconds of the last progress (or ``began``).
-        stalled: failed attempts in a row that made no progress (the newest included).
+        stalled: failed attempts in a row that made no progress (0 when the newest did).
         total: failed attempts in all.
     """
 
@@ -98,7 +98,7 @@ class Streak:
         bytes is not time lost.
         """
         if progressed:
-            return Streak(self.began, max(now, self.since), 1, self.total + 1)
+            return Streak(self.began, max(now, self.since), 0, self.total + 1)
         return Streak(self.began, self.since, self.stalled + 1, self.total + 1)
 
 
@@ -106,13 +106,13 @@ def decide_streak(
     policy: RetryPolicy, streak: Streak, *, now: float, outcome: Outcome, jitter: float
 ) -> Decision:
     """``decide`` for an operation that can make progress, after ``streak``'s newest failure."""
-    if streak.stalled < 1:
+    if streak.total < 1:
         raise ValueError("decide after a failed attempt: the streak has no failure yet")
     if policy.deadline is not None and now - streak.began >= policy.deadline:
         return GiveUp(f"{_describe(outcome)}; past the {policy.deadline:g} s deadline")
     decision = decide(
         policy,
-        attempt=streak.stalled,
+        attempt=max(streak.stalled, 1),  # an attempt that progressed waits the first backoff
         elapsed=max(0.0, now - streak.since),
         outcome=outcome,
         jitter=jitter,

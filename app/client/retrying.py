@@ -117,25 +117,41 @@ def run_with(
 
 
 class Meter:
-    """Counts the bytes handed to range sinks: the progress a retried download reports."""
+    """Watches the range sinks of one download: what landed for good, and what arrived.
+
+    Calling it gives the bytes the sinks kept for good (whole segments), the progress signal of
+    a retried download: bytes of a segment that broke off are arriving, not progress, or a link
+    that always breaks mid-segment would be retried for ever. ``moved`` counts every byte that
+    arrived, refetched ones included.
+    """
 
     def __init__(self) -> None:
-        self._count = 0
+        self._sinks: list[RangeSink] = []
+        self._moved = 0
         self._lock = threading.Lock()
 
     def __call__(self) -> int:
-        """The bytes counted so far."""
+        """Bytes landed for good so far, over every sink watched."""
         with self._lock:
-            return self._count
+            sinks = list(self._sinks)
+        return sum(sink.landed() for sink in sinks)
+
+    @property
+    def moved(self) -> int:
+        """Bytes that arrived, over every sink watched."""
+        with self._lock:
+            return self._moved
 
     def around(self, sink: RangeSink) -> RangeSink:
-        """A sink that passes every write on to ``sink`` and counts it once it was taken."""
+        """A sink that passes everything on to ``sink`` and is watched by this meter."""
+        with self._lock:
+            self._sinks.append(sink)
         return _MeteredSink(sink, self)
 
     def add(self, count: int) -> None:
-        """Count ``count`` more bytes."""
+        """Count ``count`` more bytes arrived."""
         with self._lock:
-            self._count += count
+            self._moved += count
 
 
 class _MeteredSink:
@@ -146,3 +162,6 @@ class _MeteredSink:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self._inner.write(offset, data)
         self._meter.add(len(data))
+
+    def landed(self) -> int:
+        return self._inner.landed()

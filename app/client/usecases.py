@@ -268,7 +268,7 @@ def _with_big_part(
             cache_hit=not filled,
             cache_path=big_path,
             fill_starts=tuple(filled),
-            fetched_bytes=meter(),
+            fetched_bytes=meter.moved,
         )
 
     def use(big_path: Path) -> IOResult[DownloadReport, Problem]:

@@ -33,6 +33,7 @@ from tests.support.stack import (
 )
 
 MiB = 1 << 20
+SEGMENT = MiB + 16  # a big-part segment: one ciphertext chunk's share, with its tag
 REF = ResourceRef("models", "faulty.onnx")
 T = TypeVar("T")
 
@@ -70,11 +71,9 @@ def test_one_reset_mid_download_resumes_with_the_same_bytes(
     report: DownloadReport = value(download(reader, REF, tmp_path / "out" / "model.onnx"))
     assert (tmp_path / "out" / "model.onnx").read_bytes() == plaintext
     assert s3_proxy.snapshot().resets == 1
-    assert len(report.fill_starts) == 2
-    assert report.fill_starts[0] == 0
-    assert 0 < report.fill_starts[1] < big  # resumed, not restarted
-    # Only the missing bytes were fetched again: well under two whole big parts went over.
-    assert s3_proxy.snapshot().bytes_down - before < 2 * big
+    # Only the segment the reset broke was fetched again, not the part from its first hole.
+    assert big <= report.fetched_bytes <= big + SEGMENT
+    assert s3_proxy.snapshot().bytes_down - before < big + 2 * SEGMENT
     assert leftovers(tmp_path / "out") == ["model.onnx"]
 
 
@@ -88,8 +87,8 @@ def test_a_clean_cut_mid_download_is_resumed(
     report: DownloadReport = value(download(reader, REF, tmp_path / "out.onnx"))
     assert (tmp_path / "out.onnx").read_bytes() == plaintext
     assert s3_proxy.snapshot().cuts == 1
-    assert report.fill_starts[0] == 0
-    assert report.fill_starts[-1] > 0
+    assert len(report.fill_starts) >= 2  # the cut range was asked for again
+    assert report.fetched_bytes <= report.big_bytes + SEGMENT
 
 
 def test_persistent_resets_fail_typed_and_leave_no_output(
@@ -106,7 +105,7 @@ def test_persistent_resets_fail_typed_and_leave_no_output(
     assert s3_proxy.snapshot().resets == QUICK_RETRIES.max_attempts
     assert not out.exists()
     assert leftovers(out.parent) == []
-    assert not (reader.cache.root / REF.key).exists()  # type: ignore[attr-defined]
+    assert not reader.cache.entry_path(REF).exists()  # type: ignore[attr-defined]
 
 
 def test_a_stalled_s3_peer_times_out(stack: Stack, s3_proxy: FaultProxy, tmp_path: Path) -> None:
@@ -161,7 +160,7 @@ def test_the_big_part_is_verified_after_a_resumed_download(
 ) -> None:
     """After a resumed fill, the cache entry is exactly the uploaded big part."""
     _, big = uploaded(stack, tmp_path, 3 * MiB)
-    uploader_entry = stack.clients[0].cache.root / REF.key  # type: ignore[attr-defined]
+    uploader_entry = stack.clients[0].cache.entry_path(REF)  # type: ignore[attr-defined]
     expected = hashlib.sha256(uploader_entry.read_bytes()).digest()
     reader = stack.client(DOWNLOADER)
     s3_proxy.behave(Fault("reset", after=2 * MiB, trigger=b"GET /"), times=1)
