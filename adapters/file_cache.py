@@ -217,6 +217,10 @@ class _Units:
         return 1 + (offset - self.first) // self.size
 
 
+def _rest(span: Span, begun: int) -> Span:
+    return span[0] + begun, span[1]
+
+
 def _record_header(expected: BigPartDigest) -> str:
     return (
         f"{RECORD_MAGIC} {expected.root.hex()} {expected.length} "
@@ -253,11 +257,19 @@ def _read_record(record: Path, expected: BigPartDigest, units: _Units) -> dict[i
     return landed
 
 
+_Stream = tuple[int, int, bytearray | None]
+
+
 class _FillSink:
     """The ``RangeSink`` of one fill: writes into the partial, hashes and records each unit."""
 
     def __init__(
-        self, fd: int, record_fd: int, units: _Units, landed: dict[int, bytes | None]
+        self,
+        fd: int,
+        record_fd: int,
+        units: _Units,
+        landed: dict[int, bytes | None],
+        tails: dict[int, _Stream],
     ) -> None:
         self._fd = fd
         self._record_fd = record_fd
@@ -266,9 +278,15 @@ class _FillSink:
         self.moved = 0
         self._landed_bytes = 0
         self.local_error: OSError | None = None
-        # next expected offset -> (unit index, bytes of it seen, its buffer)
-        self._streams: dict[int, tuple[int, int, bytearray | None]] = {}
+        # next expected offset -> (unit index, bytes of it seen, its buffer); an earlier fill's
+        # broken-off streams continue where they stopped.
+        self._streams: dict[int, _Stream] = dict(tails)
         self._lock = threading.Lock()
+
+    def tails(self) -> dict[int, _Stream]:
+        """The streams that broke off inside a unit, by the offset they would continue at."""
+        with self._lock:
+            return {offset: stream for offset, stream in self._streams.items() if stream[1]}
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         with self._lock:
@@ -387,6 +405,10 @@ class FileCache:
         self._max_bytes = max_bytes
         self._range_bytes = range_bytes
         self._clock = clock
+        # Per partial, the units a broken-off range had begun, with their bytes so far: a
+        # retry in this process asks only for the rest of them (never across processes: bytes
+        # not yet fsynced may not have survived a crash, whole units are re-hashed instead).
+        self._tails: dict[Path, dict[int, _Stream]] = {}
 
     @classmethod
     def open(
@@ -517,6 +539,7 @@ class FileCache:
         if not landed:
             partial.unlink(missing_ok=True)
             record.unlink(missing_ok=True)
+            self._tails.pop(partial, None)
         if self._max_bytes is not None and expected.length <= self._max_bytes:
             # A part larger than the whole bound cannot be made room for; evicting everything
             # for it (or for a header's lie) would only empty the cache.
@@ -563,6 +586,7 @@ class FileCache:
         os.replace(partial, entry)
         fsync_dir(folder)
         record.unlink(missing_ok=True)
+        self._tails.pop(partial, None)
         write_stamp(entry, expected)
         self._remove_other_versions(ref, keep=version)
         return IOSuccess(None)
@@ -594,12 +618,19 @@ class FileCache:
     ) -> IOResult[None, Problem] | OSError | None:
         """Ask ``fill`` for the units not yet landed: ``None`` when all are there now."""
         wanted = range(units.count) if only is None else only
-        missing = [units.span(i) for i in wanted if i not in landed]
+        partial = record.parent / f".{record.name[1 : -len(RECORD_SUFFIX)]}{PARTIAL_SUFFIX}"
+        tails = {
+            offset: stream
+            for offset, stream in self._tails.pop(partial, {}).items()
+            if stream[0] not in landed and (only is None or stream[0] in only)
+        }
+        begun = {stream[0]: stream[1] for stream in tails.values()}
+        missing = [_rest(units.span(i), begun.get(i, 0)) for i in wanted if i not in landed]
         if not missing:
             return None
         record_fd = os.open(record, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            sink = _FillSink(fd, record_fd, units, landed)
+            sink = _FillSink(fd, record_fd, units, landed, tails)
             log.info(
                 "fetching %d of %d segments (%d bytes)",
                 len(missing),
@@ -611,6 +642,7 @@ class FileCache:
             os.close(record_fd)
         if sink.local_error is not None:
             return sink.local_error
+        self._tails[partial] = sink.tails()
         if not is_successful(filled):
             return filled
         if any(i not in landed for i in wanted):
@@ -618,6 +650,7 @@ class FileCache:
         return None
 
     def _abandon(self, partial: Path, record: Path, error: OSError) -> IOResult[None, Problem]:
+        self._tails.pop(partial, None)
         # A full disk (or a broken one): what is in the partial cannot be finished here, and
         # leaving it would keep the disk full for everything else.
         partial.unlink(missing_ok=True)

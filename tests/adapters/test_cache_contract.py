@@ -188,8 +188,8 @@ def test_a_new_version_replaces_the_old_only_once_complete(ranged: FileCache) ->
 
 
 def test_a_failed_range_costs_only_its_missing_segments(ranged: FileCache) -> None:
-    """One range that breaks half-way: every other range is kept, and the retry asks only for
-    the segments of the broken range that had not landed."""
+    """One range that breaks half-way: every other range is kept, and the retry in the same
+    process asks only for the bytes of the broken range that had not arrived."""
     data = blob(200_000, seed=6)
     expected = digest_of(data)
     victim = 100_000
@@ -205,8 +205,9 @@ def test_a_failed_range_costs_only_its_missing_segments(ranged: FileCache) -> No
     second = Source(data)
     assert value_of(ranged.fetch(REF, expected, second, keep_path)).read_bytes() == data
     (asked,) = second.calls
-    assert second.asked <= RANGE  # at most the one broken range
-    assert all(low <= victim + SEGMENT_SIZE and high > victim - RANGE for low, high in asked)
+    # Exactly the rest of the broken range: it continues at the byte where it broke off.
+    ((low, high),) = [span for call in first.calls for span in call if breaks(*span)]
+    assert asked == [(low + (high - low) // 2, high)]
     assert leftovers(ranged) == []
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from returns.io import IOResult
 
 from splitvault.app.client.usecases import DownloadReport
@@ -202,3 +203,56 @@ def test_a_stalled_s3_upload_times_out(stack: Stack, s3_proxy: FaultProxy, tmp_p
     problem = failure(bounded(lambda: upload(writer, REF, tmp_path / "model.onnx")))
     assert problem == TimedOut(f"CDN object {REF.key}", 1.0)
     assert not stack.small_part_path(REF).exists()
+
+
+# -- the Must-show figures: finished ranges are never fetched twice --------------------------------
+
+FLAKY_SIZE = 128 * MiB
+
+
+@pytest.mark.slow
+def test_every_third_connection_dropped_still_finishes_refetching_little(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every third S3 connection reset 3 MiB into its answers: the 128 MiB download finishes
+    with the same bytes, refetching under 10 % of the big part, within the default attempt cap
+    of attempts without progress."""
+    plaintext, big = uploaded(stack, tmp_path, FLAKY_SIZE)
+    reader = stack.client(DOWNLOADER, policy=RetryPolicy(base_delay=0.01, max_delay=0.05))
+    s3_proxy.behave(Fault("reset", after=3 * MiB), every=3)
+    before = s3_proxy.snapshot()
+    out = tmp_path / "out" / "model.onnx"
+    report: DownloadReport = value(download(reader, REF, out))
+    after = s3_proxy.snapshot()
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(plaintext).digest()
+    assert after.resets - before.resets >= 2  # the link really was flaky
+    refetched = report.fetched_bytes - big
+    wire = after.bytes_down - before.bytes_down
+    with capsys.disabled():
+        print(
+            f"\n[every third connection reset] {after.resets - before.resets} resets, "
+            f"{len(report.fill_starts)} fills, refetched {refetched} B "
+            f"({100 * refetched / big:.2f} %), {wire - big} B over the wire beyond the part"
+        )
+    assert refetched <= big // 10
+    assert wire - big <= big // 10
+
+
+@pytest.mark.slow
+def test_one_stall_refetches_at_most_one_range(
+    stack: Stack, s3_proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One S3 connection stalls 2 MiB into a range: only that range times out, every other range
+    finishes meanwhile, and the retry refetches at most that one range (8 MiB)."""
+    plaintext, big = uploaded(stack, tmp_path, 48 * MiB)
+    reader = stack.client(DOWNLOADER, read_timeout=2.0)
+    s3_proxy.behave(Fault("stall", after=2 * MiB, trigger=b"GET /"), times=1)
+    out = tmp_path / "out" / "model.onnx"
+    report: DownloadReport = value(bounded(lambda: download(reader, REF, out), seconds=120))
+    s3_proxy.release(forward=False)
+    assert out.read_bytes() == plaintext
+    assert s3_proxy.snapshot().stalls == 1
+    refetched = report.fetched_bytes - big
+    with capsys.disabled():
+        print(f"\n[one stall] refetched {refetched} B of a {big} B part")
+    assert refetched <= 8 * MiB
