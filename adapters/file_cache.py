@@ -602,8 +602,8 @@ class FileCache:
         """Fetch the last unit first: it proves the object is as long as the header says
         before anything is reserved or preallocated for that length."""
         last = units.count - 1
-        if last < 0 or last in landed:
-            return None
+        if last < 0 or last in landed or units.length <= self._range_bytes:
+            return None  # one range: asking for it is as cheap as the probe
         return self._fill_missing(fd, record, units, landed, fill, only=[last])
 
     def _fill_missing(

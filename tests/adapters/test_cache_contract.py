@@ -137,7 +137,7 @@ def test_miss_fills_then_hit_serves_without_filling(cache: FileCache) -> None:
     assert value_of(cache.fetch(REF, digest_of(data), source, keep_path)) == path
     assert source.asked == len(data)
     # The last segment first: it proves the object is as long as the header says.
-    probe, rest = source.calls
+    probe, rest = source.calls  # more than one range: the last segment first
     assert len(probe) == 1
     assert probe[0][1] == len(data)
     assert rest[0][0] == 0
