@@ -52,7 +52,6 @@ from splitvault.adapters.atomic_file import (
     atomic_path,
     collect_dead_temps,
     fsync_dir,
-    fsync_file,
     is_temp_name,
     storage_failed,
 )
@@ -480,9 +479,7 @@ class FileCache:
                         filled = self._fill(ref, expected, fill, fresh=False)
                         if not is_successful(filled):
                             return IOFailure(unsafe_perform_io(filled.failure()))
-                        pin = self._pin(entry)
-                        if pin is None:
-                            return IOFailure(StorageFailed(str(entry), "vanished after the fill"))
+                        pin = unsafe_perform_io(filled.unwrap())
         except OSError as error:
             return IOFailure(storage_failed(entry, error))
         try:
@@ -527,7 +524,8 @@ class FileCache:
 
     def _fill(
         self, ref: ResourceRef, expected: BigPartDigest, fill: Fill, *, fresh: bool
-    ) -> IOResult[None, Problem]:
+    ) -> IOResult[int, Problem]:
+        """Fill (or resume) this version's partial and commit it; an fd pinning the entry."""
         version = version_of(expected)
         folder = self.ref_dir(ref)
         partial = folder / f".{version}{PARTIAL_SUFFIX}"
@@ -542,8 +540,11 @@ class FileCache:
             self._tails.pop(partial, None)
         if self._max_bytes is not None and expected.length <= self._max_bytes:
             # A part larger than the whole bound cannot be made room for; evicting everything
-            # for it (or for a header's lie) would only empty the cache.
-            self._make_room(expected.length, keep=partial)
+            # for it (or for a header's lie) would only empty the cache. The partial is sized
+            # while the cache-wide lock is held, so the next process's count includes it.
+            self._make_room(
+                expected.length, keep=partial, then=lambda: _preallocate(partial, expected.length)
+            )
         try:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
@@ -568,7 +569,7 @@ class FileCache:
                 return IOFailure(
                     PartMismatch(f"the big part of {ref} on the CDN: {problem.describe()}")
                 )
-            return outcome
+            return IOFailure(problem)
         reason = self._commit_reason(partial, expected, units, landed)
         if reason is not None:
             partial.unlink(missing_ok=True)
@@ -581,15 +582,23 @@ class FileCache:
             log.warning("discarding downloaded big part %s: %s", partial, reason)
             return IOFailure(PartMismatch(f"the big part of {ref} as downloaded: {reason}"))
         entry = folder / f"{version}{ENTRY_SUFFIX}"
-        fsync_file(partial)
-        _stamp_path(entry).unlink(missing_ok=True)
-        os.replace(partial, entry)
-        fsync_dir(folder)
-        record.unlink(missing_ok=True)
-        self._tails.pop(partial, None)
-        write_stamp(entry, expected)
-        self._remove_other_versions(ref, keep=version)
-        return IOSuccess(None)
+        # Pinned before it gets its name (the lock is the inode's, so the rename keeps it): no
+        # evictor can take the entry between the commit and its first use.
+        pin = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(pin, fcntl.LOCK_SH)
+            os.fsync(pin)
+            _stamp_path(entry).unlink(missing_ok=True)
+            os.replace(partial, entry)
+            fsync_dir(folder)
+            record.unlink(missing_ok=True)
+            self._tails.pop(partial, None)
+            write_stamp(entry, expected)
+            self._remove_other_versions(ref, keep=version)
+        except BaseException:
+            os.close(pin)
+            raise
+        return IOSuccess(pin)
 
     def _probe(
         self,
@@ -649,7 +658,7 @@ class FileCache:
             return IOFailure(Transient("big part fill", "the CDN answered fewer bytes than asked"))
         return None
 
-    def _abandon(self, partial: Path, record: Path, error: OSError) -> IOResult[None, Problem]:
+    def _abandon(self, partial: Path, record: Path, error: OSError) -> IOResult[int, Problem]:
         self._tails.pop(partial, None)
         # A full disk (or a broken one): what is in the partial cannot be finished here, and
         # leaving it would keep the disk full for everything else.
@@ -820,17 +829,19 @@ class FileCache:
 
     # -- the bound --------------------------------------------------------------------------------
 
-    def _make_room(self, need: int, *, keep: Path) -> None:
-        """Evict least recently used items until ``need`` more bytes fit under the bound."""
+    def _make_room(self, need: int, *, keep: Path, then: Callable[[], None] = lambda: None) -> None:
+        """Evict least recently used items until ``need`` more bytes fit under the bound, then
+        run ``then`` (the reservation) while still holding the cache-wide lock."""
         if self._max_bytes is None:
+            then()
             return
         with self._evict_locked():
             items = self.items()
             total = sum(item.size for item in items if item.path != keep)
             for item in items:
                 if total + need <= self._max_bytes:
-                    return
-                if item.path == keep:
+                    break
+                if item.path == keep or item.in_use:
                     continue
                 if self._evict(item):
                     total -= item.size
@@ -841,6 +852,7 @@ class FileCache:
                     need,
                     self._max_bytes,
                 )
+            then()
 
     def _evict(self, item: CachedItem) -> bool:
         """Remove ``item`` unless a reader or writer holds it; whether it was removed."""
@@ -981,6 +993,16 @@ def _items_in(folder: str, name: str, directory: Path) -> list[CachedItem]:
             )
         )
     return found
+
+
+def _preallocate(partial: Path, length: int) -> None:
+    """Give ``partial`` its full (sparse) length, so every count of the cache includes it."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size < length:
+            os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
 
 
 def _held(path: Path) -> bool:

@@ -137,11 +137,20 @@ def test_miss_fills_then_hit_serves_without_filling(cache: FileCache) -> None:
     assert value_of(cache.fetch(REF, digest_of(data), source, keep_path)) == path
     assert source.asked == len(data)
     # The last segment first: it proves the object is as long as the header says.
-    probe, rest = source.calls  # more than one range: the last segment first
-    assert len(probe) == 1
-    assert probe[0][1] == len(data)
-    assert rest[0][0] == 0
+    assert len(source.calls) == 1  # a part of one range: one call
     assert leftovers(cache) == []
+
+
+def test_a_part_of_several_ranges_is_probed_at_its_end_first(ranged: FileCache) -> None:
+    """Before anything is reserved for the length a header claims, the last segment is fetched:
+    it proves the object is that long."""
+    data = blob(200_000, seed=21)
+    source = Source(data)
+    value_of(ranged.fetch(REF, digest_of(data), source, keep_path))
+    probe, rest = source.calls
+    assert probe == [(len(data) - (len(data) - FIRST_SEGMENT) % SEGMENT_SIZE, len(data))]
+    assert rest[0][0] == 0
+    assert source.asked == len(data)
 
 
 def test_use_result_is_returned_and_its_failure_kept(cache: FileCache) -> None:
