@@ -52,7 +52,7 @@ from splitvault.adapters.atomic_file import (
     atomic_path,
     collect_dead_temps,
     fsync_dir,
-    is_temp_name,
+    is_temp_of,
     storage_failed,
 )
 from splitvault.adapters.ranges import cut, write_all
@@ -967,7 +967,9 @@ def _items_in(folder: str, name: str, directory: Path) -> list[CachedItem]:
             and _is_version(file.name[1 : -len(PARTIAL_SUFFIX)])
         ):
             kind, version = "partial", file.name[1 : -len(PARTIAL_SUFFIX)]
-        elif is_temp_name(file.name):
+        elif is_temp_of(INCOMING_NAME, file.name):
+            # A part being stored. Temps of stamps and records are a few bytes of metadata:
+            # not what the bound is about, and removed with the next fill's debris.
             kind, version = "temp", ""
         else:
             continue
