@@ -268,6 +268,7 @@ WRITE_ACTIONS = [
     "s3:PutObject",
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
+    "s3:ListBucketMultipartUploads",
 ]
 
 

@@ -363,3 +363,42 @@ def test_a_download_killed_with_ranges_in_flight_resumes_without_holes(
         )
     assert report.fetched_bytes <= missing + RANGE
     assert sorted(os.listdir(ref_dir(world))) == settled(world, part)
+
+
+def test_ten_killed_multipart_uploads_leave_nothing_after_one_good_upload(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ten uploaders SIGKILLed while their multipart upload is under way leave unfinished
+    uploads in the bucket; the next good upload of the key aborts every one of them."""
+    stack = world.stack
+    source = tmp_path / "src.bin"
+    plaintext = write_model(source, 20 * MiB)
+
+    def parts_under_way(world: World, process: subprocess.Popen[str]) -> None:
+        seen = len(world.s3.snapshot().requests)
+
+        def a_part_was_sent(counters: Any) -> bool:
+            return any("partNumber=" in path for _, path in counters.requests[seen:])
+
+        world.s3.wait_for(a_part_was_sent, timeout=60)
+
+    for _ in range(10):
+        run_and_kill(
+            world, world.spec("upload", UPLOADER, source), ((lambda _w: None), parts_under_way)
+        )
+    s3 = stack.moto.s3_client()
+
+    def unfinished() -> list[str]:
+        uploads = s3.list_multipart_uploads(Bucket=stack.bucket).get("Uploads", [])
+        return [upload["Key"] for upload in uploads]
+
+    before = unfinished()
+    assert len(before) >= 5, before  # the kills really left unfinished uploads behind
+
+    value(upload(stack.client(UPLOADER, cache=world.cache), REF, source))
+    with capsys.disabled():
+        print(f"\n[multipart] {len(before)} unfinished after 10 kills, {len(unfinished())} after")
+    assert unfinished() == []
+    out = tmp_path / "after.bin"
+    value(download(stack.client(DOWNLOADER, cache=tmp_path / "reader-cache"), REF, out))
+    assert out.read_bytes() == plaintext
