@@ -15,7 +15,7 @@ from pathlib import Path
 
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from splitvault.adapters.atomic_file import atomic_path
+from splitvault.adapters.atomic_file import atomic_path, collect_dead_temps_of
 from splitvault.adapters.ranges import download_into_file
 from splitvault.domain.errors import AccessDenied, NotFound, RemoteError, StorageFailed
 from splitvault.domain.ports import CdnFailure, RangeSink, Span
@@ -98,6 +98,7 @@ class DirectoryCdn:
             return IOFailure(StorageFailed(f"upload source {source}", _reason(error)))
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            collect_dead_temps_of(target)  # a killed uploader's temp would sit there for ever
             size = os.fstat(source_fd).st_size
             with atomic_path(target, mode=0o644) as temp:
                 dest_fd = os.open(temp, os.O_WRONLY | os.O_CLOEXEC)

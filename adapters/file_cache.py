@@ -48,6 +48,7 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
+from splitvault.adapters import ranges
 from splitvault.adapters.atomic_file import (
     atomic_path,
     collect_dead_temps,
@@ -55,7 +56,7 @@ from splitvault.adapters.atomic_file import (
     is_temp_of,
     storage_failed,
 )
-from splitvault.adapters.ranges import cut, write_all
+from splitvault.adapters.ranges import cut
 from splitvault.domain import digest
 from splitvault.domain.errors import PartMismatch, Problem, RemoteError, StorageFailed, Transient
 from splitvault.domain.ports import BigPartDigest, Fill, Produce, Span, Use
@@ -296,7 +297,7 @@ class _FillSink:
                 raise ValueError(f"a write at byte {offset} neither starts nor continues a range")
             stream = (index, 0, None)
         try:
-            write_all(self._fd, data, offset)
+            ranges.write_all(self._fd, data, offset)
         except OSError as error:
             self.local_error = error
             raise
@@ -333,7 +334,7 @@ class _FillSink:
             self._landed_bytes += high - low
             self.landed_units[index] = leaf
             try:
-                write_all(self._record_fd, line, os.lseek(self._record_fd, 0, os.SEEK_END))
+                ranges.write_all(self._record_fd, line, os.lseek(self._record_fd, 0, os.SEEK_END))
             except OSError as error:
                 self.local_error = error
                 raise

@@ -23,7 +23,7 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.adapters import file_cache as file_cache_module
+from splitvault.adapters import ranges as ranges_module
 from splitvault.adapters.atomic_file import temp_name_for
 from splitvault.adapters.file_cache import FileCache, file_digest, version_of
 from splitvault.domain.digest import digest_bytes
@@ -430,14 +430,14 @@ def test_a_full_disk_removes_the_partial_and_names_it(
     names the file that filled."""
     old, new = blob(20_000, seed=12), blob(60_000, seed=13)
     old_path = value_of(ranged.fetch(REF, digest_of(old), Source(old), keep_path))
-    real = file_cache_module.write_all
+    real = ranges_module.write_all
 
     def full(fd: int, data: bytes | memoryview, offset: int) -> None:
         if offset > 30_000:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data, offset)
 
-    monkeypatch.setattr(file_cache_module, "write_all", full)
+    monkeypatch.setattr(ranges_module, "write_all", full)
     problem = failure_of(ranged.fetch(REF, digest_of(new), Source(new), keep_path))
     assert isinstance(problem, StorageFailed)
     partial = ranged.ref_dir(REF) / f".{version_of(digest_of(new))}.partial"

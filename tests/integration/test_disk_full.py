@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from splitvault.adapters import file_cache
+from splitvault.adapters import ranges
 from splitvault.adapters.file_cache import FileCache
 from splitvault.app.client import pipeline
 from splitvault.domain.errors import StorageFailed
@@ -47,7 +47,7 @@ class WriteBudget:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         pwrite_all = pipeline._pwrite_all
-        write_all = file_cache.write_all
+        write_all = ranges.write_all
 
         def checked_pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
             self.check(fd, len(buf))
@@ -58,7 +58,7 @@ class WriteBudget:
             write_all(fd, data, offset)
 
         monkeypatch.setattr(pipeline, "_pwrite_all", checked_pwrite_all)
-        monkeypatch.setattr(file_cache, "write_all", checked_write_all)
+        monkeypatch.setattr(ranges, "write_all", checked_write_all)
 
 
 def _mount_tmpfs(path: Path, size: int) -> bool:

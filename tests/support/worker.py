@@ -115,7 +115,8 @@ def churn(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
     )
     cdn = DirectoryCdn(Path(spec["cdn"]))
     chooser = random.Random(int(spec["seed"]))
-    stats = {"fetches": 0, "fills": 0, "evicted_in_use": 0, "failures": []}
+    stats = {"fetches": 0, "fills": 0, "evicted_in_use": 0}
+    failures: list[str] = []
 
     for _ in range(int(spec["fetches"])):
         folder, name, length, root, first, size = chooser.choice(spec["objects"])
@@ -142,8 +143,8 @@ def churn(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
         if is_successful(result):
             stats["fetches"] += 1
         else:
-            stats["failures"].append(unsafe_perform_io(result.failure()).describe())
-    return IOSuccess(stats)
+            failures.append(unsafe_perform_io(result.failure()).describe())
+    return IOSuccess({**stats, "failures": failures})
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,9 @@ import fcntl
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from returns.io import IOResult, IOSuccess
@@ -26,7 +28,7 @@ def cached(root: Path, name: str, size: int, age: float) -> Path:
     data = random.Random(name).randbytes(size)
     expected = BigPartDigest(size, digest_bytes(data, 1000, 4096), 1000, 4096)
 
-    def fill(ranges: list[Span], sink: RangeSink) -> IOResult[None, Problem]:
+    def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
         for low, high in ranges:
             sink.write(low, data[low:high])
         return IOSuccess(None)
@@ -39,7 +41,7 @@ def cached(root: Path, name: str, size: int, age: float) -> Path:
     return path
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = main(["--json", "cache", *argv])
     return code, json.loads(capsys.readouterr().out)
 
@@ -76,10 +78,10 @@ def test_prune_older_than_and_clear_spare_entries_in_use(
         fcntl.flock(fd, fcntl.LOCK_SH)
         code, pruned = run(capsys, "prune", "--older-than", "1h", "--cache-dir", str(root))
         assert code == 0
-        assert [item["ref"] for item in pruned["removed"]] == ["models/old.bin"]  # type: ignore[index,union-attr]
+        assert [item["ref"] for item in pruned["removed"]] == ["models/old.bin"]
         code, cleared = run(capsys, "clear", "--cache-dir", str(root))
-        assert [item["ref"] for item in cleared["removed"]] == ["models/new.bin"]  # type: ignore[index,union-attr]
-        assert [item["ref"] for item in cleared["kept_in_use"]] == ["models/held.bin"]  # type: ignore[index,union-attr]
+        assert [item["ref"] for item in cleared["removed"]] == ["models/new.bin"]
+        assert [item["ref"] for item in cleared["kept_in_use"]] == ["models/held.bin"]
     finally:
         os.close(fd)
     assert held.exists()
