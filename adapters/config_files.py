@@ -3,7 +3,8 @@
 ``cdn.yaml`` (the CDN's endpoint, bucket and keys) is parsed here and validated by the pure
 ``domain.config.cdn_config_from_mapping``; ``render_cdn_yaml`` writes it back per role for the
 server. The client's configuration is merged from flags > environment (``SPLITVAULT_*``) > a YAML
-file (``$XDG_CONFIG_HOME/splitvault/config.yaml`` by default) and validated by
+file (``$XDG_CONFIG_HOME/splitvault/config.yaml`` by default; the original client's ``url``,
+``email``, ``password`` fields are accepted) and validated by
 ``domain.config.client_config_from_mapping``. A config file that holds a password and can be read
 by group or others gets a warning. Malformed YAML is reported by line and column, never by quoting
 the file (it may hold a secret).
@@ -37,6 +38,9 @@ log = logging.getLogger("splitvault.config_files")
 
 MAX_CONFIG_BYTES = 64 * 1024  # a config file is a few lines; anything larger is the wrong file
 CONFIG_ENV = "SPLITVAULT_CONFIG"
+# The original client's config.yaml held ApiCredentials(url, email, password); its ``url`` is
+# our ``api_url`` (``email`` and ``password`` are the same names), so its files keep working.
+ORIGINAL_CLIENT_FIELDS = {"url": "api_url"}
 
 
 def _load_yaml(text: str, what: str) -> Result[object, ConfigInvalid]:
@@ -91,6 +95,18 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
     return Path(base) / "splitvault"
 
 
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$SPLITVAULT_STATE_DIR``, else ``$XDG_STATE_HOME/splitvault`` (``~/.local/state``).
+
+    What this machine remembers between runs that is not a cache (the images an archive declared).
+    """
+    explicit = environ.get("SPLITVAULT_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = environ.get("XDG_STATE_HOME") or str(Path(_home(environ)) / ".local" / "state")
+    return Path(base) / "splitvault"
+
+
 def _home(environ: Mapping[str, str]) -> str:
     return environ.get("HOME") or str(Path.home())
 
@@ -131,6 +147,13 @@ def _settings(
     if not isinstance(data, Mapping):
         return Failure(ConfigInvalid(what, "expected a mapping of settings at the top"))
     settings = {str(key): value for key, value in data.items()}
+    for original, ours in ORIGINAL_CLIENT_FIELDS.items():
+        if original in settings:
+            if ours in settings:
+                return Failure(
+                    ConfigInvalid(f"{what}: {original}", f"give {ours} or {original}, not both")
+                )
+            settings[ours] = settings.pop(original)
     secrets_held = sorted(key for key in SECRET_CLIENT_FIELDS if settings.get(key))
     if secrets_held and stat.S_IMODE(mode) & 0o077:
         log.warning(

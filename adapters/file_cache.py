@@ -68,7 +68,7 @@ T = TypeVar("T")
 
 HASH_CHUNK = 1024 * 1024
 HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
-# Segments up to this size are hashed one by one as they land (each is buffered once); a part
+# Segments up to this size are the units a fill records (hashed incrementally as they land); a part
 # with larger segments (the legacy suite's single whole-part segment) is tracked in plain 1 MiB
 # units and hashed whole at the commit.
 MAX_HASHED_SEGMENT = 64 * 1024 * 1024 + 64
@@ -96,37 +96,43 @@ def _is_version(text: str) -> bool:
 
 
 def _leaf_at(fd: int, low: int, high: int, buffer: memoryview) -> bytes:
-    """The digest leaf of bytes ``[low, high)`` of an open file, read into ``buffer``."""
-    size = high - low
-    position = 0
-    while position < size:
-        got = os.preadv(fd, [buffer[position:size]], low + position)
+    """The digest leaf of bytes ``[low, high)`` of an open file, read in pieces into ``buffer``."""
+    hasher = digest.leaf_hasher()
+    position = low
+    while position < high:
+        got = os.preadv(fd, [buffer[: min(len(buffer), high - position)]], position)
         if got == 0:
             raise ValueError("the file shrank while being hashed")
+        hasher.update(buffer[:got])
         position += got
-    return digest.leaf(buffer[:size])
+    return hasher.digest()
 
 
 def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDigest:
     """Length and segmented digest (``domain.digest``) of a file, its segments hashed on all cores.
 
+    Each worker reads its segments with positional reads in 1 MiB pieces into its own buffer;
+    the leaf hash releases the GIL, so the segments really are hashed in parallel.
     Raises ``OSError`` when the file cannot be read, ``ValueError`` when it changed size meanwhile.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         length = os.fstat(fd).st_size
         bounds = list(digest.segment_bounds(length, max(first_segment, 1), segment_size))
-        local = threading.local()
 
         def hash_segment(bound: tuple[int, int]) -> bytes:
-            low, high = bound
-            if high - low > MAX_HASHED_SEGMENT:
-                return _leaf_streamed(fd, low, high)
-            buffer = getattr(local, "buffer", None)
-            if buffer is None or len(buffer) < high - low:
-                buffer = memoryview(bytearray(high - low))
-                local.buffer = buffer
-            return _leaf_at(fd, low, high, buffer)
+            start, end = bound
+            hasher = digest.leaf_hasher()
+            buffer = memoryview(bytearray(min(HASH_CHUNK, end - start)))
+            position = start
+            while position < end:
+                want = min(len(buffer), end - position)
+                got = os.preadv(fd, [buffer[:want]], position)
+                if got == 0:
+                    raise ValueError(f"{path} shrank while being hashed")
+                hasher.update(buffer[:got])
+                position += got
+            return hasher.digest()
 
         workers = min(HASH_WORKERS, len(bounds)) or 1
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-hash") as pool:
@@ -134,22 +140,6 @@ def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDig
     finally:
         os.close(fd)
     return BigPartDigest(length, digest.root(length, leaves), first_segment, segment_size)
-
-
-def _leaf_streamed(fd: int, low: int, high: int) -> bytes:
-    # A segment too large to buffer: only the legacy whole-part digest has one, and it is SHA-256.
-    import hashlib  # noqa: PLC0415 - the one place that cannot go through digest.leaf
-
-    hasher = hashlib.sha256()
-    buffer = memoryview(bytearray(HASH_CHUNK))
-    position = low
-    while position < high:
-        got = os.preadv(fd, [buffer[: min(HASH_CHUNK, high - position)]], position)
-        if got == 0:
-            raise ValueError("the file shrank while being hashed")
-        hasher.update(buffer[:got])
-        position += got
-    return hasher.digest()
 
 
 def mismatch_reason(path: Path, expected: BigPartDigest) -> str | None:
@@ -257,7 +247,7 @@ def _read_record(record: Path, expected: BigPartDigest, units: _Units) -> dict[i
     return landed
 
 
-_Stream = tuple[int, int, bytearray | None]
+_Stream = tuple[int, int, digest.LeafHasher | None]
 
 
 class _FillSink:
@@ -278,7 +268,7 @@ class _FillSink:
         self.moved = 0
         self._landed_bytes = 0
         self.local_error: OSError | None = None
-        # next expected offset -> (unit index, bytes of it seen, its buffer); an earlier fill's
+        # next expected offset -> (unit index, bytes of it seen, its leaf so far); an earlier fill's
         # broken-off streams continue where they stopped.
         self._streams: dict[int, _Stream] = dict(tails)
         self._lock = threading.Lock()
@@ -301,7 +291,7 @@ class _FillSink:
         except OSError as error:
             self.local_error = error
             raise
-        index, seen, buffer = stream
+        index, seen, hasher = stream
         view = memoryview(data)
         count = self._units.count
         while view and index < count:
@@ -309,19 +299,20 @@ class _FillSink:
             size = high - low
             take = min(size - seen, len(view))
             if self._units.hashed:
-                if buffer is None or len(buffer) < size:
-                    buffer = bytearray(size)
-                buffer[seen : seen + take] = view[:take]
+                if hasher is None:
+                    hasher = digest.leaf_hasher()
+                hasher.update(view[:take])
             seen += take
             view = view[take:]
             if seen == size:
-                leaf = digest.leaf(memoryview(buffer)[:size]) if buffer is not None else None
+                leaf = hasher.digest() if hasher is not None else None
+                hasher = None
                 self._land(index, leaf)
                 index, seen = index + 1, 0
         with self._lock:
             self.moved += len(data)
             if index < count:
-                self._streams[offset + len(data)] = (index, seen, buffer)
+                self._streams[offset + len(data)] = (index, seen, hasher)
 
     def landed(self) -> int:
         with self._lock:
@@ -703,8 +694,8 @@ class FileCache:
             def check(index: int) -> bool:
                 low, high = units.span(index)
                 buffer = getattr(local, "buffer", None)
-                if buffer is None or len(buffer) < high - low:
-                    buffer = memoryview(bytearray(high - low))
+                if buffer is None:
+                    buffer = memoryview(bytearray(HASH_CHUNK))
                     local.buffer = buffer
                 return _leaf_at(fd, low, high, buffer) == recorded[index]
 

@@ -34,6 +34,7 @@ import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
+from splitvault.domain.config import ApiCredentials
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
@@ -82,12 +83,6 @@ class LoginRefused(Exception):
         self.outcome = outcome
 
 
-@attrs.frozen
-class _Credentials:
-    email: str
-    password: str = attrs.field(repr=False)
-
-
 class LoginTokenAuth(httpx.Auth):
     """Bearer tokens from ``POST /login``, for a sync ``httpx.Client`` shared by many threads.
 
@@ -116,7 +111,7 @@ class LoginTokenAuth(httpx.Auth):
     ) -> None:
         self._login_url = login_url
         self._timeout = timeout
-        self._credentials = _Credentials(email, password)
+        self._credentials = ApiCredentials(str(login_url), email, password)
         self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
@@ -170,6 +165,11 @@ class LoginTokenAuth(httpx.Auth):
                 Transient("login", f"HTTP {status}: {message}", outcome.retry_after), outcome
             )
         raise LoginRefused(RemoteError("login", status, message))
+
+    def token(self) -> str | None:
+        """The current bearer token, or None when a login is due (never log it)."""
+        with self._lock:
+            return None if self._due() else self._token
 
     def install(self, response: httpx.Response) -> None:
         """Accept a login answer fetched outside a flow (explicit ``login()``)."""
@@ -317,6 +317,24 @@ class HttpResourceApi:
         return self._exchange(
             "login", self._auth.login_request, authenticated=False, on_login=accept
         ).map(lambda _answer: None)
+
+    def session_token(self) -> IOResult[str, ApiFailure]:
+        """This session's bearer token, logging in first when there is none or it is due.
+
+        For callers that talk to the API with the token themselves (the original
+        ``download_key_fragment(url, token)``); it is a secret: never log it.
+        """
+        current = self._auth.token()
+        if current is not None:
+            return IOSuccess(current)
+
+        def fresh(_: None) -> IOResult[str, ApiFailure]:
+            token = self._auth.token()
+            if token is None:
+                return IOFailure(RemoteError("login", 200, "the login produced no usable token"))
+            return IOSuccess(token)
+
+        return self.login().bind(fresh)
 
     def upload_small_part(self, ref: ResourceRef, small_part: bytes) -> IOResult[None, ApiFailure]:
         """Store a small part; an existing one of the same name is replaced."""

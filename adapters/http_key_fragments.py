@@ -1,7 +1,8 @@
 """The ``KeyFragments`` port over the resource API's ``/keys/{version}`` with a bearer token.
 
 ``GET /keys/{version}`` answers the raw fragment (``application/octet-stream``); ``PUT`` stores
-one (uploader role). This adapter is the plain, token-holding client the original
+one (uploader role); ``GET /keys`` answers the latest registered one, naming its version in
+``X-Splitvault-Version``. This adapter is the plain, token-holding client the original
 ``download_key_fragment(url, token)`` needs: it makes one request per call and does not retry or
 log in again (the full resource API client does both). Errors map onto the API failures of
 ``domain.errors``; the token and the fragment never reach a log line or a failure value.
@@ -33,6 +34,8 @@ log = logging.getLogger("splitvault.http_key_fragments")
 
 DEFAULT_TIMEOUT = 30.0
 MAX_FRAGMENT_BYTES = 64 << 10
+# ``GET /keys`` (no version) answers the latest registered fragment and names it in this header.
+LATEST_VERSION_HEADER = "X-Splitvault-Version"
 _MAX_MESSAGE = 300
 
 
@@ -41,6 +44,7 @@ class _Answer:
     status: int
     body: bytes = attrs.field(repr=False)
     retry_after: float | None
+    version: str | None = None
 
 
 def _error_body(answer: _Answer) -> tuple[str, str]:
@@ -97,9 +101,11 @@ class HttpKeyFragments:
         return f"HttpKeyFragments(base_url={self._base_url!r})"
 
     def _request(
-        self, method: str, version: str, content: bytes | None = None
+        self, method: str, version: str | None, content: bytes | None = None
     ) -> IOResult[_Answer, ApiFailure]:
-        what = f"{method} /keys/{version}"
+        # No version: the latest registered one (the original's call had no version).
+        path = "/keys" if version is None else f"/keys/{quote(version, safe='')}"
+        what = f"{method} {path}"
         try:
             with (
                 httpx.Client(
@@ -109,9 +115,7 @@ class HttpKeyFragments:
                     headers={"Authorization": f"Bearer {self._token}"},
                 ) as client,
                 # The version goes in as one path segment, whatever it contains.
-                client.stream(
-                    method, f"/keys/{quote(version, safe='')}", content=content
-                ) as response,
+                client.stream(method, path, content=content) as response,
             ):
                 body = bytearray()
                 for piece in response.iter_bytes():
@@ -120,7 +124,14 @@ class HttpKeyFragments:
                         return IOFailure(
                             RemoteError(what, response.status_code, "answer too large")
                         )
-                return IOSuccess(_Answer(response.status_code, bytes(body), _retry_after(response)))
+                return IOSuccess(
+                    _Answer(
+                        response.status_code,
+                        bytes(body),
+                        _retry_after(response),
+                        response.headers.get(LATEST_VERSION_HEADER),
+                    )
+                )
         except httpx.TimeoutException:
             return IOFailure(TimedOut(what, self._timeout))
         except httpx.TransportError as error:
@@ -154,6 +165,20 @@ class HttpKeyFragments:
             return IOSuccess(answer.body)
 
         return self._request("GET", version).bind(outcome)
+
+    def get_latest_fragment(self) -> IOResult[tuple[str, bytes], ApiFailure]:
+        """``GET /keys``: the most recently registered version and its fragment."""
+        what = "GET /keys"
+
+        def outcome(answer: _Answer) -> IOResult[tuple[str, bytes], ApiFailure]:
+            if answer.status != httpx.codes.OK:
+                return IOFailure(self._failure(what, "(latest)", answer))
+            if not answer.body or not answer.version:
+                return IOFailure(RemoteError(what, answer.status, "no fragment or no version"))
+            log.info("fetched the key fragment of the latest version, %s", answer.version)
+            return IOSuccess((answer.version, answer.body))
+
+        return self._request("GET", None).bind(outcome)
 
     def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
         """``PUT /keys/{version}``: register the fragment of a newly sealed archive."""

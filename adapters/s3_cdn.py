@@ -61,6 +61,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from splitvault.adapters.ranges import download_into_file
+from splitvault.domain.cdn_layout import ObjectLayout, SharedBucket
 from splitvault.domain.config import DEFAULT_REGION, CdnConfig, S3Keys
 from splitvault.domain.errors import (
     AccessDenied,
@@ -197,6 +198,8 @@ class S3Cdn:
         keys: the only credentials this instance holds.
         writable: whether ``keys`` are write keys; a reader refuses uploads locally.
         tuning: part sizes, concurrency, timeouts and retries.
+        layout: where a ref's object lives (default: ``bucket``, key ``folder/name.big``);
+            ``BucketPerFolder`` reaches the original client's objects.
 
     Failures: ``NotFound``, ``AccessDenied`` (403, bad keys, a reader asked to upload),
     ``Transient`` (throttling, 5xx, connection errors, after retries), ``TimedOut``,
@@ -212,9 +215,11 @@ class S3Cdn:
         keys: S3Keys,
         writable: bool,
         tuning: S3Tuning | None = None,
+        layout: ObjectLayout | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
         self._bucket = bucket
+        self._layout: ObjectLayout = layout if layout is not None else SharedBucket(bucket)
         self._writable = writable
         self._tuning = tuning or S3Tuning()
         session = boto3.session.Session(
@@ -235,6 +240,7 @@ class S3Cdn:
         *,
         region: str = DEFAULT_REGION,
         tuning: S3Tuning | None = None,
+        layout: ObjectLayout | None = None,
     ) -> S3Cdn:
         """A download-only client holding the read keys and nothing else."""
         return cls(
@@ -244,6 +250,7 @@ class S3Cdn:
             keys=read_keys,
             writable=False,
             tuning=tuning,
+            layout=layout,
         )
 
     @classmethod
@@ -255,6 +262,7 @@ class S3Cdn:
         *,
         region: str = DEFAULT_REGION,
         tuning: S3Tuning | None = None,
+        layout: ObjectLayout | None = None,
     ) -> S3Cdn:
         """A client that can upload, holding the write keys."""
         return cls(
@@ -264,6 +272,7 @@ class S3Cdn:
             keys=write_keys,
             writable=True,
             tuning=tuning,
+            layout=layout,
         )
 
     @classmethod
@@ -277,12 +286,19 @@ class S3Cdn:
             return Failure(ConfigInvalid(role, f"cdn.yaml holds no {role} keys for this role"))
         build = cls.writer if write else cls.reader
         return Success(
-            build(config.endpoint, config.bucket, keys, region=config.region, tuning=tuning)
+            build(
+                config.endpoint,
+                config.bucket or "",
+                keys,
+                region=config.region,
+                tuning=tuning,
+                layout=config.object_layout(),
+            )
         )
 
     def __repr__(self) -> str:
         role = "writer" if self._writable else "reader"
-        return f"S3Cdn({role}, endpoint={self._endpoint_url!r}, bucket={self._bucket!r})"
+        return f"S3Cdn({role}, endpoint={self._endpoint_url!r}, {self._layout.describe()})"
 
     @property
     def writable(self) -> bool:
@@ -294,12 +310,15 @@ class S3Cdn:
         self._client.close()
 
     def _what(self, ref: ResourceRef) -> str:
+        # Both layouts make ``folder/name.big`` the object's bucket-qualified name.
         return f"CDN object {ref.key}"
 
     def _failure(self, error: Exception, what: str) -> CdnFailure:
         if isinstance(error, ClientError):
             if _code(error) == "NoSuchBucket":
-                return NotFound(f"bucket {self._bucket}")
+                if isinstance(self._layout, SharedBucket):
+                    return NotFound(f"bucket {self._layout.bucket}")
+                return NotFound(f"the bucket of {what}")
             return _client_error_failure(error, what)
         if isinstance(error, ReadTimeoutError):
             return TimedOut(what, self._tuning.read_timeout)
@@ -333,9 +352,8 @@ class S3Cdn:
         started = self._now()
         try:
             with TransferManager(self._client, self._tuning.transfer_config()) as manager:
-                manager.upload(
-                    str(source), self._bucket, _object_key(ref), subscribers=subscribers
-                ).result()
+                bucket, key = self._layout.locate(ref)
+                manager.upload(str(source), bucket, key, subscribers=subscribers).result()
         except (ClientError, BotoCoreError, RetriesExceededError) as error:
             failure = self._failure(error, what)
             log.warning("upload of %s failed: %s", what, failure.describe())
@@ -355,18 +373,18 @@ class S3Cdn:
         are never uploaded again. Listing needs ``s3:ListBucketMultipartUploads``; without it
         this logs and aborts nothing. Returns how many were aborted.
         """
-        key = _object_key(ref)
+        bucket, key = self._layout.locate(ref)
         aborted = 0
         try:
             pages = self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self._bucket, Prefix=key
+                Bucket=bucket, Prefix=key
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
                     if upload.get("Key") != key or upload.get("Initiated", before) >= before:
                         continue
                     self._client.abort_multipart_upload(
-                        Bucket=self._bucket, Key=key, UploadId=upload["UploadId"]
+                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
                     )
                     aborted += 1
         except (ClientError, BotoCoreError) as error:
@@ -387,7 +405,8 @@ class S3Cdn:
     def _head(self, ref: ResourceRef) -> IOResult[tuple[int, str], CdnFailure]:
         what = self._what(ref)
         try:
-            answer = self._client.head_object(Bucket=self._bucket, Key=_object_key(ref))
+            bucket, key = self._layout.locate(ref)
+            answer = self._client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as error:
             return IOFailure(self._failure(error, what))
         # "*" (any version) only if a store omits the ETag; S3 always sends one.
@@ -413,9 +432,8 @@ class S3Cdn:
         for low, high in ranges:
             if not 0 <= low < high <= size:
                 return IOFailure(RemoteError(what, 416, f"range {low}-{high} is outside {size}"))
-        job = _RangedDownload(
-            client=self._client, bucket=self._bucket, key=_object_key(ref), etag=etag, sink=sink
-        )
+        bucket, key = self._layout.locate(ref)
+        job = _RangedDownload(client=self._client, bucket=bucket, key=key, etag=etag, sink=sink)
         problem = job.run(list(ranges), workers=self._tuning.max_concurrency)
         if problem is None:
             return IOSuccess(size)
@@ -466,11 +484,6 @@ class S3Cdn:
         if isinstance(error, OSError):
             return StorageFailed(f"download of {what}", _reason(error))
         return None
-
-
-def _object_key(ref: ResourceRef) -> str:
-    """The one place a ref becomes an object key (and the bucket holds every folder)."""
-    return ref.key
 
 
 class _LocalWriteFailed(Exception):

@@ -15,10 +15,24 @@ from typing import Literal
 import attrs
 from returns.result import Failure, Result, Success
 
+from splitvault.domain.cdn_layout import BucketPerFolder, ObjectLayout, SharedBucket
 from splitvault.domain.errors import ConfigInvalid
 
 DEFAULT_REGION = "us-east-1"
 ENV_PREFIX = "SPLITVAULT_"
+
+
+@attrs.frozen
+class ApiCredentials:
+    """An account of the resource API: where it is, the e-mail and the password.
+
+    The one credentials value of the client: the facade, the configuration and the HTTP adapter
+    all carry this. The password never appears in a repr.
+    """
+
+    url: str
+    email: str
+    password: str = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -35,14 +49,15 @@ class CdnConfig:
 
     Args:
         endpoint: the S3-compatible endpoint URL.
-        bucket: the bucket holding the big parts.
+        bucket: the bucket holding the big parts; ``None`` is the original client's layout, a
+            bucket per folder with ``name.big`` at its root.
         region: the signing region.
         read_keys: keys allowed to read objects; a download-only client needs nothing else.
         write_keys: keys allowed to write objects; absent from what downloaders receive.
     """
 
     endpoint: str
-    bucket: str
+    bucket: str | None
     region: str = DEFAULT_REGION
     read_keys: S3Keys | None = None
     write_keys: S3Keys | None = None
@@ -51,8 +66,22 @@ class CdnConfig:
         """The same configuration as a downloader should receive it."""
         return attrs.evolve(self, write_keys=None)
 
+    def object_layout(self) -> ObjectLayout:
+        """Where a ref's big part lives under this configuration."""
+        return SharedBucket(self.bucket) if self.bucket is not None else BucketPerFolder()
 
-_CDN_FIELDS = ("endpoint", "bucket", "region", "read", "write")
+
+LAYOUT_BUCKET_PER_FOLDER = "bucket-per-folder"
+_CDN_FIELDS = ("endpoint", "bucket", "region", "layout", "read", "write")
+# The original client's cdn.yaml: one host, a downloader and an uploader key pair, no bucket
+# (its layout is a bucket per folder).
+ORIGINAL_CDN_FIELDS = (
+    "host",
+    "downloader_access_key",
+    "downloader_access_secret",
+    "uploader_access_key",
+    "uploader_access_secret",
+)
 _KEY_FIELDS = ("access_key_id", "secret_access_key")
 
 
@@ -117,17 +146,103 @@ def _bucket(value: object) -> Result[str, ConfigInvalid]:
     return _text(value, "bucket").bind(check)
 
 
-def cdn_config_from_mapping(data: object) -> Result[CdnConfig, ConfigInvalid]:
-    """Validate the parsed content of ``cdn.yaml``.
+def host_url(value: object, field: str = "host") -> Result[str, ConfigInvalid]:
+    """The original's ``host``: a URL, or a bare host name meaning ``https://`` on it."""
 
-    The shape is ``{endpoint, bucket, region?, read: {access_key_id, secret_access_key},
-    write?: {...}}``; ``region`` defaults to ``us-east-1``. Fails with ``ConfigInvalid`` naming the
-    first wrong field (``read.secret_access_key``, ``endpoint``, ...); values are never echoed.
+    def with_scheme(text: str) -> Result[str, ConfigInvalid]:
+        if "://" in text:
+            return _url(text, field)
+        if any(char in text for char in "/\\ ?#@"):
+            return Failure(ConfigInvalid(field, "expected a host name or an http(s):// URL"))
+        return Success(f"https://{text}")
+
+    return _text(value, field).bind(with_scheme)
+
+
+def original_cdn_config(
+    host: object,
+    downloader_access_key: object,
+    downloader_access_secret: object,
+    uploader_access_key: object | None = None,
+    uploader_access_secret: object | None = None,
+) -> Result[CdnConfig, ConfigInvalid]:
+    """The original client's CDN credentials as a ``CdnConfig`` (a bucket per folder).
+
+    The downloader pair becomes the read keys, the uploader pair (both or neither) the write keys.
+    """
+    uploader_given = uploader_access_key is not None or uploader_access_secret is not None
+
+    def write_keys() -> Result[S3Keys | None, ConfigInvalid]:
+        if not uploader_given:
+            return Success(None)
+        return _text(uploader_access_key, "uploader_access_key").bind(
+            lambda key_id: _text(uploader_access_secret, "uploader_access_secret").map(
+                lambda secret: S3Keys(key_id, secret)
+            )
+        )
+
+    return host_url(host).bind(
+        lambda endpoint: _text(downloader_access_key, "downloader_access_key").bind(
+            lambda key_id: _text(downloader_access_secret, "downloader_access_secret").bind(
+                lambda secret: write_keys().map(
+                    lambda write: CdnConfig(
+                        endpoint=endpoint,
+                        bucket=None,
+                        read_keys=S3Keys(key_id, secret),
+                        write_keys=write,
+                    )
+                )
+            )
+        )
+    )
+
+
+def _original_cdn_mapping(data: Mapping[object, object]) -> Result[CdnConfig, ConfigInvalid]:
+    unknown = _unknown(data, ORIGINAL_CDN_FIELDS, "")
+    if unknown is not None:
+        return Failure(
+            ConfigInvalid(
+                unknown,
+                "unknown field in an original-style cdn.yaml; expected "
+                + ", ".join(ORIGINAL_CDN_FIELDS),
+            )
+        )
+    return original_cdn_config(
+        data.get("host"),
+        data.get("downloader_access_key"),
+        data.get("downloader_access_secret"),
+        data.get("uploader_access_key"),
+        data.get("uploader_access_secret"),
+    )
+
+
+def _bucket_of(data: Mapping[object, object]) -> Result[str | None, ConfigInvalid]:
+    layout = data.get("layout")
+    if layout is None:
+        return _bucket(data.get("bucket")).map(lambda bucket: bucket)
+    if layout != LAYOUT_BUCKET_PER_FOLDER:
+        return Failure(ConfigInvalid("layout", f"expected {LAYOUT_BUCKET_PER_FOLDER} or nothing"))
+    if data.get("bucket") is not None:
+        return Failure(ConfigInvalid("bucket", f"must be absent with layout {layout}"))
+    return Success(None)
+
+
+def cdn_config_from_mapping(data: object) -> Result[CdnConfig, ConfigInvalid]:
+    """Validate the parsed content of ``cdn.yaml``, in splitvault's shape or the original's.
+
+    splitvault's shape is ``{endpoint, bucket, region?, read: {access_key_id, secret_access_key},
+    write?: {...}}`` (``region`` defaults to ``us-east-1``; ``layout: bucket-per-folder`` instead of
+    ``bucket`` selects the original layout). The original client's shape is ``{host,
+    downloader_access_key, downloader_access_secret, uploader_access_key?,
+    uploader_access_secret?}`` and means a bucket per folder. Fails with ``ConfigInvalid`` naming
+    the first wrong field (``read.secret_access_key``, ``endpoint``, ...); values are never echoed.
     """
     if not isinstance(data, Mapping):
         return Failure(
             ConfigInvalid("cdn.yaml", f"expected a mapping at the top, got {_type_name(data)}")
         )
+    if any(field in data for field in ORIGINAL_CDN_FIELDS):
+        return _original_cdn_mapping(data)
     unknown = _unknown(data, _CDN_FIELDS, "")
     if unknown is not None:
         return Failure(ConfigInvalid(unknown, f"unknown field; expected {', '.join(_CDN_FIELDS)}"))
@@ -136,7 +251,7 @@ def cdn_config_from_mapping(data: object) -> Result[CdnConfig, ConfigInvalid]:
     return (
         _url(data.get("endpoint"), "endpoint")
         .bind(
-            lambda endpoint: _bucket(data.get("bucket")).bind(
+            lambda endpoint: _bucket_of(data).bind(
                 lambda bucket: _text(region_raw, "region").map(
                     lambda region: (endpoint, bucket, region)
                 )
@@ -162,11 +277,12 @@ def cdn_config_from_mapping(data: object) -> Result[CdnConfig, ConfigInvalid]:
 
 def cdn_config_to_mapping(config: CdnConfig, *, include_write: bool) -> dict[str, object]:
     """The ``cdn.yaml`` mapping for a role: write keys only when ``include_write``."""
-    data: dict[str, object] = {
-        "endpoint": config.endpoint,
-        "bucket": config.bucket,
-        "region": config.region,
-    }
+    data: dict[str, object] = {"endpoint": config.endpoint}
+    if config.bucket is None:
+        data["layout"] = LAYOUT_BUCKET_PER_FOLDER
+    else:
+        data["bucket"] = config.bucket
+    data["region"] = config.region
     if config.read_keys is not None:
         data["read"] = attrs.asdict(config.read_keys)
     if include_write and config.write_keys is not None:

@@ -173,13 +173,29 @@ class ConfigInvalid:
 
 @attrs.frozen
 class StorageFailed:
-    """A local file system operation that failed (disk full, permissions)."""
+    """A local file system operation that failed (disk full, permissions).
+
+    ``what`` names the file, ``detail`` the system's reason, ``action`` what was being done to it
+    (``write`` unless the failure was a ``read``, ``create``, ``remove`` ...), so a read failure is
+    not reported as a write.
+    """
 
     what: str
     detail: str
+    action: str = "write"
 
     def describe(self) -> str:
-        return f"could not write {self.what}: {self.detail}"
+        return f"could not {self.action} {self.what}: {self.detail}; {self._advice()}"
+
+    def _advice(self) -> str:
+        reason = self.detail.lower()
+        if "space" in reason or "quota" in reason:
+            return "free some space on that file system (or point the cache elsewhere) and retry"
+        if "permission" in reason or "read-only" in reason:
+            return "check the file's permissions and that its file system is writable"
+        if "no such file" in reason:
+            return "check that the path exists"
+        return "check the path, its permissions and free space, then retry"
 
 
 @attrs.frozen
@@ -202,14 +218,30 @@ class ImagesMissing:
         return "images missing after load: " + ", ".join(self.images)
 
 
+@attrs.frozen
+class UntrustedPublisher:
+    """Content that is unsigned, or signed by a key the client does not trust."""
+
+    what: str
+    detail: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.what} is not from a trusted publisher: {self.detail}; nothing was written. "
+            "Pin the publisher's key (publisher_keys) if you trust it, or ask the publisher to "
+            "re-sign and re-upload"
+        )
+
+
 # One alias per concern; the union of all is the closed set.
 FormatFailure = CorruptResource | WrongKey | PartMismatch | UnsupportedFormat | LimitExceeded
+TrustFailure = UntrustedPublisher
 RemoteFailure = (
     NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
 )
 LocalFailure = ConfigInvalid | StorageFailed
 EngineFailure = EngineFailed | ImagesMissing
-Problem = InvalidRef | FormatFailure | RemoteFailure | LocalFailure | EngineFailure
+Problem = InvalidRef | FormatFailure | TrustFailure | RemoteFailure | LocalFailure | EngineFailure
 
 FAILURE_TYPES: tuple[type, ...] = (
     InvalidRef,
@@ -218,6 +250,7 @@ FAILURE_TYPES: tuple[type, ...] = (
     PartMismatch,
     UnsupportedFormat,
     LimitExceeded,
+    UntrustedPublisher,
     NotFound,
     AccessDenied,
     AuthFailed,

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from splitvault.app.client.errors import unwrap_or_raise
-
 Report = dict[str, Any]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -49,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_cache(args: argparse.Namespace) -> Any:
     from splitvault.adapters.config_files import default_config_path, load_client_config
     from splitvault.adapters.file_cache import FileCache
+    from splitvault.app.client.errors import unwrap_or_raise
 
     flags: dict[str, object] = {"cache_dir": args.cache_dir}
     config_path = args.config or default_config_path(os.environ)

@@ -1,6 +1,8 @@
 """The CLI's commands: each takes parsed arguments and returns a JSON-able report.
 
 They raise ``SplitvaultError`` subclasses (through ``unwrap_or_raise``) and never print secrets.
+Each imports what it needs inside itself (the pipeline, the client, the servers, docker), so an
+offline command such as ``fingerprint`` never loads boto3, httpx or the pipeline.
 The ``text`` key of a report is what a person sees when ``--json`` is not given.
 """
 
@@ -17,7 +19,6 @@ from returns.result import Failure
 
 from splitvault.app.cli.progress import transfer_progress
 from splitvault.app.client.errors import to_exception, unwrap_or_raise
-from splitvault.app.client.usecases import write_atomically
 from splitvault.domain.errors import Problem, StorageFailed
 from splitvault.domain.ref import ResourceRef
 
@@ -59,10 +60,11 @@ def _write_bytes(path: Path, data: bytes) -> IOResult[None, Problem]:
 def seal(args: argparse.Namespace) -> Report:
     """``splitvault seal``: FILE → DIR/NAME.small + DIR/NAME.big, both or neither."""
     from splitvault.app.client import pipeline
+    from splitvault.app.client.usecases import write_atomically
     from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE
 
     source: Path = args.file
-    ref = parse_ref(args.folder, args.name or source.name)
+    ref = parse_ref(args.folder, source.name if args.name is None else args.name)
     if not source.is_file():
         raise to_exception(StorageFailed(str(source), "no such file to seal"))
     small_path = args.out / f"{ref.name}.small"
@@ -120,13 +122,14 @@ def seal(args: argparse.Namespace) -> Report:
 def open_parts(args: argparse.Namespace) -> Report:
     """``splitvault open``: SMALL + BIG → FILE, or no FILE at all."""
     from splitvault.app.client import pipeline
+    from splitvault.app.client.usecases import write_atomically
 
     try:
         small = args.small.read_bytes()
         big_size = args.big.stat().st_size
     except OSError as error:
         raise to_exception(
-            StorageFailed(str(error.filename), error.strerror or "cannot read")
+            StorageFailed(str(error.filename), error.strerror or "cannot read", "read")
         ) from None
     publisher_key = (
         read_key_file(args.publisher_key, "publisher key") if args.publisher_key else None
@@ -168,7 +171,7 @@ def _client(args: argparse.Namespace) -> Any:
 def upload(args: argparse.Namespace) -> Report:
     """``splitvault upload``: seal FILE and store it as FOLDER/NAME."""
     source: Path = args.file
-    ref = parse_ref(args.folder, args.name or source.name)
+    ref = parse_ref(args.folder, source.name if args.name is None else args.name)
     client = _client(args)
     size = source.stat().st_size if source.is_file() else 0
     try:
@@ -347,8 +350,10 @@ def demo(args: argparse.Namespace) -> Report:
 
 
 def bench(args: argparse.Namespace) -> Report:
-    """``splitvault bench``: seal/open throughput and memory against a plain copy."""
+    """``splitvault bench``: CPU per GiB and wall time of every path, next to its peers."""
     from splitvault.app.tools import bench as run_bench
 
-    report = run_bench.run_bench(args.size, args.repetitions)
+    report = run_bench.run_bench(
+        args.size, args.repetitions, online_size=None if args.offline else args.online_size
+    )
     return {**run_bench.report_json(report), "text": run_bench.render(report)}

@@ -4,13 +4,18 @@ Each subcommand parses its flags, builds what it needs through ``client.bootstra
 either a short human summary or, with ``--json``, one JSON object on stdout. Failures print what
 went wrong on stderr and exit with the code of their kind (``client.errors``): 2 bad input, 3 auth,
 4 not found, 5 integrity, 6 network, 7 configuration, 8 hardware mismatch, 9 local storage,
-10 container engine. Heavy modules are imported inside the commands that need them so that
-``splitvault --help`` and the offline commands start fast.
+10 container engine.
+
+Start-up is lazy: this module imports only argparse and the size parser; a subcommand is
+registered by the NAME of its function in ``cli.commands``, which is imported only once the
+arguments are parsed (``--help`` never loads it), and each command imports the heavy modules
+(boto3, httpx, cryptography, rich, the servers) it needs itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -18,7 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from splitvault.app.client.errors import SplitvaultError
+from returns.result import Failure
+
+from splitvault.domain.sizes import parse_size
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 log = logging.getLogger("splitvault.cli")
@@ -27,14 +34,11 @@ LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpc
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
-    units |= {"g": 1 << 30, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9}
-    stripped = text.strip().lower()
-    number = stripped.rstrip("kmgib")
-    unit = stripped[len(number) :]
-    if unit not in units or not number.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 64MiB or 1GiB")
-    return int(number) * units[unit]
+    """argparse's view of ``domain.sizes.parse_size`` (the one size parser)."""
+    parsed = parse_size(text)
+    if isinstance(parsed, Failure):
+        raise argparse.ArgumentTypeError(parsed.failure().detail)
+    return parsed.unwrap()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,15 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+        """Register subcommand ``name`` run by ``cli.commands.<handler>``, or by
+        ``cli.<module>.<function>`` for ``handler = "module:function"`` (imported lazily)."""
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         return p
 
-    from splitvault.app.cli import commands
-
-    p = command("seal", commands.seal, "seal a file into DIR/NAME.small and DIR/NAME.big (offline)")
+    p = command("seal", "seal", "seal a file into DIR/NAME.small and DIR/NAME.big (offline)")
     p.add_argument("file", type=Path)
     p.add_argument("--out", type=Path, required=True, help="directory for the two parts")
     p.add_argument("--folder", default="local")
@@ -64,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publisher-key", type=Path, help="file holding a 32-byte publisher key")
     p.add_argument("--legacy-key", type=Path, help="seal in the legacy CBC suite with this key")
 
-    p = command("open", commands.open_parts, "join and decrypt SMALL and BIG into FILE (offline)")
+    p = command("open", "open_parts", "join and decrypt SMALL and BIG into FILE (offline)")
     p.add_argument("small", type=Path)
     p.add_argument("big", type=Path)
     p.add_argument("--out", type=Path, required=True)
@@ -83,60 +87,75 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ca-bundle", type=Path, help="CA bundle for the API's TLS certificate")
         p.add_argument("--config", type=Path, help="config file (default in the user config dir)")
 
-    p = command("upload", commands.upload, "seal FILE and upload it as FOLDER/NAME")
+    p = command("upload", "upload", "seal FILE and upload it as FOLDER/NAME")
     p.add_argument("file", type=Path)
     p.add_argument("--folder", required=True)
     p.add_argument("--name")
     client_flags(p)
 
-    p = command("download", commands.download, "download FOLDER/NAME into FILE")
+    p = command("download", "download", "download FOLDER/NAME into FILE")
     p.add_argument("name")
     p.add_argument("--folder", required=True)
     p.add_argument("--out", type=Path, required=True)
     client_flags(p)
 
-    p = command("ls", commands.list_folder, "list the resources of a folder")
+    p = command("ls", "list_folder", "list the resources of a folder")
     p.add_argument("folder")
     client_flags(p)
 
-    p = command("login", commands.login, "check the credentials against the API")
+    p = command("login", "login", "check the credentials against the API")
     client_flags(p)
 
-    p = command("fingerprint", commands.fingerprint, "show this machine's hardware fingerprint")
+    p = command("fingerprint", "fingerprint", "show this machine's hardware fingerprint")
 
-    p = command("serve", commands.serve, "run the reference resource API server")
+    p = command("serve", "serve", "run the reference resource API server")
     p.add_argument("--data", type=Path, required=True, help="server data directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
 
-    p = command("users", commands.users_add, "add a user to a server data directory")
+    p = command("users", "users_add", "add a user to a server data directory")
     p.add_argument("action", choices=["add"])
     p.add_argument("email")
     p.add_argument("--role", choices=["uploader", "downloader"], required=True)
     p.add_argument("--data", type=Path, required=True)
 
-    p = command("seal-images", commands.seal_images, "docker save IMAGES and encrypt the archive")
+    p = command("seal-images", "seal_images", "docker save IMAGES and encrypt the archive")
     p.add_argument("images", nargs="+")
     p.add_argument("--version", required=True)
     p.add_argument("--out", type=Path, required=True)
     client_flags(p)
 
-    p = command("unlock-images", commands.unlock_images, "decrypt, docker load and check images")
+    p = command("unlock-images", "unlock_images", "decrypt, docker load and check images")
     p.add_argument("archive", type=Path)
     p.add_argument("--version", required=True)
     client_flags(p)
 
-    p = command("demo", commands.demo, "run the main job end to end on loopback servers")
+    p = command("migrate", "migrate:migrate", "re-publish original-format resources as format v1")
+    p.add_argument("names", nargs="+", help="resource names in FOLDER")
+    p.add_argument("--folder", required=True)
+    p.add_argument(
+        "--key-file", type=Path, required=True, help="file holding the original's shared key"
+    )
+    p.add_argument(
+        "--publisher-key", type=Path, help="wrap the new data keys under this publisher key"
+    )
+    client_flags(p)
+
+    p = command("demo", "demo", "run the main job end to end on loopback servers")
     p.add_argument("--size", type=_size, default=256 << 20)
     p.add_argument("--offline", action="store_true", help="only seal and open a 64 MiB file")
 
-    p = command("bench", commands.bench, "measure seal/open throughput against a plain copy")
-    p.add_argument("--size", type=_size, default=1 << 30)
+    p = command(
+        "bench", "bench", "CPU per GiB and wall time of seal/open/upload/download next to peers"
+    )
+    p.add_argument("--size", type=_size, default=1 << 30, help="offline file size (1GiB)")
+    p.add_argument("--online-size", type=_size, default=256 << 20, help="S3 rows' size (256MiB)")
+    p.add_argument("--offline", action="store_true", help="leave out the S3 rows")
     p.add_argument("--repetitions", type=int, default=3)
 
     from splitvault.app.cli import cache
 
-    cache.add_arguments(command("cache", cache.run, "list, prune or clear the local cache"))
+    cache.add_arguments(command("cache", "cache:run", "list, prune or clear the local cache"))
     return parser
 
 
@@ -153,8 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Authorization header (its signature), and the others print wire detail.
         for name in LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
+    from splitvault.app.client.errors import SplitvaultError
+
+    module, _, function = str(args.handler).rpartition(":")
+    handler: Handler = getattr(
+        importlib.import_module(f"splitvault.app.cli.{module or 'commands'}"), function
+    )
     try:
-        result = args.handler(args)
+        result = handler(args)
     except SplitvaultError as error:
         if args.json:
             print(json.dumps({"ok": False, "error": type(error).__name__, "message": str(error)}))

@@ -5,7 +5,9 @@ hardware probe and the CDN. Tests and the demo pass keyword-only overrides (a fi
 fingerprint, a fake API) instead of patching. The CDN is built lazily from ``cdn.yaml`` fetched
 through the API, with read keys only unless the caller uploads, so a download-only process never
 holds write keys; a CDN that refuses the keys it has is rebuilt once from a fresh ``cdn.yaml``
-(rotated keys) before the failure is reported.
+(rotated keys) before the failure is reported. A download asks for the CDN only when the cache
+misses (``Client.download`` hands the use case an on-demand reader), and the S3 adapter (boto3) is
+imported only when one is built: a warm download loads neither.
 
 Retries: one ``RetryPolicy`` (the ``retry_policy`` override, else the default) drives both the API
 adapter's request retries and ``Client.retrier``, which the use cases use for CDN transfers. The S3
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,7 +33,6 @@ from splitvault.adapters.directory_cdn import DirectoryCdn
 from splitvault.adapters.file_cache import FileCache
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.linux_hardware import LinuxHardware
-from splitvault.adapters.s3_cdn import S3Cdn, S3Tuning
 from splitvault.adapters.system import SystemClock, SystemRandom, sleep
 from splitvault.app.client.retrying import Retrier
 from splitvault.app.client.usecases import (
@@ -47,7 +48,7 @@ from splitvault.app.client.usecases import (
 from splitvault.domain.config import ClientConfig
 from splitvault.domain.errors import AccessDenied, ConfigInvalid, Problem
 from splitvault.domain.legacy import parse_shared_key
-from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random
+from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
 
@@ -88,11 +89,6 @@ class Client:
         self.clock = clock
         self.publisher_key = publisher_key
         self.retrier = retrier
-        self._s3_tuning = S3Tuning(
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            max_attempts=1,  # retries are Client.retrier's alone: layers must not multiply
-        )
         self._fixed_cdn = cdn
         self._cdns: dict[bool, Cdn] = {}
         self._lock = threading.Lock()
@@ -175,22 +171,19 @@ class Client:
     ) -> IOResult[DownloadReport, Problem]:
         """``download_resource`` with this client's API, read-only CDN, cache and keys."""
 
-        def run(cdn: Cdn) -> IOResult[DownloadReport, Problem]:
-            return download_resource(
-                ref,
-                out,
-                api=self.api,
-                cdn=cdn,
-                cache=self.cache,
-                fingerprint=self.fingerprint,
-                transport_key=self.transport_key,
-                publisher_key=self.publisher_key,
-                workers=self.config.workers,
-                progress=progress,
-                retrier=self.retrier,
-            )
-
-        return self.with_cdn(False, run)
+        return download_resource(
+            ref,
+            out,
+            api=self.api,
+            cdn=_CdnOnDemand(self),
+            cache=self.cache,
+            fingerprint=self.fingerprint,
+            transport_key=self.transport_key,
+            publisher_key=self.publisher_key,
+            workers=self.config.workers,
+            progress=progress,
+            retrier=self.retrier,
+        )
 
     def _fetch_cdn(self, *, write: bool) -> IOResult[Cdn, Problem]:
         def build(text: bytes) -> IOResult[Cdn, Problem]:
@@ -209,7 +202,15 @@ class Client:
                         "the CDN", "this account's role has read keys only (uploader needed)"
                     )
                 )
-            made = S3Cdn.from_config(config, write=write, tuning=self._s3_tuning)
+            # boto3 costs ~0.3 CPU-s to import: only a process that really talks S3 pays it.
+            from splitvault.adapters.s3_cdn import S3Cdn, S3Tuning  # noqa: PLC0415
+
+            tuning = S3Tuning(
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+                max_attempts=1,  # retries are Client.retrier's alone: layers must not multiply
+            )
+            made = S3Cdn.from_config(config, write=write, tuning=tuning)
             if isinstance(made, Failure):
                 return IOFailure(made.failure())
             return IOSuccess(made.unwrap())
@@ -222,6 +223,25 @@ class Client:
     def close(self) -> None:
         """Release connection pools."""
         self.api.close()
+
+
+class _CdnOnDemand:
+    """The read-only CDN, fetched (``cdn.yaml``) and built on the first big-part download.
+
+    A download whose big part the cache holds never calls it, so it never fetches ``cdn.yaml``
+    nor imports boto3. ``AccessDenied`` refreshes the keys once, as ``Client.with_cdn`` does.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return "_CdnOnDemand(read-only)"
+
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
+    ) -> IOResult[int, Problem]:
+        return self._client.with_cdn(False, lambda cdn: cdn.download_ranges(ref, ranges, sink))
 
 
 def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Problem]:

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from returns.io import IOResult
 from returns.pipeline import is_successful
+from returns.result import Result
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.domain import errors as e
@@ -82,6 +83,12 @@ class EngineError(SplitvaultError):
     exit_code = 10
 
 
+class UntrustedPublisherError(IntegrityError):
+    """Unsigned content, or content signed by a key that is not trusted; nothing was written."""
+
+    exit_code = 11
+
+
 _BY_TYPE: dict[type, type[SplitvaultError]] = {
     e.InvalidRef: InvalidNameError,
     e.CorruptResource: IntegrityError,
@@ -89,6 +96,7 @@ _BY_TYPE: dict[type, type[SplitvaultError]] = {
     e.PartMismatch: IntegrityError,
     e.UnsupportedFormat: IntegrityError,
     e.LimitExceeded: IntegrityError,
+    e.UntrustedPublisher: UntrustedPublisherError,
     e.NotFound: NotFoundError,
     e.AccessDenied: AuthError,
     e.AuthFailed: AuthError,
@@ -108,8 +116,16 @@ def to_exception(failure: e.Problem) -> SplitvaultError:
     return _BY_TYPE[type(failure)](failure)
 
 
-def unwrap_or_raise(result: IOResult[T, e.Problem]) -> T:
-    """Unwrap an ``IOResult`` at the edge, raising the matching ``SplitvaultError``."""
+def unwrap_or_raise(result: IOResult[T, e.Problem] | Result[T, e.Problem]) -> T:
+    """Unwrap a ``Result`` or ``IOResult`` at the edge, raising the matching ``SplitvaultError``.
+
+    The one place where containers turn into values or exceptions: the facade, the CLI and the
+    tools call it once per operation instead of unwrapping by hand.
+    """
+    if isinstance(result, IOResult):
+        if is_successful(result):
+            return unsafe_perform_io(result.unwrap())
+        raise to_exception(unsafe_perform_io(result.failure()))
     if is_successful(result):
-        return unsafe_perform_io(result.unwrap())
-    raise to_exception(unsafe_perform_io(result.failure()))
+        return result.unwrap()
+    raise to_exception(result.failure())

@@ -36,6 +36,7 @@ from returns.result import Failure, Result, Success
 
 from splitvault.adapters.atomic_file import write_atomically
 from splitvault.adapters.image_archive import inspect_image_archive
+from splitvault.app.client import pipeline
 from splitvault.domain import digest
 from splitvault.domain.archive import (
     HEAD_BYTES,
@@ -71,7 +72,7 @@ from splitvault.domain.ref import check_name
 log = logging.getLogger("splitvault.images")
 
 T = TypeVar("T")
-Progress = Callable[[int], None]
+Progress = pipeline.Progress  # the one progress type: deltas
 """Called with the bytes of the input processed since the previous call."""
 
 ENV_REGISTRY = "SPLITVAULT_IMAGE_REGISTRY"

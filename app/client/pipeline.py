@@ -41,7 +41,9 @@ from splitvault.domain.split import DEFAULT_RULE
 log = logging.getLogger("splitvault.pipeline")
 
 Progress = Callable[[int], None]
-"""Called on the caller's thread with the plaintext bytes done so far (monotonic, cumulative)."""
+"""The one progress callback: called with the bytes done SINCE THE LAST CALL (a delta, never a
+running total), so a bar adds them and its total equals the bytes moved. The pipeline calls it on
+the caller's thread, the CDN adapters from their transfer threads: a bar must be thread-safe."""
 
 MAX_WORKERS = 4
 _CREATE_MODE = 0o600  # the caller owns the path and widens it when it renames into place
@@ -133,7 +135,6 @@ def _run_chunks(
     turns = _Turns(stages)
     slots = deque(_Slot(*slot_sizes) for _ in range(min(count, 2 * workers)))
     inflight: deque[tuple[int, _Slot, Future[errors.Problem | None]]] = deque()
-    done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-chunk") as pool:
         try:
             next_index = 0
@@ -148,9 +149,8 @@ def _run_chunks(
                 if failure is not None:
                     return failure
                 slots.append(slot)
-                done += chunk_bytes(index)
                 if progress is not None:
-                    progress(done)
+                    progress(chunk_bytes(index))
             return None
         finally:
             turns.stop()
@@ -159,10 +159,10 @@ def _run_chunks(
             wait([pending for _, _, pending in inflight])
 
 
-def _os_failure(what: str, exc: OSError) -> errors.Problem:
+def _os_failure(what: str, exc: OSError, action: str = "write") -> errors.Problem:
     if isinstance(exc, FileNotFoundError):
         return NotFound(what)
-    return StorageFailed(what, exc.strerror or type(exc).__name__)
+    return StorageFailed(what, exc.strerror or type(exc).__name__, action)
 
 
 def _pread_exact(fd: int, buf: memoryview, offset: int) -> bool:
@@ -288,6 +288,27 @@ def _run_v1_chunks(
     )
 
 
+class _Blamed(Exception):
+    """Carries an OS error out of a block as the failure of the file it happened to."""
+
+    def __init__(self, problem: errors.Problem) -> None:
+        super().__init__(problem.describe())
+        self.problem = problem
+
+
+@contextmanager
+def _blame(what: str, action: str = "write") -> Iterator[None]:
+    """Report an ``OSError`` raised inside as a failure to ``action`` the file ``what``.
+
+    A full disk while writing the output must name the output, not the source being read (nor
+    the cache entry being read from): the person has to free space on the right file system.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise _Blamed(_os_failure(what, exc, action)) from exc
+
+
 def seal_file(
     source: Path,
     big_out: Path,
@@ -305,17 +326,22 @@ def seal_file(
 
     ``big_out`` is created or truncated (mode 0600 when created); the caller renames it into
     place and fsyncs if it needs durability. The output is byte-for-byte what
-    ``format_v1.seal_bytes`` gives for the same inputs, whatever ``workers`` is.
-    Fails with ``NotFound`` when ``source`` is missing, ``StorageFailed`` on I/O errors (or when
-    ``source`` shrinks while being read) and ``LimitExceeded`` for a chunk size or length the
-    format refuses. Raises ``ValueError`` for a malformed key, file id or worker count.
+    ``format_v1.seal_bytes`` gives for the same inputs, whatever ``workers`` is. Every byte is
+    read once, sealed once, hashed once (its chunk's digest leaf, on the worker that sealed it)
+    and written once. Fails with ``NotFound`` when ``source`` is missing, ``StorageFailed``
+    naming the file that failed (the source on a read error or when it shrinks, ``big_out`` on a
+    write error or a full disk) and ``LimitExceeded`` for a chunk size or length the format
+    refuses. Raises ``ValueError`` for a malformed key, file id or worker count.
     """
     threads = _check_workers(workers)
+    reading, writing = str(source), str(big_out)
     try:
         with ExitStack() as stack:
-            src_fd = _open_fd(source, os.O_RDONLY)
-            stack.callback(os.close, src_fd)
-            length = os.fstat(src_fd).st_size
+            with _blame(reading, "read"):
+                src_fd = _open_fd(source, os.O_RDONLY)
+                stack.callback(os.close, src_fd)
+                length = os.fstat(src_fd).st_size
+                _advise_sequential(src_fd)
             started = Sealer.start(
                 ref,
                 length,
@@ -329,10 +355,10 @@ def seal_file(
                 return IOFailure(started.failure())
             sealer = started.unwrap()
             layout = sealer.layout
-            big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            stack.callback(os.close, big_fd)
-            _advise_sequential(src_fd)
-            _prepare_output(big_fd, layout.big_length)
+            with _blame(writing):
+                big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                stack.callback(os.close, big_fd)
+                _prepare_output(big_fd, layout.big_length)
             small = memoryview(bytearray(layout.small_ciphertext_length))
             leaves: list[bytes | None] = [None] * layout.chunk_count
 
@@ -341,8 +367,9 @@ def seal_file(
                 plain = slot.plain[: pt_end - pt_start]
                 ct_start, ct_end = layout.ciphertext_span(index)
                 try:
-                    if not _pread_exact(src_fd, plain, pt_start):
-                        return StorageFailed(str(big_out), f"{source} shrank while being sealed")
+                    with _blame(reading, "read"):
+                        if not _pread_exact(src_fd, plain, pt_start):
+                            return StorageFailed(writing, f"{source} shrank while being sealed")
                     size = sealer.seal_chunk_into(index, plain, slot.cipher)
                     sealed = slot.cipher[:size]
                     # Hash this chunk's share of the big part while it is in this core's
@@ -352,11 +379,11 @@ def seal_file(
                         leaves[index] = digest.leaf(share)
                     # One writer at a time, in file order: parallel writers to one file only
                     # spin on its inode lock.
-                    with turns.turn(0, index) as go:
+                    with turns.turn(0, index) as go, _blame(writing):
                         if go:
                             _scatter(layout.segments(ct_start, ct_end), sealed, small, big_fd)
-                except OSError as exc:
-                    return _os_failure(str(big_out), exc)
+                except _Blamed as blamed:
+                    return blamed.problem
                 return None
 
             failure = _run_v1_chunks(layout, threads, task, progress)
@@ -364,8 +391,10 @@ def seal_file(
                 return IOFailure(failure)
             root = digest.root(layout.big_length, (leaf for leaf in leaves if leaf is not None))
             small_part = sealer.finish(bytes(small), root)
-    except OSError as exc:
-        return IOFailure(_os_failure(str(source), exc))
+    except _Blamed as blamed:
+        return IOFailure(blamed.problem)
+    except OSError as exc:  # closing a descriptor: only the output's can report a late error
+        return IOFailure(_os_failure(writing, exc))
     log.debug("sealed %s: %d bytes, %d chunks", ref, length, layout.chunk_count)
     first, size = layout.big_segmentation()
     return IOSuccess(SealedParts(small_part, BigPartDigest(layout.big_length, root, first, size)))
@@ -384,42 +413,72 @@ def open_file(
 ) -> IOResult[None, errors.Problem]:
     """Open a v1 resource from its small part and the big part at ``big_path`` into ``out``.
 
-    ``out`` (the caller's temp path) is created or truncated and sized up front. Every chunk is
-    authenticated and the big part's digest, computed while reading, must match the header.
-    The digest costs about as much as the decryption; a caller
-    that has just verified the same big part (a cache check) may pass
-    ``verify_big_digest=False``: every chunk is still authenticated under a key bound to the
-    header, so a changed, swapped or stale big part still fails, only as ``CorruptResource``.
-    Fails with the small part's format failures (``WrongKey``, ``CorruptResource``,
-    ``UnsupportedFormat``...), ``PartMismatch`` for a big part of the wrong length or hash,
-    ``CorruptResource`` for a chunk that does not authenticate, ``NotFound``/``StorageFailed``
-    for I/O. On failure ``out`` holds garbage: the caller deletes it.
+    Checks the small part (``Opener.start``) and runs ``open_with``; see there. Fails also with
+    the small part's format failures (``WrongKey``, ``CorruptResource``, ``UnsupportedFormat``...).
     """
-    threads = _check_workers(workers)
     started = Opener.start(small_part, publisher_key=publisher_key, expected_ref=expected_ref)
     if not is_successful(started):
         return IOFailure(started.failure())
-    opener = started.unwrap()
+    return open_with(
+        started.unwrap(),
+        big_path,
+        out,
+        workers=workers,
+        progress=progress,
+        verify_big_digest=verify_big_digest,
+    )
+
+
+def open_with(
+    opener: Opener,
+    big_path: Path,
+    out: Path,
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    verify_big_digest: bool = True,
+) -> IOResult[None, errors.Problem]:
+    """Open the big part at ``big_path`` with an already checked ``opener`` into ``out``.
+
+    A download parses and checks the small part once and passes the opener down. ``out`` (the
+    caller's temp path) is created or truncated and sized up front. Every chunk is authenticated
+    and, with ``verify_big_digest``, the big part's digest is computed while reading (each leaf on
+    the worker that read its chunk) and must match the header. A caller whose cache has just
+    verified the same big part passes ``verify_big_digest=False``: every chunk is still
+    authenticated under a key bound to the header, so a changed, swapped or stale big part still
+    fails, only as ``CorruptResource``. Fails with ``PartMismatch`` for a big part of the wrong
+    length or digest, ``CorruptResource`` for a chunk that does not authenticate,
+    ``NotFound``/``StorageFailed`` naming the file that failed (``big_path`` on a read error,
+    ``out`` on a write error or a full disk). On failure ``out`` holds garbage: the caller
+    deletes it.
+    """
+    threads = _check_workers(workers)
     layout = opener.layout
     small_ct = memoryview(opener.small_ciphertext)
+    reading, writing = str(big_path), str(out)
     try:
         with ExitStack() as stack:
-            big_fd = _open_fd(big_path, os.O_RDONLY)
-            stack.callback(os.close, big_fd)
-            checked = check_big_part(opener, os.fstat(big_fd).st_size)
+            with _blame(reading, "read"):
+                big_fd = _open_fd(big_path, os.O_RDONLY)
+                stack.callback(os.close, big_fd)
+                big_length = os.fstat(big_fd).st_size
+                _advise_sequential(big_fd)
+            checked = check_big_part(opener, big_length)
             if not is_successful(checked):
                 return IOFailure(checked.failure())
-            out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            stack.callback(os.close, out_fd)
-            _advise_sequential(big_fd)
-            _prepare_output(out_fd, layout.plaintext_length)
+            with _blame(writing):
+                out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                stack.callback(os.close, out_fd)
+                _prepare_output(out_fd, layout.plaintext_length)
             leaves: list[bytes | None] = [None] * layout.chunk_count
 
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 ct_start, ct_end = layout.ciphertext_span(index)
                 cipher = slot.cipher[: ct_end - ct_start]
                 try:
-                    big_piece = _gather(layout.segments(ct_start, ct_end), cipher, small_ct, big_fd)
+                    with _blame(reading, "read"):
+                        segments = layout.segments(ct_start, ct_end)
+                        big_piece = _gather(segments, cipher, small_ct, big_fd)
                     if big_piece is None:
                         return PartMismatch(f"the big part {big_path} shrank while being read")
                     if big_piece and verify_big_digest:
@@ -428,18 +487,20 @@ def open_file(
                     if not is_successful(opened):
                         return opened.failure()
                     pt_start, pt_end = layout.plaintext_span(index)
-                    with turns.turn(0, index) as go:
+                    with turns.turn(0, index) as go, _blame(writing):
                         if go:
                             _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
-                except OSError as exc:
-                    return _os_failure(str(out), exc)
+                except _Blamed as blamed:
+                    return blamed.problem
                 return None
 
             failure = _run_v1_chunks(layout, threads, task, progress)
             if failure is not None:
                 return IOFailure(failure)
-    except OSError as exc:
-        return IOFailure(_os_failure(str(big_path), exc))
+    except _Blamed as blamed:
+        return IOFailure(blamed.problem)
+    except OSError as exc:  # closing a descriptor: only the output's can report a late error
+        return IOFailure(_os_failure(writing, exc))
     if verify_big_digest:
         root = digest.root(layout.big_length, (leaf for leaf in leaves if leaf is not None))
         if not hmac.compare_digest(root, opener.header.big_digest):
@@ -492,18 +553,21 @@ def seal_file_legacy(
     if chunk_size <= 0 or chunk_size % legacy.BLOCK:
         raise ValueError("the legacy chunk size is a positive multiple of 16")
     sealer = legacy.LegacySealer(key, iv)
+    reading, writing = str(source), str(big_out)
     try:
         with ExitStack() as stack:
-            src_fd = _open_fd(source, os.O_RDONLY)
-            stack.callback(os.close, src_fd)
-            length = os.fstat(src_fd).st_size
+            with _blame(reading, "read"):
+                src_fd = _open_fd(source, os.O_RDONLY)
+                stack.callback(os.close, src_fd)
+                length = os.fstat(src_fd).st_size
+                _advise_sequential(src_fd)
             stream_length = legacy.legacy_stream_length(length)
             cut = DEFAULT_RULE.small_length(stream_length)
             count = max(1, -(-length // chunk_size))
-            big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            stack.callback(os.close, big_fd)
-            _advise_sequential(src_fd)
-            _prepare_output(big_fd, stream_length - cut)
+            with _blame(writing):
+                big_fd = _open_fd(big_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                stack.callback(os.close, big_fd)
+                _prepare_output(big_fd, stream_length - cut)
             small = memoryview(bytearray(cut))
             hasher = hashlib.sha256()
 
@@ -517,8 +581,9 @@ def seal_file_legacy(
                 # The IV leads chunk 0's output; the padding block ends the last chunk's.
                 out_start = 0 if index == 0 else legacy.IV_BYTES + pt_start
                 try:
-                    if not _pread_exact(src_fd, plain, pt_start):
-                        return StorageFailed(str(big_out), f"{source} shrank while being sealed")
+                    with _blame(reading, "read"):
+                        if not _pread_exact(src_fd, plain, pt_start):
+                            return StorageFailed(writing, f"{source} shrank while being sealed")
                     with turns.turn(0, index) as go:
                         if not go:
                             return None
@@ -529,12 +594,12 @@ def seal_file_legacy(
                     with turns.turn(1, index) as go:
                         if go:
                             hasher.update(sealed[_small_share(cut, out_start, written) :])
-                    with turns.turn(2, index) as go:
+                    with turns.turn(2, index) as go, _blame(writing):
                         if go:
                             segments = _stream_segments(cut, out_start, out_start + written)
                             _scatter(segments, sealed, small, big_fd)
-                except OSError as exc:
-                    return _os_failure(str(big_out), exc)
+                except _Blamed as blamed:
+                    return blamed.problem
                 return None
 
             failure = _run_chunks(
@@ -548,8 +613,10 @@ def seal_file_legacy(
             )
             if failure is not None:
                 return IOFailure(failure)
-    except OSError as exc:
-        return IOFailure(_os_failure(str(source), exc))
+    except _Blamed as blamed:
+        return IOFailure(blamed.problem)
+    except OSError as exc:  # closing a descriptor: only the output's can report a late error
+        return IOFailure(_os_failure(writing, exc))
     big_length = stream_length - cut
     whole = digest.root(big_length, [hasher.digest()] if big_length else [])
     big_digest = BigPartDigest(big_length, whole)
@@ -579,11 +646,14 @@ def open_file_legacy(
     if chunk_size <= 0 or chunk_size % legacy.BLOCK:
         raise ValueError("the legacy chunk size is a positive multiple of 16")
     small = memoryview(small_part)
+    reading, writing = str(big_path), str(out)
     try:
         with ExitStack() as stack:
-            big_fd = _open_fd(big_path, os.O_RDONLY)
-            stack.callback(os.close, big_fd)
-            stream_length = len(small) + os.fstat(big_fd).st_size
+            with _blame(reading, "read"):
+                big_fd = _open_fd(big_path, os.O_RDONLY)
+                stack.callback(os.close, big_fd)
+                stream_length = len(small) + os.fstat(big_fd).st_size
+                _advise_sequential(big_fd)
             checked = legacy.check_legacy_stream_length(stream_length, _LEGACY)
             if not is_successful(checked):
                 return IOFailure(checked.failure())
@@ -596,7 +666,9 @@ def open_file_legacy(
                     )
                 )
             tail = memoryview(bytearray(2 * legacy.BLOCK))
-            if not _read_stream(small, big_fd, stream_length - len(tail), tail):
+            with _blame(reading, "read"):
+                whole = _read_stream(small, big_fd, stream_length - len(tail), tail)
+            if not whole:
                 return IOFailure(PartMismatch(f"the big part {big_path} shrank while being read"))
             last = memoryview(bytearray(legacy.BLOCK))
             legacy.decrypt_blocks_into(key, bytes(tail[: legacy.BLOCK]), tail[legacy.BLOCK :], last)
@@ -606,10 +678,10 @@ def open_file_legacy(
             last_plain = stripped.unwrap()
             # The body: every ciphertext block after the IV but the padded last one.
             body = stream_length - legacy.IV_BYTES - legacy.BLOCK
-            out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            stack.callback(os.close, out_fd)
-            _advise_sequential(big_fd)
-            _prepare_output(out_fd, body + len(last_plain))
+            with _blame(writing):
+                out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                stack.callback(os.close, out_fd)
+                _prepare_output(out_fd, body + len(last_plain))
 
             def body_span(index: int) -> tuple[int, int]:
                 start = index * chunk_size
@@ -620,16 +692,18 @@ def open_file_legacy(
                 # The block before the chunk (the IV for chunk 0), then the chunk's blocks.
                 cipher = slot.cipher[: legacy.BLOCK + end - start]
                 try:
-                    if not _read_stream(small, big_fd, start, cipher):
+                    with _blame(reading, "read"):
+                        whole = _read_stream(small, big_fd, start, cipher)
+                    if not whole:
                         return PartMismatch(f"the big part {big_path} shrank while being read")
                     legacy.decrypt_blocks_into(
                         key, bytes(cipher[: legacy.BLOCK]), cipher[legacy.BLOCK :], slot.plain
                     )
-                    with turns.turn(0, index) as go:
+                    with turns.turn(0, index) as go, _blame(writing):
                         if go:
                             _pwrite_all(out_fd, slot.plain[: end - start], start)
-                except OSError as exc:
-                    return _os_failure(str(out), exc)
+                except _Blamed as blamed:
+                    return blamed.problem
                 return None
 
             failure = _run_chunks(
@@ -643,9 +717,12 @@ def open_file_legacy(
             )
             if failure is not None:
                 return IOFailure(failure)
-            _pwrite_all(out_fd, memoryview(last_plain), body)
-    except OSError as exc:
-        return IOFailure(_os_failure(str(big_path), exc))
+            with _blame(writing):
+                _pwrite_all(out_fd, memoryview(last_plain), body)
+    except _Blamed as blamed:
+        return IOFailure(blamed.problem)
+    except OSError as exc:  # closing a descriptor: only the output's can report a late error
+        return IOFailure(_os_failure(writing, exc))
     if progress is not None:
-        progress(body + len(last_plain))
+        progress(len(last_plain))
     return IOSuccess(None)

@@ -4,8 +4,10 @@
 into the cache, uploads the big part to the CDN and only then stores the small part at the API: the
 API write is the commit point, so a crash leaves at worst an orphaned big part, never a small part
 that points at nothing. ``download_resource`` fetches the small part through its transport
-envelope, takes the big part from a verified cache entry or the CDN, opens into a temp file next to
-the output and renames it into place only when every chunk authenticated.
+envelope, checks it once (``Opener.start``: header, key commitment, MAC) and passes that opener
+down, takes the big part from a verified cache entry or the CDN, opens into a temp file next to
+the output and renames it into place only when every chunk authenticated. The CDN is asked for
+only on a cache miss (``CdnReader``), so a warm download never builds an S3 client.
 
 CDN transfers are retried here, through ``client.retrying`` (the CDN adapter itself does not retry):
 a failed big-part download is retried by asking the cache again, which resumes from the bytes its
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
@@ -33,14 +35,24 @@ from splitvault.app.client import pipeline
 from splitvault.app.client.retrying import Meter, Retrier, run_with
 from splitvault.domain import keys
 from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, Problem
-from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, expected_big_part, parse_header
+from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, Opener
 from splitvault.domain.ports import BigPartDigest, Cache, Cdn, Random, RangeSink, ResourceApi, Span
 from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.usecases")
 
 T = TypeVar("T")
-Progress = Callable[[int], None]
+Progress = pipeline.Progress
+
+
+class CdnReader(Protocol):
+    """What a download needs of the CDN: a ``Cdn`` is one; so is a CDN built on first use."""
+
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
+    ) -> IOResult[int, Problem]:
+        """``Cdn.download_ranges``; its failures may also be those of building the CDN."""
+        ...
 
 
 @attrs.frozen
@@ -189,7 +201,7 @@ def download_resource(
     out: Path,
     *,
     api: ResourceApi,
-    cdn: Cdn,
+    cdn: CdnReader,
     cache: Cache,
     fingerprint: str,
     transport_key: bytes,
@@ -223,18 +235,21 @@ def _with_big_part(
     small: bytes,
     out: Path,
     *,
-    cdn: Cdn,
+    cdn: CdnReader,
     cache: Cache,
     publisher_key: bytes | None,
     workers: int | None,
     progress: Progress | None,
     retrier: Retrier | None,
 ) -> IOResult[DownloadReport, Problem]:
-    parsed = parse_header(small)
-    if isinstance(parsed, Failure):
-        return IOFailure(parsed.failure())
-    header, _ = parsed.unwrap()
-    expected = expected_big_part(header)
+    # The small part is checked once, before any big-part byte moves: a wrong key or a tampered
+    # header fails here without a download, and the opener is what the pipeline runs with.
+    started = Opener.start(small, publisher_key=publisher_key, expected_ref=ref)
+    if isinstance(started, Failure):
+        return IOFailure(started.failure())
+    opener = started.unwrap()
+    header = opener.header
+    expected = opener.big_digest
     filled: list[int] = []
 
     meter = Meter()
@@ -245,12 +260,10 @@ def _with_big_part(
         return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
 
     def open_into(big_path: Path, temp: Path) -> IOResult[None, Problem]:
-        return pipeline.open_file(
-            small,
+        return pipeline.open_with(
+            opener,
             big_path,
             temp,
-            publisher_key=publisher_key,
-            expected_ref=ref,
             workers=workers,
             progress=progress,
             # The cache verified the hash (or its stamp says the entry is unchanged since) and

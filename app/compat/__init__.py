@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         NotFoundError,
         SplitvaultError,
         StorageError,
+        UntrustedPublisherError,
     )
     from splitvault.cdn_manager import CDNCredentials, CDNManager
 
@@ -47,6 +48,7 @@ __all__ = [
     "NotFoundError",
     "SplitvaultError",
     "StorageError",
+    "UntrustedPublisherError",
 ]
 
 _HOME = {

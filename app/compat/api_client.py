@@ -1,21 +1,27 @@
 """``ApiClient`` and ``ApiCredentials``: the resource API client under the original names.
 
-Scripts written against the original client keep their method names. What changed, on purpose:
+Every documented call of the original keeps its name and positional arguments: ``ApiClient()``
+(configuration from ``SPLITVAULT_*`` and the config file, where the original's ``config.yaml``
+fields ``url``, ``email``, ``password`` are accepted), ``login()``, ``upload_file(filename,
+file_bytes, folder)``, ``load_bytes(filename, folder)``, ``load_big_small_resource(resource_name,
+folder, key=None)``, ``upload_big_small_resource(resource, resource_name, folder, key=None)``,
+``set_credentials_from_dict(email, password)``, ``upload_to_cdn(bucket, filename, file_bytes)``
+and ``download_from_cdn(bucket, filename)``. What changed, on purpose (the README has a row per
+call):
 
-- nothing is saved to the working directory: downloads go where the caller says;
-- errors are raised as ``SplitvaultError`` subclasses, never swallowed or returned as ``None``;
-- credentials come from arguments, the environment or the config file, never from files the client
-  writes;
-- ``load_big_small_resource`` still returns bytes for compatibility, but it streams through a temp
-  file; prefer ``download_resource_file`` for anything large;
-- every resource is sealed with format v1 (authenticated, per-resource keys) instead of the shared
-  CBC key.
+- errors raise ``SplitvaultError`` subclasses, never swallowed or returned as ``None``;
+- ``load_big_small_resource`` decrypts from the verified cache or the CDN straight into one
+  buffer: no plaintext file anywhere, peak memory about the plaintext's size;
+  ``open_resource(name, folder)`` is a seekable file object for models larger than memory;
+- ``key`` is the original's shared resource key: for v1 resources the publisher key that wraps
+  the data key, for resources still in the original format the legacy CBC key;
+- every resource is sealed with format v1 (authenticated, per-resource keys);
+- nothing is saved to the working directory, and credentials are never written to files.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,32 +29,33 @@ import attrs
 from returns.io import IOResult
 from returns.result import Failure
 
-from splitvault.adapters.config_files import default_cache_dir
+from splitvault.adapters.config_files import default_config_path, load_client_config
 from splitvault.app.client.bootstrap import Client, bootstrap
 from splitvault.app.client.errors import to_exception, unwrap_or_raise
+from splitvault.app.client.in_memory import (
+    MemoryUpload,
+    ResourceReader,
+    load_into_memory,
+    open_reader,
+    upload_from_memory,
+)
 from splitvault.app.client.usecases import (
     DownloadReport,
     UploadReport,
     open_small_part,
+    upload_resource,
 )
-from splitvault.cdn_manager import (
-    CDNCredentials,
-    CDNManager,
-    download_resuming,
-    ref_from_key,
-)
-from splitvault.domain.config import ClientConfig
-from splitvault.domain.errors import ConfigInvalid, LimitExceeded, Problem, StorageFailed
+from splitvault.cdn_manager import download_bytes, ref_for, upload_bytes
+from splitvault.domain.config import ApiCredentials, ClientConfig
+from splitvault.domain.errors import LimitExceeded, Problem
+from splitvault.domain.legacy import parse_shared_key
 from splitvault.domain.ports import Cdn, Hardware
 from splitvault.domain.ref import ResourceRef, parse_folder
 
+__all__ = ["ApiClient", "ApiCredentials"]
 
-@attrs.frozen
-class ApiCredentials:
-    """An API account: e-mail and password (hidden from reprs)."""
-
-    email: str
-    password: str = attrs.field(repr=False)
+MAX_SMALL_FILE_BYTES = 1 << 20  # the API's request cap; large files belong in a resource
+Bytes = bytes | bytearray | memoryview
 
 
 def _ref(folder: str, name: str) -> ResourceRef:
@@ -58,61 +65,67 @@ def _ref(folder: str, name: str) -> ResourceRef:
     return parsed.unwrap()
 
 
+def _shared_key(key: str | bytes | None) -> bytes | None:
+    if key is None:
+        return None
+    raw = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
+    parsed = parse_shared_key(raw, "key")
+    if isinstance(parsed, Failure):
+        raise to_exception(parsed.failure())
+    return parsed.unwrap()
+
+
 class ApiClient:
-    """The resource API client with the original method names, on the new protocol.
+    """The resource API client with the original's calls, on the new protocol.
 
     Args:
-        api_url: the resource API's base URL.
-        credentials: the account; ``login(email, password)`` may set it later.
-        cache_dir: the big-part cache (default: the user cache directory).
-        ca_bundle: CA certificates for the API's TLS, instead of the system store.
+        credentials: ``ApiCredentials(url, email, password)``; without it the API URL and the
+            account come from ``SPLITVAULT_API_URL``/``_EMAIL``/``_PASSWORD`` or the config
+            file, or later from ``set_credentials_from_dict(email, password)``.
+        config_path: the config file (default ``$SPLITVAULT_CONFIG``, else
+            ``$XDG_CONFIG_HOME/splitvault/config.yaml``).
+        cache_dir, ca_bundle, publisher_key_file, workers: override the configuration.
         hardware: a ``Hardware`` adapter (default: the Linux probe).
-        publisher_key_file: a file with the publisher key, if data keys are wrapped.
+        environ: the environment to read (default ``os.environ``).
 
-    Every method raises a ``SplitvaultError`` subclass on failure.
+    Raises ``ConfigError`` at once for malformed configuration; every call raises a
+    ``SplitvaultError`` subclass on failure.
     """
 
     def __init__(
         self,
-        api_url: str,
         credentials: ApiCredentials | None = None,
         *,
+        config_path: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         ca_bundle: str | os.PathLike[str] | None = None,
-        hardware: Hardware | None = None,
         publisher_key_file: str | os.PathLike[str] | None = None,
-        workers: int = 4,
+        workers: int | None = None,
+        hardware: Hardware | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
-        self._api_url = api_url
-        self._credentials = credentials
-        self._cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
-        self._ca_bundle = Path(ca_bundle) if ca_bundle else None
+        env = os.environ if environ is None else environ
+        flags: dict[str, object] = {
+            "api_url": credentials.url if credentials else None,
+            "email": credentials.email if credentials else None,
+            "password": credentials.password if credentials else None,
+            "cache_dir": cache_dir,
+            "ca_bundle": ca_bundle,
+            "publisher_key_file": publisher_key_file,
+            "workers": workers,
+        }
+        path = Path(config_path) if config_path is not None else default_config_path(env)
+        loaded: IOResult[ClientConfig, Problem] = load_client_config(flags, env, path)
+        self._config: ClientConfig = unwrap_or_raise(loaded)
         self._hardware = hardware
-        self._publisher_key_file = Path(publisher_key_file) if publisher_key_file else None
-        self._workers = workers
-        self._cdn_override: Cdn | None = None
         self._client: Client | None = None
 
     def __repr__(self) -> str:
-        email = self._credentials.email if self._credentials else None
-        return f"ApiClient({self._api_url!r}, email={email!r})"
+        return f"ApiClient({self._config.api_url!r}, email={self._config.email!r})"
 
     def _session(self) -> Client:
         if self._client is None:
-            if self._credentials is None:
-                raise to_exception(ConfigInvalid("credentials", "call login(email, password)"))
-            config = ClientConfig(
-                cache_dir=self._cache_dir,
-                api_url=self._api_url,
-                email=self._credentials.email,
-                password=self._credentials.password,
-                ca_bundle=self._ca_bundle,
-                workers=self._workers,
-                publisher_key_file=self._publisher_key_file,
-            )
-            self._client = unwrap_or_raise(
-                bootstrap(config, hardware=self._hardware, cdn=self._cdn_override)
-            )
+            self._client = unwrap_or_raise(bootstrap(self._config, hardware=self._hardware))
         return self._client
 
     def close(self) -> None:
@@ -127,37 +140,130 @@ class ApiClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    # -- the original methods ---------------------------------------------------------------
+    # -- the original calls -----------------------------------------------------------------
 
-    def login(self, email: str | None = None, password: str | None = None) -> None:
-        """Log in (with new credentials if given); raises ``AuthError`` when refused."""
-        if email is not None and password is not None:
-            self.close()
-            self._credentials = ApiCredentials(email, password)
+    def login(self) -> None:
+        """Log in now; raises ``AuthError`` when refused (later calls log in by themselves)."""
         unwrap_or_raise(self._session().api.login())
 
-    def set_credentials_from_dict(self, data: Mapping[str, object]) -> None:
-        """Use these CDN credentials instead of the ``cdn.yaml`` the API serves."""
-        credentials = CDNCredentials.from_dict(data)
-        writable = bool(data.get("writable", False))
-        self._cdn_override = CDNManager(credentials, writable=writable).cdn
-        self.close()
+    def set_credentials_from_dict(self, email: str, password: str) -> None:
+        """Switch to this account: log in and fetch its CDN configuration, as the original did.
 
-    def upload_file(self, file_path: str | os.PathLike[str], folder: str) -> None:
-        """Store a small file at the API as it is (configs and the like, up to 1 MiB)."""
-        path = Path(file_path)
-        ref = _ref(folder, path.name)
-        data = _read_small(path)
+        Raises ``AuthError`` when the login is refused and ``ConfigError`` when the API's
+        ``cdn.yaml`` is malformed; the previous session is closed either way.
+        """
+        self.close()
+        self._config = attrs.evolve(self._config, email=email, password=password)
+        client = self._session()
+        unwrap_or_raise(client.api.login())
+        unwrap_or_raise(client.cdn(write=False))
+
+    def upload_file(self, filename: str, file_bytes: Bytes, folder: str) -> None:
+        """Store a small file (configs and the like, up to 1 MiB) as ``folder/filename``."""
+        ref = _ref(folder, filename)
+        data = bytes(file_bytes)
+        if len(data) > MAX_SMALL_FILE_BYTES:
+            raise to_exception(LimitExceeded(f"the size of {ref}", MAX_SMALL_FILE_BYTES, len(data)))
         unwrap_or_raise(self._session().api.upload_small_part(ref, data))
 
-    def load_bytes(self, file_name: str, folder: str) -> bytes:
+    def load_bytes(self, filename: str, folder: str) -> bytes:
         """A file stored with ``upload_file``, opened from its transport envelope."""
         client = self._session()
-        ref = _ref(folder, file_name)
+        ref = _ref(folder, filename)
         envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
         return unwrap_or_raise(
             envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
         )
+
+    def load_big_small_resource(
+        self, resource_name: str, folder: str, key: str | bytes | None = None
+    ) -> bytes:
+        """A resource's plaintext, decrypted in memory (never through a file).
+
+        ``key`` is the original's shared resource key (64 hex digits or base64 of 32 bytes):
+        the publisher key for a v1 resource whose data key it wraps, the CBC key for a resource
+        still in the original format. Peak memory is about the plaintext's size; for models
+        larger than memory use ``open_resource``.
+        """
+        loaded = load_into_memory(
+            self._session(), _ref(folder, resource_name), shared_key=_shared_key(key)
+        )
+        return unwrap_or_raise(loaded).data
+
+    def upload_big_small_resource(
+        self,
+        resource: Bytes | str | os.PathLike[str],
+        resource_name: str,
+        folder: str,
+        key: str | bytes | None = None,
+    ) -> UploadReport | MemoryUpload:
+        """Seal and upload a resource: big part to cache and CDN, then the small part to the API.
+
+        ``resource`` is the plaintext as bytes (sealed from memory) or a path (streamed from the
+        file). ``key`` (optional) is the publisher key that wraps the data key.
+        """
+        ref = _ref(folder, resource_name)
+        publisher_key = _shared_key(key)
+        client = self._session()
+        if isinstance(resource, bytes | bytearray | memoryview):
+            return unwrap_or_raise(
+                upload_from_memory(client, ref, resource, publisher_key=publisher_key)
+            )
+        source = Path(resource)
+
+        def run(cdn: Cdn) -> IOResult[UploadReport, Problem]:
+            return upload_resource(
+                ref,
+                source,
+                api=client.api,
+                cdn=cdn,
+                cache=client.cache,
+                random=client.random,
+                publisher_key=publisher_key or client.publisher_key,
+                workers=client.config.workers,
+                retrier=client.retrier,
+            )
+
+        return unwrap_or_raise(client.with_cdn(True, run))
+
+    def upload_to_cdn(self, bucket: str, filename: str, file_bytes: Bytes) -> None:
+        """Store ``file_bytes`` as object ``filename`` in ``bucket`` with the uploader's keys."""
+        client = self._session()
+        ref = ref_for(bucket, filename)
+        scratch = client.config.cache_dir
+        unwrap_or_raise(
+            client.with_cdn(
+                True, lambda cdn: upload_bytes(cdn, ref, file_bytes, client.retrier, scratch)
+            )
+        )
+
+    def download_from_cdn(self, bucket: str, filename: str) -> bytes:
+        """Object ``filename`` of ``bucket``, with the downloader's keys."""
+        client = self._session()
+        ref = ref_for(bucket, filename)
+        scratch = client.config.cache_dir
+        return unwrap_or_raise(
+            client.with_cdn(False, lambda cdn: download_bytes(cdn, ref, client.retrier, scratch))
+        )
+
+    # -- beyond the original ------------------------------------------------------------------
+
+    def session_token(self) -> str:
+        """The bearer token of this session (logging in if needed), for
+        ``binary_split.download_key_fragment(url, token)``. A secret: never log it."""
+        return unwrap_or_raise(self._session().api.session_token())
+
+    def open_resource(
+        self, name: str, folder: str, key: str | bytes | None = None
+    ) -> ResourceReader:
+        """A read-only, seekable binary file of the resource's plaintext, decrypted on demand.
+
+        Memory stays at a few chunks whatever the size; nothing is written but the (ciphertext)
+        cache entry. Pass it to ``torch.load``, ``onnxruntime.InferenceSession(f.read())``,
+        ``zipfile.ZipFile`` or any reader of file objects; close it (or use ``with``).
+        """
+        reader = open_reader(self._session(), _ref(folder, name), publisher_key=_shared_key(key))
+        return unwrap_or_raise(reader)
 
     def list_files(self, folder: str) -> list[str]:
         """Names in a folder; raises ``InvalidNameError`` for a folder that is not a plain name."""
@@ -165,47 +271,6 @@ class ApiClient:
         if isinstance(parsed, Failure):
             raise to_exception(parsed.failure())
         return list(unwrap_or_raise(self._session().api.list_folder(parsed.unwrap())))
-
-    def upload_big_small_resource(
-        self, file_path: str | os.PathLike[str], folder: str, name: str | None = None
-    ) -> UploadReport:
-        """Seal and upload a file (big part to the CDN, small part to the API)."""
-        path = Path(file_path)
-        return self.upload_resource_file(path, name or path.name, folder)
-
-    def load_big_small_resource(self, resource_name: str, folder: str) -> bytes:
-        """A resource's plaintext as bytes. Holds the whole file in memory: prefer
-        ``download_resource_file`` for large resources."""
-        with tempfile.TemporaryDirectory(prefix="splitvault-") as scratch:
-            out = Path(scratch) / "resource"
-            self.download_resource_file(resource_name, folder, out)
-            return out.read_bytes()
-
-    def upload_to_cdn(self, file_path: str | os.PathLike[str], key: str) -> None:
-        """Upload a file to the CDN under ``key`` with the uploader's keys."""
-        client = self._session()
-        ref = ref_from_key(key)
-        unwrap_or_raise(
-            client.with_cdn(
-                True,
-                lambda cdn: client.retrier.run(
-                    f"upload of {key}", lambda: cdn.upload_file(ref, Path(file_path))
-                ),
-            )
-        )
-
-    def download_from_cdn(self, key: str, file_path: str | os.PathLike[str]) -> None:
-        """Download ``key`` from the CDN into ``file_path`` (atomically)."""
-        client = self._session()
-        ref = ref_from_key(key)
-
-        unwrap_or_raise(
-            client.with_cdn(
-                False, lambda cdn: download_resuming(cdn, ref, file_path, client.retrier)
-            )
-        )
-
-    # -- streaming ---------------------------------------------------------------------------
 
     def upload_resource_file(
         self, path: str | os.PathLike[str], name: str, folder: str
@@ -218,19 +283,3 @@ class ApiClient:
     ) -> DownloadReport:
         """Download ``folder/name`` into ``out_path``, streaming; nothing is left on failure."""
         return unwrap_or_raise(self._session().download(_ref(folder, name), Path(out_path)))
-
-
-def _read_small(path: Path) -> bytes:
-    limit = 1 << 20
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            # Small files only: large ones belong in upload_resource_file.
-            raise to_exception(LimitExceeded(f"the size of {path}", limit, size))
-        return path.read_bytes()
-    except OSError as error:
-        raise to_exception(StorageFailed(str(path), error.strerror or "cannot read")) from None
-
-
-def _default_cache_dir() -> Path:
-    return default_cache_dir(os.environ)

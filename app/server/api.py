@@ -53,7 +53,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from splitvault.adapters.atomic_file import atomic_path
+from splitvault.adapters.config_files import render_cdn_yaml
+from splitvault.adapters.http_key_fragments import LATEST_VERSION_HEADER
 from splitvault.domain import keys
+from splitvault.domain.config import cdn_config_from_mapping
 from splitvault.domain.errors import ConfigInvalid, StorageFailed
 from splitvault.domain.ref import ResourceRef, check_name, parse_folder
 
@@ -276,26 +279,16 @@ def set_cdn_config(
     """Store the CDN config served as ``config/cdn.yaml``.
 
     Shape: ``{endpoint, bucket, region, read: {access_key_id, secret_access_key}, write: {...}}``;
-    ``write`` is optional. Fails with ``ConfigInvalid`` naming the first bad field, or
-    ``StorageFailed`` when the file cannot be written.
+    ``write`` is optional; the original client's fields are accepted too (``domain.config``).
+    Fails with ``ConfigInvalid`` naming the first bad field, or ``StorageFailed`` when the file
+    cannot be written.
     """
-    for field in ("endpoint", "bucket", "region"):
-        if not isinstance(mapping.get(field), str):
-            return IOFailure(ConfigInvalid(field, "expected text"))
-    for section in ("read", "write"):
-        value = mapping.get(section)
-        if value is None and section == "write":
-            continue
-        if not isinstance(value, Mapping) or not all(
-            isinstance(value.get(k), str) for k in ("access_key_id", "secret_access_key")
-        ):
-            return IOFailure(
-                ConfigInvalid(section, "expected {access_key_id, secret_access_key} as text")
-            )
-    plain = json.loads(json.dumps(dict(mapping)))  # plain dicts only: safe_dump refuses others
+    parsed = cdn_config_from_mapping(mapping)
+    if isinstance(parsed, Failure):
+        return IOFailure(parsed.failure())
     path = data_dir / CDN_CONFIG_FILE
     try:
-        atomic_write(path, yaml.safe_dump(plain, sort_keys=False).encode())
+        atomic_write(path, render_cdn_yaml(parsed.unwrap(), include_write=True).encode())
     except OSError as exc:
         return IOFailure(StorageFailed(str(path), exc.strerror or str(exc)))
     return IOSuccess(None)
@@ -612,11 +605,11 @@ class ServerState:
             config = yaml.safe_load((self.data_dir / CDN_CONFIG_FILE).read_bytes())
         except FileNotFoundError:
             raise Refusal(404, "NotFound", "no CDN configuration on this server") from None
-        if not isinstance(config, dict):
+        parsed = cdn_config_from_mapping(config)
+        if isinstance(parsed, Failure):
             raise Refusal(500, "ServerMisconfigured", "the server's CDN configuration is invalid")
-        if role != ROLE_UPLOADER:
-            config.pop("write", None)  # least privilege: downloaders never see write keys
-        return yaml.safe_dump(config, sort_keys=False).encode()
+        # Least privilege: downloaders never see write keys, whichever shape the file has.
+        return render_cdn_yaml(parsed.unwrap(), include_write=role == ROLE_UPLOADER).encode()
 
 
 def create_app(
@@ -659,6 +652,7 @@ def create_app(
         Route("/resources/get/{folder}", _handler(state, _get_resource), methods=["POST"]),
         Route("/resources/list/{folder}", _handler(state, _list_resources), methods=["GET"]),
         Route("/resources/{folder}", _handler(state, _upload_resource), methods=["POST"]),
+        Route("/keys", _handler(state, _latest_key_fragment), methods=["GET"]),
         Route("/keys/{version}", _handler(state, _key_fragment), methods=["GET", "PUT"]),
     ]
     app = Starlette(
@@ -838,6 +832,35 @@ async def _list_resources(state: ServerState, request: Request) -> Response:
         )
 
     return JSONResponse({"files": await run_in_threadpool(names)})
+
+
+def _latest_fragment(keys_dir: Path) -> tuple[str, bytes] | None:
+    """The most recently registered fragment and its version (the original's no-version call)."""
+    try:
+        entries = [
+            (entry.stat().st_mtime_ns, entry.name, entry)
+            for entry in keys_dir.iterdir()
+            if entry.name.endswith(".fragment") and not entry.name.startswith(".")
+        ]
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    _, name, path = max(entries)
+    return name.removesuffix(".fragment"), path.read_bytes()
+
+
+async def _latest_key_fragment(state: ServerState, request: Request) -> Response:
+    state.authenticate(request)
+    found = await run_in_threadpool(_latest_fragment, state.data_dir / "keys")
+    if found is None:
+        raise Refusal(404, "NotFound", "no key fragment is registered yet")
+    version, fragment = found
+    return Response(
+        fragment,
+        media_type="application/octet-stream",
+        headers={"Cache-Control": "no-store", LATEST_VERSION_HEADER: version},
+    )
 
 
 async def _key_fragment(state: ServerState, request: Request) -> Response:

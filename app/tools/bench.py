@@ -1,22 +1,33 @@
-"""``splitvault bench``: how fast seal and open run on this machine, next to a plain file copy.
+"""``splitvault bench``: CPU seconds per GiB and wall time of seal, open, upload and download, next
+to the peers that do the same job, on one generated file, in one run.
 
-One run generates a file and measures, on that same file, a plain chunked copy (read and write
-1 MiB at a time: the ceiling for any file-to-file transform here), format v1 seal and open (also
-without the big part's digest, to show what that step costs), the legacy suite's seal and
-open, and ``openssl enc -aes-256-cbc`` both ways. Every operation runs in a fresh child process,
-so its peak RSS (``VmHWM``) is its own and can be set against a child that only imports the same
-modules (the interpreter baseline). The page cache cannot be dropped without root, so one untimed
-warm-up pass runs first and every timed operation reads from the cache alike; before each one a
-scratch file is written and deleted so that every operation also writes into equally warm memory.
-Each figure is the median of the repetitions, and the CPU seconds show how busy the cores were.
+Offline rows: a ``dd bs=1M`` copy (the wall-time baseline: what moving the bytes costs), format v1
+seal and open (open verifies the big part's digest, as ``splitvault open`` does), and as peers
+``openssl enc -aes-256-ctr`` (a raw cipher that authenticates nothing: the floor for an encrypting
+copy) and ``age`` (X25519 + ChaCha20-Poly1305 STREAM: the authenticated streaming peer), each
+skipped with a note when not installed. Start-up rows: ``splitvault --help`` and an 8 MiB warm
+download (a fresh process: bootstrap, login, small part from the API, big part from the cache).
+Online rows (when moto's server and the reference server are installed): our upload and cold
+download of ``online_size`` bytes against boto3's ``upload_file``/``download_file`` on the same
+moto S3 server, in the same run.
+
+Every row is one fresh child process, measured from outside: wall time from spawn to exit and CPU
+seconds (user + system, ``wait4``) of the whole child, interpreter start-up included, so a Python
+row and a C peer are measured alike. Peak RSS is the child's own ``VmHWM``. The page cache cannot be
+dropped without root, so one untimed warm-up repetition runs first, every row reads from the cache
+alike, and before each row a scratch file is written and deleted so every row also writes into
+equally warm memory. "x copy" means one thing everywhere: the copy's wall time divided by the row's
+(1.00 = as fast as ``dd``; higher is faster). Figures are medians of the repetitions, with their
+spread (min..max).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -25,42 +36,29 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
-import cryptography
 from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.app.client import pipeline
 from splitvault.domain import errors
 from splitvault.domain.ref import ResourceRef
+from splitvault.domain.sizes import GIB, MIB, format_size
 
 _T = TypeVar("_T")
 
-MIB = 1 << 20
-_COPY_CHUNK = MIB
 _BENCH_REF = ResourceRef("bench", "resource")
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1 << 10,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1 << 20,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1 << 30,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1 << 40,
-}
+_WARM_REF = ResourceRef("bench", "warm-8mib")
+WARM_SIZE = 8 * MIB
+DEFAULT_ONLINE_SIZE = 256 * MIB
 # Room the run needs on disk, in multiples of the size: source, big part, output and scratch.
 _DISK_FACTOR = 4.2
+_BUCKET = "bench"
+_PARAMS_COUNTER = itertools.count()
 
 
 class BenchFailed(RuntimeError):
@@ -69,21 +67,31 @@ class BenchFailed(RuntimeError):
 
 @attrs.frozen
 class Measurement:
-    """One operation's figures: the median time of the repetitions and the highest peak RSS.
+    """One row: medians over the repetitions, the runs themselves, the highest peak RSS.
 
-    ``cpu_seconds`` (user + system, median) shows how much of both cores an operation used;
-    ``above_baseline`` is the peak RSS minus the interpreter baseline, or None for a program
-    that is not our interpreter (openssl).
+    ``bytes_moved`` is what the row processed (0 for ``--help``); ``cpu_per_gib`` is its CPU
+    seconds per GiB of it. ``above_baseline`` is the peak RSS minus the interpreter baseline,
+    or None for a program that is not our interpreter.
     """
 
     name: str
+    group: str
+    bytes_moved: int
     seconds: float
     runs: tuple[float, ...]
     cpu_seconds: float
-    gb_per_s: float
+    cpu_runs: tuple[float, ...]
     ratio_to_copy: float
     peak_rss: int
     above_baseline: int | None
+
+    @property
+    def cpu_per_gib(self) -> float:
+        return self.cpu_seconds / (self.bytes_moved / GIB) if self.bytes_moved else 0.0
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_moved / max(self.seconds, 1e-9) / 1e9
 
 
 @attrs.frozen
@@ -91,6 +99,7 @@ class BenchReport:
     """A whole bench run: what was measured, on what, and notes on anything skipped."""
 
     size: int
+    online_size: int
     repetitions: int
     cpu_count: int
     workers: int
@@ -99,13 +108,8 @@ class BenchReport:
     notes: tuple[str, ...]
     versions: tuple[tuple[str, str], ...]
 
-
-def parse_size(text: str) -> int:
-    """Read ``1GiB``, ``512MiB``, ``100M``, ``1.5G`` or plain bytes; raises ValueError otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if match is None or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"not a size: {text!r} (use e.g. 1GiB, 512MiB, 100M or bytes)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    def row(self, name: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.name == name), None)
 
 
 def _nproc() -> int:
@@ -133,77 +137,69 @@ def generate_file(path: Path, size: int) -> None:
             turn = (turn + 4099) % MIB
 
 
-# --- the child side: one operation per process -------------------------------------------------
+# --- the child side: one operation per process ---------------------------------------------------
 
 
-def _copy(source: Path, dest: Path) -> None:
-    buf = bytearray(_COPY_CHUNK)
-    view = memoryview(buf)
-    with source.open("rb", buffering=0) as src, dest.open("wb", buffering=0) as dst:
-        while True:
-            got = src.readinto(buf)
-            if not got:
-                break
-            dst.write(view[:got])
-
-
-def _child_operation(op: str, args: dict[str, Any]) -> float | None:
-    """Run one operation; returns the seconds of its measured part when not the whole of it."""
+def _child_operation(op: str, args: dict[str, Any]) -> None:
+    """Run one operation; it imports only what it needs, so its start-up cost is its own."""
     workers = args.get("workers")
     if op == "baseline":
-        return None
-    if op == "copy":
-        _copy(Path(args["source"]), Path(args["out"]))
-        return None
-    if op == "v1-seal":
-        sealed = pipeline.seal_file(
-            Path(args["source"]),
-            Path(args["big"]),
-            ref=_BENCH_REF,
-            dek=bytes.fromhex(args["key"]),
-            file_id=bytes.fromhex(args["file_id"]),
-            workers=workers,
+        return
+    if op in {"v1-seal", "v1-open"}:
+        from splitvault.app.client import pipeline
+
+        if op == "v1-seal":
+            sealed = pipeline.seal_file(
+                Path(args["source"]),
+                Path(args["big"]),
+                ref=_BENCH_REF,
+                dek=bytes.fromhex(args["key"]),
+                file_id=bytes.fromhex(args["file_id"]),
+                workers=workers,
+            )
+            Path(args["small"]).write_bytes(_unwrap(sealed).small_part)
+        else:
+            opened = pipeline.open_file(
+                Path(args["small"]).read_bytes(),
+                Path(args["big"]),
+                Path(args["out"]),
+                workers=workers,
+            )
+            _unwrap(opened)
+        return
+    if op in {"upload", "download"}:
+        client = _bench_client(args)
+        try:
+            ref = ResourceRef(args["folder"], args["name"])
+            if op == "upload":
+                _unwrap(client.upload(ref, Path(args["source"])))
+            else:
+                report = _unwrap(client.download(ref, Path(args["out"])))
+                if report.cache_hit != args["expect_hit"]:
+                    raise SystemExit(f"bench operation failed: cache hit was {report.cache_hit}")
+        finally:
+            client.close()
+        return
+    if op in {"boto3-upload", "boto3-download"}:
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=args["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench-secret",  # noqa: S106 - loopback moto only
         )
-        Path(args["small"]).write_bytes(_unwrap(sealed).small_part)
-        return None
-    if op in {"v1-open", "v1-open-gcm-only"}:
-        opened = pipeline.open_file(
-            Path(args["small"]).read_bytes(),
-            Path(args["big"]),
-            Path(args["out"]),
-            workers=workers,
-            verify_big_digest=op == "v1-open",
-        )
-        _unwrap(opened)
-        return None
-    if op == "legacy-seal":
-        sealed = pipeline.seal_file_legacy(
-            Path(args["source"]),
-            Path(args["big"]),
-            key=bytes.fromhex(args["key"]),
-            iv=bytes.fromhex(args["iv"]),
-            workers=workers,
-        )
-        Path(args["small"]).write_bytes(_unwrap(sealed).small_part)
-        return None
-    if op == "legacy-open":
-        opened = pipeline.open_file_legacy(
-            Path(args["small"]).read_bytes(),
-            Path(args["big"]),
-            Path(args["out"]),
-            key=bytes.fromhex(args["key"]),
-            workers=workers,
-        )
-        _unwrap(opened)
-        return None
-    if op == "warm-download":
-        return _warm_download(args)
+        if op == "boto3-upload":
+            s3.upload_file(args["source"], _BUCKET, args["key"])
+        else:
+            s3.download_file(_BUCKET, args["key"], args["out"])
+        return
     raise ValueError(f"unknown bench operation {op!r}")
 
 
 def _bench_client(args: dict[str, Any]) -> Any:
-    """A client of the bench's reference server with a directory CDN and a fixed machine."""
-    from splitvault.adapters.directory_cdn import DirectoryCdn
+    """A client of the bench's reference server, through the real composition root."""
     from splitvault.adapters.fixed_hardware import FixedHardware
     from splitvault.app.client.bootstrap import bootstrap
     from splitvault.domain.config import ClientConfig
@@ -213,43 +209,9 @@ def _bench_client(args: dict[str, Any]) -> Any:
         api_url=args["url"],
         email=args["email"],
         password=args["password"],
-        workers=args.get("workers") or pipeline.default_workers(),
+        workers=args["workers"],
     )
-    return _unwrap(
-        bootstrap(config, cdn=DirectoryCdn(Path(args["cdn"])), hardware=FixedHardware("bench"))
-    )
-
-
-def _warm_download(args: dict[str, Any]) -> float:
-    """What an inference service does at start-up once logged in: small part from the API, big
-    part from its cache, open into the output. Client start-up (imports, login, one Argon2id
-    derivation) happens first and is not part of the returned seconds."""
-    from splitvault.app.client.usecases import download_resource
-
-    client = _bench_client(args)
-    try:
-        _unwrap(client.api.login())
-        transport_key = client.transport_key
-        cdn = _unwrap(client.cdn(write=False))
-        start = time.perf_counter()
-        report = _unwrap(
-            download_resource(
-                _BENCH_REF,
-                Path(args["out"]),
-                api=client.api,
-                cdn=cdn,
-                cache=client.cache,
-                fingerprint=client.fingerprint,
-                transport_key=transport_key,
-                workers=args.get("workers"),
-            )
-        )
-        seconds = time.perf_counter() - start
-    finally:
-        client.close()
-    if args.get("expect_warm", True) and not report.cache_hit:
-        raise SystemExit("bench operation failed: the warm download missed the cache")
-    return seconds
+    return _unwrap(bootstrap(config, hardware=FixedHardware("bench")))
 
 
 def _unwrap(result: IOResult[_T, errors.Problem]) -> _T:
@@ -274,21 +236,12 @@ def peak_rss_of(pid: int | str = "self") -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def child_main(argv: Sequence[str]) -> None:
-    """Entry point of a measuring child: run one operation, print its time and peak as JSON."""
+    """Entry point of a measuring child: run one operation, print its own peak RSS as JSON."""
     op = argv[0]
     args = json.loads(Path(argv[1]).read_text()) if len(argv) > 1 else {}
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
-    measured = _child_operation(op, args)
-    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    if measured is not None:
-        seconds = measured
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak_rss_of()}))
+    _child_operation(op, args)
+    print(json.dumps({"peak_rss": peak_rss_of()}))
 
 
 # --- the parent side -----------------------------------------------------------------------------
@@ -299,13 +252,6 @@ class _Run:
     seconds: float
     cpu_seconds: float
     peak_rss: int
-
-
-def _child_env() -> dict[str, str]:
-    """The environment of a child: ours, with this checkout first on the import path."""
-    root = str(Path(__file__).resolve().parent.parent)
-    existing = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + existing if existing else "")}
 
 
 class _PeakWatcher:
@@ -329,61 +275,66 @@ class _PeakWatcher:
         self._thread.join()
 
 
-def _run_child(command: Sequence[str], scratch: Path, *, self_timed: bool) -> _Run:
-    """Run one measuring process to the end and collect its time and own peak RSS.
+def _run_child(command: Sequence[str], scratch: Path, *, ours: bool, stdin: Path | None) -> _Run:
+    """Run one measuring process to the end: wall time, whole-process CPU, own peak RSS.
 
-    A Python child times itself (interpreter start-up excluded) and reports its ``VmHWM``;
-    another program is timed from outside and its ``VmHWM`` sampled while it runs. Where /proc
-    is missing, ``wait4``'s ``ru_maxrss`` is the fallback (it includes the parent's size).
+    Our children report their ``VmHWM`` on stdout; another program's is sampled while it runs.
+    Where /proc is missing, ``wait4``'s ``ru_maxrss`` is the fallback.
     """
     out_path, err_path = scratch / "child.out", scratch / "child.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
+    with ExitStack() as files:
+        out = files.enter_context(out_path.open("wb"))
+        err = files.enter_context(err_path.open("wb"))
+        given = files.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
         start = time.perf_counter()
-        proc = subprocess.Popen(  # noqa: S603 -- our interpreter or openssl, arguments built here
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=_child_env()
+        proc = subprocess.Popen(  # noqa: S603 -- our interpreter or a peer, arguments built here
+            command, stdin=given, stdout=out, stderr=err
         )
-        watcher = None if self_timed else _PeakWatcher(proc.pid)
+        watcher = None if ours else _PeakWatcher(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         if watcher is not None:
             watcher.stop()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
         detail = err_path.read_text(errors="replace")[-800:]
-        raise BenchFailed(f"{' '.join(command[:4])} exited {proc.returncode}: {detail}")
+        raise BenchFailed(f"{' '.join(command[:4])} exited {code}: {detail}")
     peak: int | None = watcher.peak if watcher is not None else None
-    cpu = usage.ru_utime + usage.ru_stime
-    if self_timed:
-        reported = json.loads(out_path.read_text().strip().splitlines()[-1])
-        elapsed, cpu = float(reported["seconds"]), float(reported["cpu_seconds"])
-        peak = reported["peak_rss"]
-    return _Run(elapsed, cpu, peak if peak is not None else _maxrss_bytes(usage.ru_maxrss))
+    if ours:
+        lines = out_path.read_text().strip().splitlines()
+        peak = json.loads(lines[-1])["peak_rss"] if lines and lines[-1].startswith("{") else None
+    fallback = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+    return _Run(elapsed, usage.ru_utime + usage.ru_stime, peak or fallback)
 
 
 @attrs.frozen
 class _Step:
     name: str
+    group: str
     command: tuple[str, ...]
-    self_timed: bool
-    # Files the step writes (removed before it runs) and files to remove once the pair is done.
-    outputs: tuple[Path, ...]
-    verify: Path | None = None
+    ours: bool
+    bytes_moved: int
+    # Files the step writes (removed before it runs) and files to remove once it is checked.
+    outputs: tuple[Path, ...] = ()
+    verify: tuple[Path, Path] | None = None
     cleanup: tuple[Path, ...] = ()
+    stdin: Path | None = None
+    before: Callable[[], None] | None = None
 
 
 def _python_command(base: Path, op: str, params: dict[str, Any]) -> tuple[str, ...]:
     """The command of a measuring child; its parameters (keys too) go in a 0600 file, not argv."""
-    params_path = base / f"{op}.json"
+    params_path = base / f"{op}-{next(_PARAMS_COUNTER)}.json"
     fd = os.open(params_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(params, handle)
     return (sys.executable, "-m", "splitvault.app.tools.bench", "--child", op, str(params_path))
 
 
-def _plan(
-    base: Path, source: Path, workers: int, openssl: str | None
+def _offline_plan(
+    base: Path, source: Path, size: int, workers: int
 ) -> tuple[list[_Step], list[str]]:
-    """The steps of one repetition, in order, and notes on what is left out."""
+    """The offline rows of one repetition, in order, and notes on what is left out."""
     notes: list[str] = []
     key, file_id, iv = os.urandom(32), os.urandom(16), os.urandom(16)
     steps: list[_Step] = []
@@ -391,76 +342,286 @@ def _plan(
     def py(op: str, params: dict[str, Any]) -> tuple[str, ...]:
         return _python_command(base, op, {**params, "workers": workers})
 
-    steps.append(_Step("baseline", py("baseline", {}), True, ()))
+    steps.append(_Step("baseline", "start-up", py("baseline", {}), True, 0))
     copy_out = base / "copy.out"
+    dd = shutil.which("dd")
+    if dd is None:
+        raise BenchFailed("dd is not on PATH: the bench's wall-time baseline is missing")
     steps.append(
         _Step(
-            "plain copy",
-            py("copy", {"source": str(source), "out": str(copy_out)}),
-            True,
+            "dd bs=1M copy",
+            "copy",
+            (dd, f"if={source}", f"of={copy_out}", "bs=1M", "status=none"),
+            False,
+            size,
             (copy_out,),
-            verify=copy_out,
+            verify=(source, copy_out),
             cleanup=(copy_out,),
         )
     )
-    for suite, seal_op, open_op, secret in (
-        ("v1", "v1-seal", "v1-open", {"key": key.hex(), "file_id": file_id.hex()}),
-        ("legacy", "legacy-seal", "legacy-open", {"key": key.hex(), "iv": iv.hex()}),
-    ):
-        big, small, out = base / f"{suite}.big", base / f"{suite}.small", base / f"{suite}.out"
-        seal_params = {"source": str(source), "big": str(big), "small": str(small), **secret}
-        open_params = {"big": str(big), "small": str(small), "out": str(out), **secret}
-        steps.append(_Step(f"{suite} seal", py(seal_op, seal_params), True, (big, small)))
-        if suite == "v1":
-            # The same open without the big part's digest (chunks still authenticated): shows
-            # what the one serial step costs.
-            steps.append(
-                _Step(
-                    "v1 open -sha",
-                    py("v1-open-gcm-only", open_params),
-                    True,
-                    (out,),
-                    verify=out,
-                    cleanup=(out,),
-                )
-            )
-        steps.append(
-            _Step(
-                f"{suite} open",
-                py(open_op, open_params),
-                True,
-                (out,),
-                verify=out,
-                cleanup=(out, big, small),
-            )
+    big, small, out = base / "v1.big", base / "v1.small", base / "v1.out"
+    secret = {"key": key.hex(), "file_id": file_id.hex()}
+    seal_params = {"source": str(source), "big": str(big), "small": str(small), **secret}
+    steps.append(_Step("v1 seal", "seal", py("v1-seal", seal_params), True, size, (big, small)))
+    open_params = {"big": str(big), "small": str(small), "out": str(out)}
+    steps.append(
+        _Step(
+            "v1 open",
+            "open",
+            py("v1-open", open_params),
+            True,
+            size,
+            (out,),
+            verify=(source, out),
+            cleanup=(out, big, small),
         )
+    )
+    openssl = shutil.which("openssl")
     if openssl is None:
         notes.append("openssl not found on PATH: its rows are left out")
     else:
         enc, dec = base / "openssl.enc", base / "openssl.out"
-        common = ("-aes-256-cbc", "-K", key.hex(), "-iv", iv.hex(), "-nosalt")
+        common = ("-aes-256-ctr", "-K", key.hex(), "-iv", iv.hex(), "-nosalt")
         steps.append(
             _Step(
-                "openssl enc",
+                "openssl enc -aes-256-ctr",
+                "seal",
                 (openssl, "enc", "-e", *common, "-in", str(source), "-out", str(enc)),
                 False,
+                size,
                 (enc,),
             )
         )
         steps.append(
             _Step(
-                "openssl dec",
+                "openssl dec -aes-256-ctr",
+                "open",
                 (openssl, "enc", "-d", *common, "-in", str(enc), "-out", str(dec)),
                 False,
+                size,
                 (dec,),
-                verify=dec,
+                verify=(source, dec),
                 cleanup=(dec, enc),
             )
         )
-        notes.append(
-            "openssl enc runs with its default buffer size and is timed from process start"
+    age, keygen = shutil.which("age"), shutil.which("age-keygen")
+    if age is None or keygen is None:
+        notes.append("age not found on PATH (apt-get install age): its rows are left out")
+    else:
+        identity = base / "age.key"
+        subprocess.run(  # noqa: S603 -- age-keygen from PATH, arguments built here
+            [keygen, "-o", str(identity)], check=True, capture_output=True
         )
+        recipient = subprocess.run(  # noqa: S603
+            [keygen, "-y", str(identity)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        enc, dec = base / "age.enc", base / "age.out"
+        steps.append(
+            _Step(
+                "age -r",
+                "seal",
+                (age, "-r", recipient, "-o", str(enc), str(source)),
+                False,
+                size,
+                (enc,),
+            )
+        )
+        steps.append(
+            _Step(
+                "age -d",
+                "open",
+                (age, "-d", "-i", str(identity), "-o", str(dec), str(enc)),
+                False,
+                size,
+                (dec,),
+                verify=(source, dec),
+                cleanup=(dec, enc),
+            )
+        )
+    help_command = (sys.executable, "-m", "splitvault.app.cli.main", "--help")
+    steps.append(_Step("splitvault --help", "start-up", help_command, False, 0))
     return steps, notes
+
+
+class _OnlineWorld:
+    """The reference API server and a moto S3 server on loopback, holding two resources.
+
+    The online file (``online_size``) is what the upload and cold-download rows move; an 8 MiB
+    resource sits in a downloader's cache for the warm-download row.
+    """
+
+    UPLOADER = "bench-uploader@example.com"
+    DOWNLOADER = "bench-downloader@example.com"
+
+    def __init__(self, base: Path, source: Path, workers: int, stack: ExitStack) -> None:
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        from splitvault.app.server.api import add_user, create_app, set_cdn_config
+        from splitvault.app.server.runner import RunningServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        stack.callback(moto.stop)
+        host, port = moto.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench-secret",  # noqa: S106 - loopback moto only
+        )
+        s3.create_bucket(Bucket=_BUCKET)
+        data = base / "server-data"
+        keys = {"access_key_id": "bench", "secret_access_key": "bench-secret"}
+        cdn = {"endpoint": self.endpoint, "bucket": _BUCKET, "region": "us-east-1"}
+        _unwrap(set_cdn_config(data, {**cdn, "read": keys, "write": keys}))
+        self._password = os.urandom(12).hex()
+        _unwrap(add_user(data, self.UPLOADER, self._password, "uploader"))
+        _unwrap(add_user(data, self.DOWNLOADER, self._password, "downloader"))
+        self._server = RunningServer(create_app(data))
+        self._server.start()
+        stack.callback(self._server.stop)
+        self.base, self.source, self.workers = base, source, workers
+        # The warm row's resource, uploaded and fetched once into the downloader's warm cache.
+        warm_source = base / "warm.source"
+        generate_file(warm_source, WARM_SIZE)
+        self._run(
+            "upload",
+            {
+                **self._who(self.UPLOADER, "up-cache"),
+                **self._ref(_WARM_REF),
+                "source": str(warm_source),
+            },
+        )
+        self._run("download", self._download_params("warm-cache", _WARM_REF, "warm.out", hit=False))
+        (base / "warm.out").unlink()
+        # The online file, uploaded once untimed so the cold-download rows have it.
+        self._run(
+            "upload",
+            {
+                **self._who(self.UPLOADER, "up-cache"),
+                **self._ref(_BENCH_REF),
+                "source": str(source),
+            },
+        )
+        s3.upload_file(str(source), _BUCKET, "boto3/object")
+        shutil.rmtree(base / "up-cache", ignore_errors=True)
+
+    def _who(self, email: str, cache: str) -> dict[str, Any]:
+        return {
+            "url": self._server.url,
+            "email": email,
+            "password": self._password,
+            "cache": str(self.base / cache),
+            "workers": self.workers,
+        }
+
+    @staticmethod
+    def _ref(ref: ResourceRef) -> dict[str, str]:
+        return {"folder": ref.folder, "name": ref.name}
+
+    def _download_params(
+        self, cache: str, ref: ResourceRef, out: str, *, hit: bool
+    ) -> dict[str, Any]:
+        return {
+            **self._who(self.DOWNLOADER, cache),
+            **self._ref(ref),
+            "out": str(self.base / out),
+            "expect_hit": hit,
+        }
+
+    def _run(self, op: str, params: dict[str, Any]) -> None:
+        _run_child(_python_command(self.base, op, params), self.base, ours=True, stdin=None)
+
+    def steps(self, size: int) -> list[_Step]:
+        base = self.base
+        up_cache, cold_cache = base / "up-cache", base / "cold-cache"
+        fresh_ref = ResourceRef("bench", "uploaded")
+        upload_params = {
+            **self._who(self.UPLOADER, "up-cache"),
+            **self._ref(fresh_ref),
+            "source": str(self.source),
+        }
+        cold = self._download_params("cold-cache", _BENCH_REF, "cold.out", hit=False)
+        warm = self._download_params("warm-cache", _WARM_REF, "warm.out", hit=True)
+        boto3_common = {"endpoint": self.endpoint}
+
+        def clear(*paths: Path) -> Callable[[], None]:
+            def remove() -> None:
+                for path in paths:
+                    shutil.rmtree(path, ignore_errors=True)
+
+            return remove
+
+        return [
+            _Step(
+                "splitvault upload",
+                "upload",
+                _python_command(base, "upload", upload_params),
+                True,
+                size,
+                before=clear(up_cache),
+                cleanup=(),
+            ),
+            _Step(
+                "boto3 upload_file",
+                "upload",
+                _python_command(
+                    base,
+                    "boto3-upload",
+                    {**boto3_common, "source": str(self.source), "key": "boto3/uploaded"},
+                ),
+                True,
+                size,
+            ),
+            _Step(
+                "splitvault cold download",
+                "download",
+                _python_command(base, "download", cold),
+                True,
+                size,
+                (base / "cold.out",),
+                verify=(self.source, base / "cold.out"),
+                cleanup=(base / "cold.out",),
+                before=clear(cold_cache),
+            ),
+            _Step(
+                "boto3 download_file",
+                "download",
+                _python_command(
+                    base,
+                    "boto3-download",
+                    {**boto3_common, "key": "boto3/object", "out": str(base / "boto3.out")},
+                ),
+                True,
+                size,
+                (base / "boto3.out",),
+                verify=(self.source, base / "boto3.out"),
+                cleanup=(base / "boto3.out",),
+            ),
+            _Step(
+                "warm download 8 MiB",
+                "start-up",
+                _python_command(base, "download", warm),
+                True,
+                WARM_SIZE,
+                (base / "warm.out",),
+                cleanup=(base / "warm.out",),
+            ),
+        ]
+
+
+def _online_available() -> str | None:
+    """Why the online rows cannot run here, or None when they can."""
+    import importlib.util
+
+    for module, extra in (("moto", "demo"), ("starlette", "server"), ("boto3", "")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (splitvault[{extra or 'dev'}]): online rows left out"
+    return None
 
 
 def _same_bytes(expected: Path, got: Path) -> bool:
@@ -508,199 +669,198 @@ def _version(command: Sequence[str]) -> str:
     return done.stdout.strip() or "unknown"
 
 
-class _DownloadWorld:
-    """A reference API server on loopback holding the bench file as a resource, and a
-    downloader whose cache already holds the big part (filled by one untimed download)."""
-
-    EMAIL = "bench-downloader@example.com"
-
-    def __init__(self, base: Path, source: Path, workers: int) -> None:
-        from splitvault.adapters.directory_cdn import DirectoryCdn
-        from splitvault.adapters.fixed_hardware import FixedHardware
-        from splitvault.app.client.bootstrap import bootstrap
-        from splitvault.app.server.api import add_user, create_app
-        from splitvault.app.server.runner import RunningServer
-        from splitvault.domain.config import ClientConfig
-
-        self._password = os.urandom(12).hex()
-        data = base / "server-data"
-        uploader = "bench-uploader@example.com"
-        _unwrap(add_user(data, uploader, self._password, "uploader"))
-        _unwrap(add_user(data, self.EMAIL, self._password, "downloader"))
-        self._server = RunningServer(create_app(data))
-        self._server.start()
-        self.cdn = base / "cdn"
-        self.cache = base / "download-cache"
-        config = ClientConfig(
-            cache_dir=base / "upload-cache",
-            api_url=self._server.url,
-            email=uploader,
-            password=self._password,
-            workers=workers,
-        )
-        client = _unwrap(
-            bootstrap(config, cdn=DirectoryCdn(self.cdn), hardware=FixedHardware("bench"))
-        )
-        try:
-            _unwrap(client.upload(_BENCH_REF, source))
-        finally:
-            client.close()
-        shutil.rmtree(base / "upload-cache", ignore_errors=True)
-        # One cold download fills the downloader's cache; every timed one is then warm.
-        _warm_download({**self.params(base / "download.out", workers), "expect_warm": False})
-        (base / "download.out").unlink()
-
-    def params(self, out: Path, workers: int) -> dict[str, Any]:
-        return {
-            "url": self._server.url,
-            "email": self.EMAIL,
-            "password": self._password,
-            "cache": str(self.cache),
-            "cdn": str(self.cdn),
-            "out": str(out),
-            "workers": workers,
-        }
-
-    def step(self, base: Path, workers: int) -> _Step:
-        out = base / "download.out"
-        return _Step(
-            "warm download",
-            _python_command(base, "warm-download", self.params(out, workers)),
-            True,
-            (out,),
-            verify=out,
-            cleanup=(out,),
-        )
-
-    def close(self) -> None:
-        self._server.stop()
-
-
 def run_bench(
     size: int,
     repetitions: int = 3,
     workdir: Path | None = None,
     *,
     workers: int | None = None,
+    online_size: int | None = DEFAULT_ONLINE_SIZE,
     on_step: Callable[[str, int], None] | None = None,
 ) -> BenchReport:
-    """Measure copy, v1, legacy and openssl on one generated ``size``-byte file.
+    """Measure every row on one generated ``size``-byte file (``online_size`` for S3 rows).
 
-    Files go to a fresh directory under ``workdir`` (the system temp directory by default),
-    removed at the end. ``on_step(name, repetition)`` is called before each measured step, for
-    progress output. Raises ``ValueError`` for a size or repetition count below 1, ``OSError``
-    when the disk lacks room for four copies of the file, ``BenchFailed`` when an operation
-    fails or writes wrong bytes.
+    ``online_size=None`` leaves the online rows out. Files go to a fresh directory under
+    ``workdir`` (the system temp directory by default), removed at the end. ``on_step(name,
+    repetition)`` is called before each measured row. Raises ``ValueError`` for a size or
+    repetition count below 1, ``OSError`` when the disk lacks room for four copies of the file,
+    ``BenchFailed`` when an operation fails or writes wrong bytes.
     """
+    from splitvault.app.client.pipeline import default_workers
+
     if size < 1 or repetitions < 1:
         raise ValueError("the bench needs a size and a repetition count of at least 1")
-    threads = pipeline.default_workers() if workers is None else workers
+    threads = default_workers() if workers is None else workers
     base = Path(tempfile.mkdtemp(prefix="splitvault-bench-", dir=workdir))
     try:
-        free = shutil.disk_usage(base).free
-        if free < _DISK_FACTOR * size:
-            raise OSError(
-                28, f"the bench needs {_DISK_FACTOR * size / 2**30:.1f} GiB free in {base}"
+        with ExitStack() as stack:
+            free = shutil.disk_usage(base).free
+            if free < _DISK_FACTOR * size:
+                raise OSError(
+                    28, f"the bench needs {_DISK_FACTOR * size / GIB:.1f} GiB free in {base}"
+                )
+            source = base / "source"
+            generate_file(source, size)
+            steps, notes = _offline_plan(base, source, size, threads)
+            missing = (
+                _online_available() if online_size is not None else "online rows not asked for"
             )
-        source = base / "source"
-        generate_file(source, size)
-        openssl = shutil.which("openssl")
-        steps, notes = _plan(base, source, threads, openssl)
-        server = _DownloadWorld(base, source, threads)
-        steps.append(server.step(base, threads))
-        notes.append(
-            "warm download = download_resource in a fresh, logged-in client process: the small "
-            "part from the reference server on loopback, the big part from the cache (stamp "
-            "checked), open, fsync and rename; its CPU s and peak RSS include the client's "
-            "start-up (imports, login, one Argon2id derivation with its 19 MiB)"
-        )
-        samples: dict[str, list[_Run]] = {step.name: [] for step in steps}
-        # Repetition 0 is the warm-up: it puts the source (and the interpreter) in the page cache.
-        for repetition in range(repetitions + 1):
-            for step in steps:
-                if on_step is not None and repetition:
-                    on_step(step.name, repetition)
-                _unlink(step.outputs)
-                _prime_page_cache(base, size)
-                run = _run_child(step.command, base, self_timed=step.self_timed)
-                if step.verify is not None and not _same_bytes(source, step.verify):
-                    raise BenchFailed(f"{step.name} did not give back the source's bytes")
-                _unlink(step.cleanup)
-                if repetition:
-                    samples[step.name].append(run)
-        versions = (
-            ("python", sys.version.split()[0]),
-            ("cryptography", cryptography.__version__),
-            ("openssl", _version((openssl, "version")) if openssl else "absent"),
-        )
-        server.close()
+            if missing is None and online_size is not None:
+                online_source = base / "online.source"
+                generate_file(online_source, online_size)
+                world = _OnlineWorld(base, online_source, threads, stack)
+                steps += world.steps(online_size)
+            else:
+                notes.append(missing or "")
+            samples = _measure(base, steps, size, repetitions, on_step)
+            versions = (
+                ("python", sys.version.split()[0]),
+                ("openssl", _version(("openssl", "version"))),
+                ("age", _version(("age", "--version"))),
+            )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     baseline = int(statistics.median(run.peak_rss for run in samples.pop("baseline")))
-    copy_seconds = statistics.median(run.seconds for run in samples["plain copy"])
+    copy_seconds = statistics.median(run.seconds for run in samples["dd bs=1M copy"])
+    by_name = {step.name: step for step in steps}
     measurements = []
     for name, runs in samples.items():
+        step = by_name[name]
         seconds = statistics.median(run.seconds for run in runs)
         peak = max(run.peak_rss for run in runs)
         measurements.append(
             Measurement(
                 name=name,
+                group=step.group,
+                bytes_moved=step.bytes_moved,
                 seconds=seconds,
                 runs=tuple(run.seconds for run in runs),
                 cpu_seconds=statistics.median(run.cpu_seconds for run in runs),
-                gb_per_s=size / max(seconds, 1e-9) / 1e9,
-                ratio_to_copy=copy_seconds / max(seconds, 1e-9),
+                cpu_runs=tuple(run.cpu_seconds for run in runs),
+                ratio_to_copy=copy_seconds / max(seconds, 1e-9)
+                if step.group in {"copy", "seal", "open"}
+                else 0.0,
                 peak_rss=peak,
-                above_baseline=None if name.startswith("openssl") else peak - baseline,
+                above_baseline=peak - baseline if step.ours else None,
             )
         )
     return BenchReport(
         size=size,
+        online_size=online_size or 0,
         repetitions=repetitions,
         cpu_count=_nproc(),
         workers=threads,
         baseline_rss=baseline,
         measurements=tuple(measurements),
         notes=(
-            "x copy = copy time / operation time (1.00 = as fast as the plain copy)",
-            "v1 open -sha = v1 open without the big part's digest (every chunk still "
-            "authenticated)",
-            "one untimed warm-up pass ran first; every operation reads from the page cache",
-            "before each operation a scratch file of the same size is written and deleted, "
-            "so every operation writes into equally warm memory",
-            *notes,
+            "CPU s = user + system seconds of the whole child process (start-up included), "
+            "median; CPU/GiB = that per GiB moved",
+            "x copy = dd bs=1M copy wall time / the row's wall time (1.00 = as fast as dd)",
+            "one untimed warm-up repetition ran first; every row reads from the page cache",
+            *[note for note in notes if note],
         ),
         versions=versions,
     )
+
+
+def _measure(
+    base: Path,
+    steps: Sequence[_Step],
+    size: int,
+    repetitions: int,
+    on_step: Callable[[str, int], None] | None,
+) -> dict[str, list[_Run]]:
+    samples: dict[str, list[_Run]] = {step.name: [] for step in steps}
+    # Repetition 0 is the warm-up: it puts the sources (and the interpreter) in the page cache.
+    for repetition in range(repetitions + 1):
+        for step in steps:
+            if on_step is not None and repetition:
+                on_step(step.name, repetition)
+            _unlink(step.outputs)
+            if step.before is not None:
+                step.before()
+            if step.bytes_moved >= MIB:
+                _prime_page_cache(base, step.bytes_moved)
+            run = _run_child(step.command, base, ours=step.ours, stdin=step.stdin)
+            if step.verify is not None and not _same_bytes(*step.verify):
+                raise BenchFailed(f"{step.name} did not give back the source's bytes")
+            _unlink(step.cleanup)
+            if repetition:
+                samples[step.name].append(run)
+    return samples
 
 
 def _mib(value: int) -> str:
     return f"{value / MIB:.1f} MiB"
 
 
-def _size_text(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} B"
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}..{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def targets(report: BenchReport) -> list[tuple[str, float, float, bool]]:
+    """The issue's targets as ``(what, measured, bound, met)``: ratios from this run."""
+    found: list[tuple[str, float, float, bool]] = []
+
+    def ratio(a: str, b: str, what: str, bound: float, *, cpu: bool, at_most: bool = True) -> None:
+        first, second = report.row(a), report.row(b)
+        if first is None or second is None:
+            return
+        x = (first.cpu_seconds / second.cpu_seconds) if cpu else (first.seconds / second.seconds)
+        found.append((what, x, bound, x <= bound if at_most else x >= bound))
+
+    for op, peer_age, peer_ssl in (
+        ("v1 seal", "age -r", "openssl enc -aes-256-ctr"),
+        ("v1 open", "age -d", "openssl dec -aes-256-ctr"),
+    ):
+        ratio(op, peer_age, f"{op} CPU / age CPU (< 1)", 1.0, cpu=True)
+        ratio(op, peer_ssl, f"{op} CPU / openssl-ctr CPU (<= 1.1)", 1.1, cpu=True)
+        row = report.row(op)
+        if row is not None:
+            found.append(
+                (f"{op} x copy (>= 0.6)", row.ratio_to_copy, 0.6, row.ratio_to_copy >= 0.6)
+            )
+            found.append(
+                (f"{op} peak RSS MiB (<= 64)", row.peak_rss / MIB, 64, row.peak_rss <= 64 * MIB)
+            )
+    for name, bound in (("splitvault --help", 0.15), ("warm download 8 MiB", 0.4)):
+        row = report.row(name)
+        if row is not None:
+            found.append(
+                (f"{name} CPU s (< {bound})", row.cpu_seconds, bound, row.cpu_seconds < bound)
+            )
+    for ours, theirs in (
+        ("splitvault upload", "boto3 upload_file"),
+        ("splitvault cold download", "boto3 download_file"),
+    ):
+        ratio(ours, theirs, f"{ours} wall / {theirs} (<= 1.05)", 1.05, cpu=False)
+        ratio(ours, theirs, f"{ours} CPU / {theirs} (<= 1.05)", 1.05, cpu=True)
+    return found
 
 
 def render(report: BenchReport) -> str:
     """The report as a table for people."""
     lines = [
-        f"splitvault bench: {_size_text(report.size)} file, median of {report.repetitions} "
-        f"runs, {report.cpu_count} cores, {report.workers} workers",
+        f"splitvault bench: {format_size(report.size)} file offline, "
+        f"{format_size(report.online_size)} online; median of {report.repetitions} runs "
+        f"(spread min..max), {report.cpu_count} cores, {report.workers} workers",
         f"interpreter baseline peak RSS: {_mib(report.baseline_rss)}",
         "",
-        f"{'operation':<14}{'seconds':>9}{'GB/s':>8}{'x copy':>8}{'CPU s':>8}{'peak RSS':>12}"
-        f"{'above base':>12}",
+        f"{'row':<26}{'wall s':>8}{'spread':>12}{'x copy':>8}{'CPU s':>8}{'CPU/GiB':>9}"
+        f"{'spread':>12}{'peak RSS':>11}",
     ]
     for m in report.measurements:
-        above = _mib(m.above_baseline) if m.above_baseline is not None else "-"
+        per_gib = [cpu / (m.bytes_moved / GIB) for cpu in m.cpu_runs] if m.bytes_moved else [0.0]
+        copy = f"{m.ratio_to_copy:.2f}" if m.ratio_to_copy else "-"
+        per = f"{m.cpu_per_gib:.2f}" if m.bytes_moved >= MIB * 64 else "-"
+        per_spread = _spread(per_gib) if m.bytes_moved >= MIB * 64 else "-"
         lines.append(
-            f"{m.name:<14}{m.seconds:>9.3f}{m.gb_per_s:>8.2f}{m.ratio_to_copy:>8.2f}"
-            f"{m.cpu_seconds:>8.2f}{_mib(m.peak_rss):>12}{above:>12}"
+            f"{m.name:<26}{m.seconds:>8.3f}{_spread(m.runs):>12}{copy:>8}{m.cpu_seconds:>8.2f}"
+            f"{per:>9}{per_spread:>12}{_mib(m.peak_rss):>11}"
         )
+    lines += ["", "targets (ratios from this run):"]
+    for what, measured, bound, met in targets(report):
+        lines.append(f"  {'ok  ' if met else 'MISS'} {what:<58} {measured:6.2f}  (bound {bound:g})")
     lines.append("")
     lines.extend(f"note: {note}" for note in report.notes)
     lines.append("versions: " + ", ".join(f"{name} {value}" for name, value in report.versions))
@@ -711,6 +871,7 @@ def report_json(report: BenchReport) -> dict[str, Any]:
     """The report as plain JSON-ready values for scripts (``--json``)."""
     return {
         "size": report.size,
+        "online_size": report.online_size,
         "repetitions": report.repetitions,
         "cpu_count": report.cpu_count,
         "workers": report.workers,
@@ -718,15 +879,23 @@ def report_json(report: BenchReport) -> dict[str, Any]:
         "measurements": [
             {
                 "name": m.name,
+                "group": m.group,
+                "bytes": m.bytes_moved,
                 "seconds": m.seconds,
                 "runs": list(m.runs),
                 "cpu_seconds": m.cpu_seconds,
+                "cpu_runs": list(m.cpu_runs),
+                "cpu_per_gib": m.cpu_per_gib,
                 "gb_per_s": m.gb_per_s,
                 "ratio_to_copy": m.ratio_to_copy,
                 "peak_rss": m.peak_rss,
                 "above_baseline": m.above_baseline,
             }
             for m in report.measurements
+        ],
+        "targets": [
+            {"what": what, "measured": measured, "bound": bound, "met": met}
+            for what, measured, bound, met in targets(report)
         ],
         "notes": list(report.notes),
         "versions": dict(report.versions),

@@ -20,12 +20,15 @@ from splitvault.adapters.config_files import (
     parse_cdn_yaml,
     render_cdn_yaml,
 )
+from splitvault.domain.cdn_layout import BucketPerFolder
 from splitvault.domain.config import (
+    ApiCredentials,
     CdnConfig,
     ClientConfig,
     S3Keys,
     cdn_config_from_mapping,
     client_config_from_mapping,
+    original_cdn_config,
 )
 from splitvault.domain.errors import ConfigInvalid
 
@@ -281,3 +284,84 @@ def test_timeouts_and_workers_are_checked() -> None:
         assert bad(client_config_from_mapping({**base, field: raw})).field == field
     good = client_config_from_mapping({**base, "read_timeout": "2.5", "workers": "3"}).unwrap()
     assert (good.read_timeout, good.workers) == (2.5, 3)
+
+
+# -- the original client's fields ----------------------------------------------------------------
+
+ORIGINAL_CDN_YAML = f"""\
+host: https://cdn.example.com
+downloader_access_key: AKIADOWN
+downloader_access_secret: {READ_SECRET}
+uploader_access_key: AKIAUP
+uploader_access_secret: {WRITE_SECRET}
+"""
+
+
+def test_the_original_cdn_yaml_means_a_bucket_per_folder() -> None:
+    """The original's five fields: downloader pair read, uploader pair write, no bucket."""
+    config = ok(parse_cdn_yaml(ORIGINAL_CDN_YAML))
+    assert config == CdnConfig(
+        endpoint="https://cdn.example.com",
+        bucket=None,
+        read_keys=S3Keys("AKIADOWN", READ_SECRET),
+        write_keys=S3Keys("AKIAUP", WRITE_SECRET),
+    )
+    assert config.object_layout() == BucketPerFolder()
+    assert READ_SECRET not in repr(config) and WRITE_SECRET not in repr(config)
+
+
+def test_the_original_layout_survives_rendering_per_role() -> None:
+    """Rendered for a downloader it keeps the layout and drops the uploader pair."""
+    config = ok(parse_cdn_yaml(ORIGINAL_CDN_YAML))
+    downloader = render_cdn_yaml(config, include_write=False)
+    assert "layout: bucket-per-folder" in downloader
+    assert WRITE_SECRET not in downloader and "AKIAUP" not in downloader
+    assert ok(parse_cdn_yaml(downloader)) == config.without_write_keys()
+    assert ok(parse_cdn_yaml(render_cdn_yaml(config, include_write=True))) == config
+
+
+@pytest.mark.parametrize(
+    ("host", "endpoint"),
+    [("cdn.example.com", "https://cdn.example.com"), ("http://127.0.0.1:9000", None)],
+)
+def test_a_bare_host_means_https(host: str, endpoint: str | None) -> None:
+    """``host`` may be a host name (https assumed) or a URL kept as it is."""
+    config = ok(original_cdn_config(host, "AKIA", "secret"))
+    assert config.endpoint == (endpoint or host)
+    assert config.write_keys is None
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (ORIGINAL_CDN_YAML.replace("host: https://cdn.example.com\n", ""), "host"),
+        (ORIGINAL_CDN_YAML.replace("uploader_access_key: AKIAUP\n", ""), "uploader_access_key"),
+        (ORIGINAL_CDN_YAML + "bucket: models\n", "bucket"),
+        (ORIGINAL_CDN_YAML.replace("https://cdn.example.com", "cdn example"), "host"),
+        (CDN_YAML.replace("bucket: models\n", "layout: bucket-per-folder\nbucket: m\n"), "bucket"),
+        (CDN_YAML.replace("bucket: models\n", "layout: sideways\n"), "layout"),
+    ],
+)
+def test_a_wrong_original_field_is_named(text: str, field: str) -> None:
+    """A missing, half-given, unknown or malformed field is refused by name, never echoed."""
+    problem = bad(parse_cdn_yaml(text))
+    assert problem.field == field
+    assert READ_SECRET not in problem.describe()
+
+
+def test_the_original_config_yaml_url_is_our_api_url(tmp_path: Path) -> None:
+    """``url`` in the file is ``api_url``; giving both is refused naming them."""
+    path = tmp_path / "config.yaml"
+    path.write_text("url: https://api.example.com\nemail: a@example.com\n")
+    path.chmod(0o600)
+    loaded = unsafe_perform_io(load_client_config({}, {"HOME": str(tmp_path)}, path).unwrap())
+    assert loaded.api_url == "https://api.example.com" and loaded.email == "a@example.com"
+    path.write_text("url: https://a.example.com\napi_url: https://b.example.com\n")
+    problem = bad(load_client_config({}, {"HOME": str(tmp_path)}, path))
+    assert "url" in problem.field and "api_url or url" in problem.detail
+
+
+def test_api_credentials_hide_the_password() -> None:
+    """The one credentials value keeps url and e-mail visible, the password out of its repr."""
+    credentials = ApiCredentials("https://api.example.com", "a@example.com", PASSWORD)
+    assert PASSWORD not in repr(credentials) and "a@example.com" in repr(credentials)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
+from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from returns.result import Failure, Success
@@ -211,11 +213,11 @@ def test_known_answer_vector_from_the_written_spec() -> None:
     signer = hmac.HMAC(mac_key, hashes.SHA256())
     signer.update(prefix + big_sha)
     assert signer.finalize() == mac
-    # The big part's digest: SHA-256 over a label, its length and each chunk's big-part share's
-    # SHA-256. The small part took 24 bytes of the first 32-byte chunk: segments 8, 32, 17.
-    leaves = [hashlib.sha256(big[a:b]).digest() for a, b in ((0, 8), (8, 40), (40, 57))]
+    # The big part's digest: BLAKE3 over a label, its length and each chunk's big-part share's
+    # BLAKE3. The small part took 24 bytes of the first 32-byte chunk: segments 8, 32, 17.
+    leaves = [blake3(big[a:b]).digest() for a, b in ((0, 8), (8, 40), (40, 57))]
     label = b"splitvault/v1/big-part-digest\x00" + len(big).to_bytes(8, "big")
-    assert hashlib.sha256(label + b"".join(leaves)).digest() == big_sha
+    assert blake3(label + b"".join(leaves)).digest() == big_sha
     aad = hashlib.sha256(b"splitvault/v1/chunk-aad\x00" + prefix).digest()
     stream = small[header_length:] + big
     aead = AESGCM(hkdf(b"splitvault/v1/chunk-key"))
@@ -227,12 +229,21 @@ def test_known_answer_vector_from_the_written_spec() -> None:
     assert plaintext == b"splitvault known-answer vector v1"
 
 
+def test_known_answer_vector_is_the_one_the_readme_prints() -> None:
+    """The README's "Wire format" section prints exactly the vector these tests check."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = text.split("**Known-answer vector**", 1)[1].split("```", 2)[1]
+    small, big = block.split("big   =")
+    assert "".join(small.replace("small =", "").split()) == KAT_SMALL_HEX
+    assert "".join(big.split()) == KAT_BIG_HEX
+
+
 KAT_SMALL_HEX = (
     "53504c4954564c5401010000000000100000000000000021000102030405060708090a0b0c0d0e0f"
     "00000018000000000000003900066d6f64656c7300036b617420000102030405060708090a0b0c0d"
     "0e0f101112131415161718191a1b1c1d1e1f6ec8fa0b1f6a53e358a044baba425b81c8732b35a39f"
-    "b056988f22899e9c7fdb9fc0ae713f88a5013f75deb250e15748ddf4a62ff4b923c8b983e82c9023"
-    "c9bf8cb55fb68dc2e6dd24968d472fb4652d88af81228622ef0570efcca5851121cbb063f49ce8fa"
+    "b056988f22899e9c7fdbb418ca6282f6c98e6b2b1b95cbd2bc81891ec896102598109fcf2ecbc045"
+    "a25458e7c9d495eb7cd523028f211589851b619918e8fb2cb5c9a1db207714c2db9bb063f49ce8fa"
     "0de2b73a24f98d0e7d8bec3d4aa1f3baf785"
 )
 KAT_BIG_HEX = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import attrs
 import pytest
 
 from splitvault import ApiClient, ApiCredentials
@@ -22,10 +21,10 @@ from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
 
 def client(stack: Stack, email: str, tmp_path: Path, machine: str = "m1") -> ApiClient:
     return ApiClient(
-        stack.url,
-        ApiCredentials(email, PASSWORD),
+        ApiCredentials(stack.url, email, PASSWORD),
         cache_dir=tmp_path / f"cache-{email}-{machine}",
         hardware=FixedHardware(machine),
+        environ={"HOME": str(tmp_path)},
     )
 
 
@@ -37,8 +36,8 @@ def test_original_methods_round_trip(stack: Stack, tmp_path: Path) -> None:
     (tmp_path / "labels.txt").write_bytes(b"cat\ndog\n")
     with client(stack, UPLOADER, tmp_path) as up:
         up.login()
-        up.upload_big_small_resource(tmp_path / "weights.bin", "models")
-        up.upload_file(tmp_path / "labels.txt", "models")
+        up.upload_big_small_resource(tmp_path / "weights.bin", "weights.bin", "models")
+        up.upload_file("labels.txt", b"cat\ndog\n", "models")
     with client(stack, DOWNLOADER, tmp_path) as down:
         assert set(down.list_files("models")) >= {"weights.bin", "labels.txt"}
         assert down.load_big_small_resource("weights.bin", "models") == data
@@ -52,12 +51,19 @@ def test_facade_raises_typed_exceptions(stack: Stack, tmp_path: Path) -> None:
     """Wrong password, unknown resource, bad name, second machine: each its own exception."""
     with (
         ApiClient(
-            stack.url, ApiCredentials(DOWNLOADER, "wrong password"), cache_dir=tmp_path / "c"
+            ApiCredentials(stack.url, DOWNLOADER, "wrong password"),
+            cache_dir=tmp_path / "c",
+            environ={"HOME": str(tmp_path)},
         ) as bad,
         pytest.raises(AuthError),
     ):
         bad.login()
+    with client(stack, UPLOADER, tmp_path) as up:
+        up.upload_file("anything", b"bound", "models")
     with client(stack, DOWNLOADER, tmp_path) as down:
+        # A fingerprinted request binds the account to m1 (a download that misses the cache
+        # no longer fetches cdn.yaml first, so a missing resource binds nothing).
+        assert down.load_bytes("anything", "models") == b"bound"
         with pytest.raises(NotFoundError):
             down.download_resource_file("absent.bin", "models", tmp_path / "x.bin")
         with pytest.raises(InvalidNameError):
@@ -69,25 +75,23 @@ def test_facade_raises_typed_exceptions(stack: Stack, tmp_path: Path) -> None:
         assert raised.value.failure.error_code == "HardwareMismatch"  # type: ignore[union-attr]
 
 
-def test_direct_cdn_transfers_and_explicit_credentials(stack: Stack, tmp_path: Path) -> None:
-    """upload_to_cdn/download_from_cdn move raw objects; set_credentials_from_dict overrides
-    the API's cdn.yaml."""
+def test_direct_cdn_transfers_and_switching_accounts(stack: Stack, tmp_path: Path) -> None:
+    """upload_to_cdn/download_from_cdn move raw objects; set_credentials_from_dict(email,
+    password) switches the account, whose role then decides the CDN keys."""
     blob = os.urandom(100_000)
-    (tmp_path / "raw.bin").write_bytes(blob)
     with client(stack, UPLOADER, tmp_path) as up:
-        up.upload_to_cdn(tmp_path / "raw.bin", "scratch/raw.bin.big")
-        up.download_from_cdn("scratch/raw.bin.big", tmp_path / "back.bin")
-    assert (tmp_path / "back.bin").read_bytes() == blob
+        up.upload_to_cdn("scratch", "raw.bin.big", blob)
+        assert up.download_from_cdn("scratch", "raw.bin.big") == blob
+    s3 = stack.moto.s3_client()
+    assert s3.get_object(Bucket=stack.bucket, Key="scratch/raw.bin.big")["Body"].read() == blob
     with client(stack, DOWNLOADER, tmp_path) as down:
-        down.set_credentials_from_dict(
-            {
-                "endpoint_url": stack.moto.endpoint_url,
-                "bucket": stack.bucket,
-                **attrs.asdict(stack.read_keys),
-            }
-        )
-        down.download_from_cdn("scratch/raw.bin", tmp_path / "again.bin")
-    assert (tmp_path / "again.bin").read_bytes() == blob
+        assert down.download_from_cdn("scratch", "raw.bin") == blob
+        with pytest.raises(AuthError):
+            down.upload_to_cdn("scratch", "evil.big", b"x")
+        down.set_credentials_from_dict(UPLOADER, PASSWORD)
+        down.upload_to_cdn("scratch", "now-allowed.big", b"y")
+        with pytest.raises(AuthError):
+            down.set_credentials_from_dict(UPLOADER, "wrong password")
 
 
 def test_tampered_download_raises_integrity_error(stack: Stack, tmp_path: Path) -> None:

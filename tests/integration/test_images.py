@@ -655,7 +655,8 @@ def test_images_config_names_the_missing_or_bad_field(environ: dict[str, str], f
 
 
 @pytest.fixture
-def image_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def image_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SPLITVAULT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("SPLITVAULT_IMAGE_REGISTRY", REGISTRY)
     monkeypatch.setenv("SPLITVAULT_IMAGE_SERVICES", ",".join(SERVICES))
 
@@ -697,12 +698,19 @@ def test_facade_raises_typed_errors(tmp_path: Path) -> None:
         binary_split.docker_load(tmp_path / "missing.tar", engine=down)
 
 
-def test_facade_needs_its_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without SPLITVAULT_IMAGE_SERVICES the check raises a ConfigError naming it."""
-    monkeypatch.setenv("SPLITVAULT_IMAGE_REGISTRY", REGISTRY)
+def test_facade_without_configuration_or_record_says_not_loaded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Nothing recorded for the version and no services configured: False, engine not asked
+    (an unreachable engine would raise); services without a registry are a ConfigError."""
+    monkeypatch.setenv("SPLITVAULT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("SPLITVAULT_IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("SPLITVAULT_IMAGE_SERVICES", raising=False)
-    with pytest.raises(ConfigError, match="SPLITVAULT_IMAGE_SERVICES"):
-        binary_split.check_images_loaded("1.0", engine=DockerApiEngine(Path("/nonexistent")))
+    unreachable = DockerApiEngine(Path("/nonexistent"))
+    assert binary_split.check_images_loaded("1.0", engine=unreachable) is False
+    monkeypatch.setenv("SPLITVAULT_IMAGE_SERVICES", "api")
+    with pytest.raises(ConfigError, match="SPLITVAULT_IMAGE_REGISTRY"):
+        binary_split.check_images_loaded("1.0", engine=unreachable)
 
 
 class _KeysHandler(BaseHTTPRequestHandler):
@@ -714,6 +722,13 @@ class _KeysHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             self._answer(401, b'{"ErrorCode": "Unauthorized", "Message": "bad token"}')
+            return
+        if self.path == "/keys":  # the latest registered version
+            self.send_response(200)
+            self.send_header("X-Splitvault-Version", "1.0")
+            self.send_header("Content-Length", "32")
+            self.end_headers()
+            self.wfile.write(self.fragments["1.0"])
             return
         version = self.path.removeprefix("/keys/")
         fragment = self.fragments.get(version)
@@ -747,8 +762,11 @@ def keys_server() -> Iterator[str]:
 def test_download_key_fragment_uses_the_bearer_token(
     keys_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fragment comes from GET /keys/{version}; the version defaults from the environment."""
+    """The fragment comes from GET /keys/{version}; the version defaults from the environment,
+    and without one it is the latest registered (GET /keys), as the original's call had none."""
     monkeypatch.setenv("SPLITVAULT_IMAGE_VERSION", "1.0")
+    assert binary_split.download_key_fragment(keys_server, "test-token") == b"\x01" * 32
+    monkeypatch.delenv("SPLITVAULT_IMAGE_VERSION")
     assert binary_split.download_key_fragment(keys_server, "test-token") == b"\x01" * 32
     assert binary_split.download_key_fragment(keys_server, "test-token", version="1.0") == (
         b"\x01" * 32
@@ -758,11 +776,11 @@ def test_download_key_fragment_uses_the_bearer_token(
 def test_download_key_fragment_raises_typed_errors(
     keys_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bad token, an unknown version and no version at all raise distinct errors."""
+    """A bad token and an unknown version raise distinct errors."""
     monkeypatch.delenv("SPLITVAULT_IMAGE_VERSION", raising=False)
     with pytest.raises(AuthError):
         binary_split.download_key_fragment(keys_server, "wrong", version="1.0")
     with pytest.raises(NotFoundError, match=r"2\.0"):
         binary_split.download_key_fragment(keys_server, "test-token", version="2.0")
-    with pytest.raises(ConfigError, match="SPLITVAULT_IMAGE_VERSION"):
-        binary_split.download_key_fragment(keys_server, "test-token")
+    with pytest.raises(AuthError):
+        binary_split.download_key_fragment(keys_server, "wrong")

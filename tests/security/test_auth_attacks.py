@@ -65,8 +65,7 @@ def _download_body(fingerprint: str, password: str = PASSWORD) -> dict[str, str]
 
 def _facade(stack: Stack, tmp_path: Path, email: str, password: str, machine: str) -> ApiClient:
     return ApiClient(
-        stack.url,
-        ApiCredentials(email, password),
+        ApiCredentials(stack.url, email, password),
         cache_dir=tmp_path / f"facade-cache-{machine}",
         hardware=FixedHardware(machine),
     )
@@ -299,7 +298,9 @@ def test_a_downloader_is_403_and_every_layer_says_access_denied(
     (cli / "evil.onnx").write_bytes(b"evil" * 1000)
     with _facade(stack, cli, DOWNLOADER, PASSWORD, "m") as facade:
         attempts: list[Callable[[], object]] = [
-            lambda: facade.upload_file(cli / "evil.onnx", "models"),
+            lambda: facade.upload_file("evil.onnx", b"evil" * 1000, "models"),
+            lambda: facade.upload_big_small_resource(b"evil" * 1000, "evil.onnx", "models"),
+            lambda: facade.upload_to_cdn("models", "evil.onnx.big", b"evil"),
             lambda: facade.upload_resource_file(cli / "evil.onnx", "evil.onnx", "models"),
         ]
         for attempt in attempts:

@@ -94,34 +94,35 @@ def test_the_facade_refuses_hostile_names_before_any_request(
     model = workspace / "model.bin"
     out = workspace / "out.bin"
     client = ApiClient(
-        shared_stack.url,
-        ApiCredentials(UPLOADER, PASSWORD),
+        ApiCredentials(shared_stack.url, UPLOADER, PASSWORD),
         cache_dir=workspace / "cache",
         hardware=FixedHardware("machine-names"),
     )
     calls: dict[str, Callable[[], object]] = {
-        "upload_file(folder)": lambda: client.upload_file(model, name),
+        "upload_file(filename)": lambda: client.upload_file(name, b"x", "models"),
+        "upload_file(folder)": lambda: client.upload_file("model.bin", b"x", name),
         "load_bytes(name)": lambda: client.load_bytes(name, "models"),
         "load_bytes(folder)": lambda: client.load_bytes("model.bin", name),
         "list_files(folder)": lambda: client.list_files(name),
         "upload_big_small_resource(name)": lambda: client.upload_big_small_resource(
-            model, "models", name
+            b"weights", name, "models"
         ),
-        "upload_big_small_resource(folder)": lambda: client.upload_big_small_resource(model, name),
+        "upload_big_small_resource(folder)": lambda: client.upload_big_small_resource(
+            model, "m", name
+        ),
         "load_big_small_resource(name)": lambda: client.load_big_small_resource(name, "models"),
         "load_big_small_resource(folder)": lambda: client.load_big_small_resource("m", name),
         "upload_resource_file(name)": lambda: client.upload_resource_file(model, name, "models"),
         "upload_resource_file(folder)": lambda: client.upload_resource_file(model, "m", name),
         "download_resource_file(name)": lambda: client.download_resource_file(name, "models", out),
         "download_resource_file(folder)": lambda: client.download_resource_file("m", name, out),
-        "upload_to_cdn(key name)": lambda: client.upload_to_cdn(model, f"models/{name}.big"),
-        "upload_to_cdn(key folder)": lambda: client.upload_to_cdn(model, f"{name}/m.big"),
-        "download_from_cdn(key name)": lambda: client.download_from_cdn(f"models/{name}", out),
-        "download_from_cdn(key folder)": lambda: client.download_from_cdn(f"{name}/m", out),
+        "upload_to_cdn(filename)": lambda: client.upload_to_cdn("models", f"{name}.big", b"x"),
+        "upload_to_cdn(bucket)": lambda: client.upload_to_cdn(name, "m.big", b"x"),
+        "download_from_cdn(filename)": lambda: client.download_from_cdn("models", name),
+        "download_from_cdn(bucket)": lambda: client.download_from_cdn(name, "m"),
+        "open_resource(name)": lambda: client.open_resource(name, "models"),
+        "open_resource(folder)": lambda: client.open_resource("m", name),
     }
-    if name == "":
-        # The original signature's optional name: empty means "use the file's own name".
-        del calls["upload_big_small_resource(name)"]
     before = tree(workspace)
     logins = _logins(shared_stack)
     with client:
@@ -143,17 +144,19 @@ def test_the_cdn_manager_and_image_helpers_refuse_hostile_keys(
     hostile version before asking the API; the bucket stays empty."""
     credentials = CDNCredentials(
         shared_stack.moto.endpoint_url,
-        shared_stack.bucket,
+        shared_stack.read_keys.access_key_id,
+        shared_stack.read_keys.secret_access_key,
         shared_stack.write_keys.access_key_id,
         shared_stack.write_keys.secret_access_key,
     )
-    manager = CDNManager(credentials, writable=True)
-    (tmp_path / "big").write_bytes(b"big part")
-    for key in (f"models/{name}", f"{name}/model.big", name):
+    manager = CDNManager(credentials)
+    for bucket, filename in (("models", name), (name, "model.big"), (name, name)):
         with pytest.raises(InvalidNameError):
-            manager.upload_to_cdn(tmp_path / "big", key)
+            manager.upload(bucket, filename, b"big part")
         with pytest.raises(InvalidNameError):
-            manager.download_from_cdn(key, tmp_path / "got")
+            manager.download(bucket, filename, dest=tmp_path / "got")
+        with pytest.raises(InvalidNameError):
+            manager.download_bytes(bucket, filename)
     with pytest.raises(InvalidNameError):
         binary_split.download_key_fragment(shared_stack.url, "no-token", version=name)
     listing = shared_stack.moto.s3_client().list_objects_v2(Bucket=shared_stack.bucket)

@@ -198,8 +198,7 @@ def test_a_download_only_client_never_holds_the_write_keys(stack: Stack, tmp_pat
     ok(download(reader, REF, tmp_path / "client.onnx"))
     assert failure(reader.cdn(write=True))  # asking for write access changes nothing
     facade = ApiClient(
-        stack.url,
-        ApiCredentials(DOWNLOADER, PASSWORD),
+        ApiCredentials(stack.url, DOWNLOADER, PASSWORD),
         cache_dir=tmp_path / "facade-cache",
         hardware=FixedHardware("reader-box"),
     )

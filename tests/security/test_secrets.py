@@ -34,6 +34,7 @@ from splitvault.app.client import images
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.errors import SplitvaultError
 from splitvault.domain import keys
+from splitvault.domain.config import CdnConfig
 from splitvault.domain.errors import EngineFailure, Problem
 from splitvault.domain.format_v1 import parse_header
 from splitvault.domain.ref import ResourceRef
@@ -126,22 +127,25 @@ def _run_flow(stack: Stack, tmp_path: Path, flow: Flow) -> tuple[Client, Client]
     model = tmp_path / "model.onnx"
     model.write_bytes(os.urandom(300_000))
     (tmp_path / "settings.json").write_bytes(b'{"threshold": 0.5}')
+    home = {"HOME": str(tmp_path)}
     publisher = ApiClient(
-        stack.url,
-        ApiCredentials(UPLOADER, PASSWORD),
+        ApiCredentials(stack.url, UPLOADER, PASSWORD),
         cache_dir=tmp_path / "pub-cache",
         hardware=FixedHardware("publisher-box"),
+        environ=home,
     )
     reader = ApiClient(
-        stack.url,
-        ApiCredentials(DOWNLOADER, PASSWORD),
+        ApiCredentials(stack.url, DOWNLOADER, PASSWORD),
         cache_dir=tmp_path / "reader-cache",
         hardware=FixedHardware("reader-box"),
+        environ=home,
     )
     with publisher, reader:
-        flow.keep(publisher, reader, ApiCredentials(DOWNLOADER, PASSWORD))
+        flow.keep(publisher, reader, ApiCredentials(stack.url, DOWNLOADER, PASSWORD))
         flow.keep(publisher.upload_resource_file(model, REF.name, REF.folder))
-        publisher.upload_file(tmp_path / "settings.json", CONFIG_REF.folder)
+        publisher.upload_file(
+            CONFIG_REF.name, (tmp_path / "settings.json").read_bytes(), CONFIG_REF.folder
+        )
         flow.keep(reader.download_resource_file(REF.name, REF.folder, tmp_path / "got.onnx"))
         flow.keep(reader.download_resource_file(REF.name, REF.folder, tmp_path / "again.onnx"))
         assert reader.load_bytes(CONFIG_REF.name, CONFIG_REF.folder) == b'{"threshold": 0.5}'
@@ -151,27 +155,29 @@ def _run_flow(stack: Stack, tmp_path: Path, flow: Flow) -> tuple[Client, Client]
         flow.expect_raise(lambda: reader.download_resource_file("absent", "models", tmp_path / "x"))
         flow.expect_raise(lambda: reader.load_bytes("absent", "configs"))
         with ApiClient(
-            stack.url, ApiCredentials(DOWNLOADER, "wrong password"), cache_dir=tmp_path / "c2"
+            ApiCredentials(stack.url, DOWNLOADER, "wrong password"),
+            cache_dir=tmp_path / "c2",
+            environ=home,
         ) as wrong:
             flow.expect_raise(wrong.login)
         with ApiClient(
-            stack.url,
-            ApiCredentials(DOWNLOADER, PASSWORD),
+            ApiCredentials(stack.url, DOWNLOADER, PASSWORD),
             cache_dir=tmp_path / "c3",
             hardware=FixedHardware("thief-box"),
+            environ=home,
         ) as thief:
             flow.expect_raise(lambda: thief.load_bytes(CONFIG_REF.name, CONFIG_REF.folder))
         read_only = CDNManager(
-            CDNCredentials(
-                stack.moto.endpoint_url,
-                stack.bucket,
-                stack.read_keys.access_key_id,
-                stack.read_keys.secret_access_key,
-            )
+            CdnConfig(stack.moto.endpoint_url, stack.bucket, read_keys=stack.read_keys)
         )
-        flow.keep(read_only, read_only.cdn)
-        flow.expect_raise(lambda: read_only.upload_to_cdn(model, "models/evil.onnx.big"))
-        read_only.download_from_cdn(REF.key, tmp_path / "raw.big")
+        downloader_only = CDNCredentials(
+            stack.moto.endpoint_url,
+            stack.read_keys.access_key_id,
+            stack.read_keys.secret_access_key,
+        )
+        flow.keep(read_only, downloader_only, CDNManager(downloader_only))
+        flow.expect_raise(lambda: read_only.upload("models", "evil.onnx.big", model.read_bytes()))
+        assert read_only.download(REF.folder, f"{REF.name}.big", dest=tmp_path / "raw.big")
 
     # Images: seal with the uploader's client, unlock with the downloader's.
     sealer, loader = (
@@ -298,10 +304,10 @@ def test_a_verbose_cli_does_not_switch_on_library_debug_logs(stack: Stack, tmp_p
     DEBUG records but no botocore signature, no Authorization header, no token, no password."""
     (tmp_path / "model.onnx").write_bytes(os.urandom(50_000))
     with ApiClient(
-        stack.url,
-        ApiCredentials(UPLOADER, PASSWORD),
+        ApiCredentials(stack.url, UPLOADER, PASSWORD),
         cache_dir=tmp_path / "pub-cache",
         hardware=FixedHardware("publisher-box"),
+        environ={"HOME": str(tmp_path)},
     ) as publisher:
         publisher.upload_resource_file(tmp_path / "model.onnx", REF.name, REF.folder)
     env = {

@@ -67,7 +67,7 @@ def test_an_unknown_ca_is_refused_at_once_and_nothing_reaches_the_server(
     assert sleep.waits == []
 
     with (
-        ApiClient(server.url, ApiCredentials(UPLOADER, PASSWORD), cache_dir=tmp_path / "c") as c,
+        ApiClient(ApiCredentials(server.url, UPLOADER, PASSWORD), cache_dir=tmp_path / "c") as c,
         pytest.raises(NetworkError) as raised,
     ):
         c.list_files("models")
@@ -83,8 +83,7 @@ def test_a_ca_bundle_is_trusted_for_the_whole_flow(
     model = tmp_path / "model.onnx"
     model.write_bytes(b"weights over tls" * 5000)
     with ApiClient(
-        server.url,
-        ApiCredentials(UPLOADER, PASSWORD),
+        ApiCredentials(server.url, UPLOADER, PASSWORD),
         cache_dir=tmp_path / "cache",
         ca_bundle=ca,
         hardware=FixedHardware("tls-box"),

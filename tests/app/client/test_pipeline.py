@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,15 +26,16 @@ from splitvault.app.client.pipeline import (
     SealedParts,
     open_file,
     open_file_legacy,
+    open_with,
     seal_file,
     seal_file_legacy,
 )
-from splitvault.app.tools.bench import parse_size, render, report_json, run_bench
+from splitvault.app.tools.bench import render, report_json, run_bench, targets
 from splitvault.domain import errors
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.digest import root as digest_root
 from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, WrongKey
-from splitvault.domain.format_v1 import Sealer, parse_header, seal_bytes
+from splitvault.domain.format_v1 import Opener, Sealer, parse_header, seal_bytes
 from splitvault.domain.legacy import open_legacy_bytes, seal_legacy_bytes
 from splitvault.domain.ref import ResourceRef
 
@@ -148,15 +152,101 @@ def test_any_size_and_chunking_round_trips(
     assert out.read_bytes() == data
 
 
-def test_progress_reports_cumulative_plaintext_bytes(tmp_path: Path) -> None:
-    """Progress rises monotonically to the plaintext size on both seal and open."""
+def test_progress_reports_deltas_that_add_up_to_the_bytes_moved(tmp_path: Path) -> None:
+    """Progress is one delta per chunk, in order, summing to the plaintext size (seal and open)."""
     data = _data(5 * CHUNK + 9)
     seen: list[int] = []
     parts, big = _seal(tmp_path, data, progress=seen.append)
-    assert seen == sorted(seen) and seen[-1] == len(data) and len(seen) == 6
+    assert seen == [CHUNK] * 5 + [9] and sum(seen) == len(data)
     opened: list[int] = []
     _ok(open_file(parts.small_part, big, tmp_path / "out", progress=opened.append))
     assert opened == seen
+
+
+def test_legacy_progress_adds_up_to_the_bytes_moved(tmp_path: Path) -> None:
+    """The legacy suite reports deltas too; open's last call is the padded block's plaintext."""
+    data = _data(3 * CHUNK + 5)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    sealed: list[int] = []
+    parts = _ok(
+        seal_file_legacy(
+            source,
+            tmp_path / "big",
+            key=LEGACY_KEY,
+            iv=LEGACY_IV,
+            chunk_size=CHUNK,
+            progress=sealed.append,
+        )
+    )
+    assert sum(sealed) == len(data)
+    opened: list[int] = []
+    _ok(
+        open_file_legacy(
+            parts.small_part,
+            tmp_path / "big",
+            tmp_path / "out",
+            key=LEGACY_KEY,
+            chunk_size=CHUNK,
+            progress=opened.append,
+        )
+    )
+    assert sum(opened) == len(data) and (tmp_path / "out").read_bytes() == data
+
+
+def test_open_with_runs_on_a_checked_opener(tmp_path: Path) -> None:
+    """A caller that checked the small part once passes the opener down, not the bytes."""
+    data = _data(3 * CHUNK + 1)
+    parts, big = _seal(tmp_path, data)
+    opener = Opener.start(parts.small_part, expected_ref=REF).unwrap()
+    _ok(open_with(opener, big, tmp_path / "out"))
+    assert (tmp_path / "out").read_bytes() == data
+
+
+@contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG, as a full disk fails with ENOSPC."""
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_full_output_names_the_output_not_the_input(tmp_path: Path) -> None:
+    """Seal and open, v1 and legacy: when the output cannot grow, the message names the output."""
+    data = _data(8 * CHUNK)
+    parts, big = _seal(tmp_path, data)
+    source = tmp_path / "source"
+    legacy = _ok(seal_file_legacy(source, tmp_path / "lbig", key=LEGACY_KEY, iv=LEGACY_IV))
+    sealed_out, opened_out = tmp_path / "sealed-out", tmp_path / "opened-out"
+    with _file_size_limit(CHUNK):
+        problems = [
+            _failure(seal_file(source, sealed_out, ref=REF, dek=DEK, file_id=FILE_ID)),
+            _failure(open_file(parts.small_part, big, opened_out)),
+            _failure(seal_file_legacy(source, sealed_out, key=LEGACY_KEY, iv=LEGACY_IV)),
+            _failure(
+                open_file_legacy(legacy.small_part, tmp_path / "lbig", opened_out, key=LEGACY_KEY)
+            ),
+        ]
+    expected = [sealed_out, opened_out, sealed_out, opened_out]
+    for problem, out in zip(problems, expected, strict=True):
+        assert isinstance(problem, errors.StorageFailed), problem
+        assert (problem.what, problem.action) == (str(out), "write"), problem
+
+
+def test_a_failed_read_names_the_input_as_read(tmp_path: Path) -> None:
+    """A source that cannot be read is a read failure of the source, not a write of the output."""
+    unreadable = tmp_path / "a directory"
+    unreadable.mkdir()
+    (unreadable / "x").write_bytes(b"x")
+    problem = _failure(seal_file(unreadable, tmp_path / "big", ref=REF, dek=DEK, file_id=FILE_ID))
+    # A directory opens read-only but has no bytes to read: fstat says 4096, pread says EISDIR.
+    assert isinstance(problem, errors.StorageFailed), problem
+    assert (problem.what, problem.action) == (str(unreadable), "read"), problem
 
 
 def test_publisher_key_wraps_and_opens(tmp_path: Path) -> None:
@@ -377,33 +467,32 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
 # --- the bench's plumbing (speed itself is never asserted) ---------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [("1GiB", 1 << 30), ("512MiB", 512 << 20), ("100M", 100_000_000), ("4096", 4096)],
-)
-def test_parse_size_reads_units(text: str, size: int) -> None:
-    """Sizes with binary and decimal units parse to bytes."""
-    assert parse_size(text) == size
-
-
-def test_parse_size_refuses_nonsense() -> None:
-    """An unknown unit is a ValueError naming the input."""
-    with pytest.raises(ValueError, match="1 parsec"):
-        parse_size("1 parsec")
+@pytest.mark.slow
+def test_bench_runs_every_operation_and_reports(tmp_path: Path) -> None:
+    """A tiny offline bench run measures every row, verifies outputs, renders text and JSON."""
+    report = run_bench(256 << 10, repetitions=1, workdir=tmp_path, online_size=None)
+    names = [m.name for m in report.measurements]
+    assert names[:3] == ["dd bs=1M copy", "v1 seal", "v1 open"]
+    assert "splitvault --help" in names
+    copy = report.measurements[0]
+    assert copy.ratio_to_copy == 1.0
+    assert all(m.peak_rss > 0 and m.seconds > 0 and m.cpu_seconds > 0 for m in report.measurements)
+    assert report.baseline_rss > 0
+    text = render(report)
+    assert "v1 seal" in text and "x copy" in text and "CPU/GiB" in text
+    assert "online rows not asked for" in text
+    data = json.loads(json.dumps(report_json(report)))
+    assert data["size"] == 256 << 10
+    assert {t["what"] for t in data["targets"]} >= {"splitvault --help CPU s (< 0.15)"}
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_bench_runs_every_operation_and_reports(tmp_path: Path) -> None:
-    """A tiny bench run measures every row, verifies outputs and renders text and JSON."""
-    report = run_bench(256 << 10, repetitions=1, workdir=tmp_path)
-    names = [m.name for m in report.measurements]
-    assert names[:2] == ["plain copy", "v1 seal"]
-    assert {"v1 open", "legacy seal", "legacy open"} <= set(names)
-    copy = report.measurements[0]
-    assert copy.ratio_to_copy == 1.0
-    assert all(m.peak_rss > 0 and m.seconds > 0 for m in report.measurements)
-    assert report.baseline_rss > 0
-    text = render(report)
-    assert "v1 seal" in text and "baseline" in text
-    assert json.loads(json.dumps(report_json(report)))["size"] == 256 << 10
-    assert list(tmp_path.iterdir()) == []
+def test_bench_online_rows_run_against_moto(tmp_path: Path) -> None:
+    """With moto installed, upload and cold download sit next to boto3 in the same run."""
+    report = run_bench(1 << 20, repetitions=1, workdir=tmp_path, online_size=6 << 20)
+    names = {m.name for m in report.measurements}
+    assert {"splitvault upload", "boto3 upload_file", "splitvault cold download"} <= names
+    assert {"boto3 download_file", "warm download 8 MiB"} <= names
+    whats = {what for what, *_ in targets(report)}
+    assert "splitvault upload wall / boto3 upload_file (<= 1.05)" in whats

@@ -1,0 +1,116 @@
+"""Publisher signatures: Ed25519 over a resource's header and the ciphertext it cannot cover.
+
+Every downloader holds the data key and could forge AES-GCM-valid chunks, so authenticity rests on
+a signature by the publisher. The signed statement is::
+
+    "splitvault/2/publisher-signature" || 0x00 || u32(len(header)) || header
+        || SHA-256(head)
+
+where ``header`` is the resource header without its signature field (it holds the file id,
+folder, name, lengths, key commitment and the collision-resistant digest of the big part) and
+``head`` is the ciphertext carried in the small part after the header (at most 3 KiB, hashed here
+because the big-part digest does not reach it). Image archives sign the same statement with an
+empty head.
+
+Trust: when the client pins publisher keys, a signature must verify under one of them, whatever
+the server says (a compromised API or bucket cannot substitute content); otherwise it must verify
+under the key the server vouches for. Ed25519 signing is deterministic, so this module is pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from returns.result import Failure, Result, Success
+
+from splitvault.domain.errors import UntrustedPublisher
+
+SEED_BYTES: Final = 32
+PUBLIC_KEY_BYTES: Final = 32
+SIGNATURE_BYTES: Final = 64
+STATEMENT_LABEL: Final = b"splitvault/2/publisher-signature\x00"
+KEY_ID_LABEL: Final = b"splitvault/2/publisher-key-id\x00"
+
+
+@attrs.frozen
+class PublisherKey:
+    """A publisher's Ed25519 key pair: the 32-byte seed (secret) and the public key."""
+
+    seed: bytes = attrs.field(repr=False)
+    public: bytes
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> PublisherKey:
+        """The key pair of a 32-byte seed (the private key file's content)."""
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"a publisher signing key is {SEED_BYTES} bytes")
+        public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+        return cls(seed, public)
+
+    @property
+    def key_id(self) -> str:
+        """A short, printable name for the public key."""
+        return key_id(self.public)
+
+
+def key_id(public: bytes) -> str:
+    """16 hex digits naming a publisher public key (for logs, ``ls`` and error messages)."""
+    return hashlib.sha256(KEY_ID_LABEL + public).digest()[:8].hex()
+
+
+def statement(header: bytes, head: bytes) -> bytes:
+    """The bytes a publisher signs for one resource (see the module docstring)."""
+    return STATEMENT_LABEL + len(header).to_bytes(4, "big") + header + hashlib.sha256(head).digest()
+
+
+def sign(key: PublisherKey, message: bytes) -> bytes:
+    """The 64-byte Ed25519 signature of ``message``."""
+    return Ed25519PrivateKey.from_private_bytes(key.seed).sign(message)
+
+
+def _verifies(public: bytes, signature: bytes, message: bytes) -> bool:
+    if len(public) != PUBLIC_KEY_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify(
+    what: str,
+    signature: bytes | None,
+    message: bytes,
+    *,
+    pinned: Sequence[bytes] = (),
+    vouched: bytes | None = None,
+) -> Result[bytes, UntrustedPublisher]:
+    """The public key that signed ``message``, if it is trusted; else ``UntrustedPublisher``.
+
+    ``pinned`` (the client's configured keys) wins when not empty; ``vouched`` is the key the
+    server names for the uploader, used only when nothing is pinned.
+    """
+    if not signature:
+        return Failure(UntrustedPublisher(what, "it carries no publisher signature"))
+    if len(signature) != SIGNATURE_BYTES:
+        return Failure(UntrustedPublisher(what, f"its signature is {len(signature)} bytes, not 64"))
+    if pinned:
+        for public in pinned:
+            if _verifies(public, signature, message):
+                return Success(public)
+        return Failure(
+            UntrustedPublisher(what, f"no pinned key ({len(pinned)} pinned) verifies its signature")
+        )
+    if vouched is None:
+        return Failure(UntrustedPublisher(what, "no key is pinned and the server vouches for none"))
+    if _verifies(vouched, signature, message):
+        return Success(vouched)
+    return Failure(
+        UntrustedPublisher(what, f"the signature does not verify under key {key_id(vouched)}")
+    )

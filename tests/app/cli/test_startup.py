@@ -1,0 +1,88 @@
+"""The CLI starts lean: ``--help`` loads no command code, a warm download never imports boto3.
+
+Each check runs the real entry point in a fresh interpreter and reports which heavy modules it
+loaded; CPU time is the bench's business, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from splitvault.domain.ref import ResourceRef
+from tests.support.results import value
+from tests.support.stack import OTHER_DOWNLOADER, PASSWORD, UPLOADER, Stack, upload, write_model
+
+HEAVY = [
+    "boto3",
+    "botocore",
+    "httpx",
+    "cryptography",
+    "rich",
+    "yaml",
+    "splitvault.app.cli.commands",
+    "splitvault.app.client.pipeline",
+]
+
+_PROBE = """
+import json, sys
+from splitvault.app.cli.main import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
+"""
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE % HEAVY, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_help_loads_no_command_code() -> None:
+    """``splitvault --help`` and a subcommand's help import none of the heavy modules."""
+    for args in (["--help"], ["download", "--help"], ["bench", "--help"]):
+        report = _run(args)
+        assert report == {"code": 0, "loaded": []}, args
+
+
+def test_a_bad_size_is_refused_by_the_one_parser() -> None:
+    """``--size 1parsec`` is a usage error (exit 2) saying what a size looks like."""
+    done = subprocess.run(
+        [sys.executable, "-m", "splitvault.app.cli.main", "bench", "--size", "1parsec"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "64M" in done.stderr and "'1parsec'" in done.stderr
+
+
+def test_a_warm_download_never_imports_boto3(stack: Stack, tmp_path: Path) -> None:
+    """The cold download builds the S3 client; the warm one, served by the cache, does not."""
+    ref = ResourceRef("models", "warm.bin")
+    data = write_model(tmp_path / "model.bin", 3 << 20)
+    value(upload(stack.client(UPLOADER), ref, tmp_path / "model.bin"))
+    flags = ["--folder", "models", "--api-url", stack.url, "--email", OTHER_DOWNLOADER]
+    flags += ["--cache-dir", str(tmp_path / "cache"), "--config", str(tmp_path / "none.yaml")]
+    env = {"SPLITVAULT_PASSWORD": PASSWORD}
+    runs = []
+    for name in ("cold", "warm"):
+        out = tmp_path / f"{name}.bin"
+        runs.append(_run(["--json", "download", "warm.bin", "--out", str(out), *flags], env))
+        assert out.read_bytes() == data
+    cold, warm = runs
+    assert cold["code"] == 0 and "boto3" in cold["loaded"]  # type: ignore[operator]
+    assert warm["code"] == 0 and "boto3" not in warm["loaded"]  # type: ignore[operator]
+    assert "botocore" not in warm["loaded"]  # type: ignore[operator]
