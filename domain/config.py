@@ -17,6 +17,7 @@ from returns.result import Failure, Result, Success
 
 from splitvault.domain.cdn_layout import BucketPerFolder, ObjectLayout, SharedBucket
 from splitvault.domain.errors import ConfigInvalid
+from splitvault.domain.sizes import parse_size
 
 DEFAULT_REGION = "us-east-1"
 ENV_PREFIX = "SPLITVAULT_"
@@ -393,26 +394,17 @@ def _secret_text(value: object, field: str) -> Result[str, ConfigInvalid]:
     return Success(value)
 
 
-_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
-_BYTE_UNITS |= {"g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
-_BYTE_UNITS |= {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-
-
 def _byte_size(value: object, field: str) -> Result[int, ConfigInvalid]:
-    """A byte count: a whole number, or text such as ``500MiB`` / ``20G`` (binary) / ``1GB``."""
+    """A byte count: a whole number, or a size as ``domain.sizes`` reads it (``20GiB``)."""
     if isinstance(value, bool):
         return Failure(ConfigInvalid(field, "expected a size in bytes, got a boolean"))
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        digits = text.rstrip("kmgtib")
-        unit = text[len(digits) :]
-        if not digits.isdigit() or unit not in _BYTE_UNITS:
-            return Failure(
-                ConfigInvalid(field, f"expected a size such as 20GiB or 500MiB, got {value!r}")
-            )
-        number = int(digits) * _BYTE_UNITS[unit]
+        parsed = parse_size(value, field)
+        if isinstance(parsed, Failure):
+            return parsed
+        number = parsed.unwrap()
     else:
         return Failure(ConfigInvalid(field, f"expected a size in bytes, got {_type_name(value)}"))
     if number < 1:

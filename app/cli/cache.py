@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from splitvault.domain.sizes import format_size
+
 Report = dict[str, Any]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -55,15 +57,6 @@ def _open_cache(args: argparse.Namespace) -> Any:
     return unwrap_or_raise(FileCache.open(config.cache_dir, max_bytes=config.cache_max_bytes))
 
 
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
-
-
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -93,7 +86,7 @@ def _table(items: list[dict[str, Any]], now: float) -> list[str]:
                 item["ref"],
                 item["version"][:12] or "-",
                 item["kind"],
-                _size(item["bytes"]),
+                format_size(item["bytes"]),
                 _age(now - item["last_used"]),
                 "yes" if item["in_use"] else "",
             )
@@ -117,8 +110,8 @@ def run(args: argparse.Namespace) -> Report:
         bound = cache.max_bytes
         lines = _table(items, now)
         lines.append(
-            f"{len(items)} item(s), {_size(total)} in {cache.root}"
-            + (f" (bound {_size(bound)})" if bound is not None else " (no bound)")
+            f"{len(items)} item(s), {format_size(total)} in {cache.root}"
+            + (f" (bound {format_size(bound)})" if bound is not None else " (no bound)")
         )
         return {
             "root": str(cache.root),
@@ -134,7 +127,7 @@ def run(args: argparse.Namespace) -> Report:
     kept = [_item(item) for item in cache.items()]
     in_use = [item for item in kept if item["in_use"]]
     freed = sum(item["bytes"] for item in removed)
-    text = [f"removed {len(removed)} item(s), freed {_size(freed)}"]
+    text = [f"removed {len(removed)} item(s), freed {format_size(freed)}"]
     if in_use:
         text.append(f"kept {len(in_use)} item(s) in use")
     return {
