@@ -1,30 +1,45 @@
-"""The one atomic-write discipline every writer of a final file uses.
+"""The one atomic writer: every final file the client writes goes through here.
 
 A file appears under its final name complete or not at all: the bytes go to a unique temp file in
 the same directory (same file system, so the rename is atomic), the temp file is fsynced, renamed
 over the final name with ``os.replace`` and the directory is fsynced so the rename itself survives a
-crash. Temp names start with a dot and contain ``.tmp-`` so that listings skip them and
-``collect_stale_temps`` can find the ones a killed process left behind.
+crash. Temp names start with a dot and contain ``.tmp-`` so that listings skip them.
+
+The writer holds an exclusive ``flock`` on its temp file from the moment it exists until the
+rename. The kernel drops that lock when the process dies, however it dies, so the next writer of
+the same output tells a dead writer's temp from a live one by trying the lock — not by its age —
+and removes the dead one at once (``collect_dead_temps``). A crash-looping service therefore leaves
+at most the temp of the run in flight, never a pile of full-size files.
+
+``write_atomically`` is the form the rest of the code uses: it returns an ``IOResult``, removes the
+temp on every failure (a failed write, a full disk, an exception) and names the file that could
+not be written.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from returns.io import IOFailure, IOResult
+from returns.pipeline import is_successful
+
+from splitvault.domain.errors import Problem, StorageFailed
 
 log = logging.getLogger("splitvault.atomic_file")
 
+T = TypeVar("T")
+
 TEMP_MARKER = ".tmp-"
 TOKEN_HEX = 16
-# A writer of a final file keeps touching its temp file (each write moves its mtime); one untouched
-# for an hour belongs to a process that is gone.
-ORPHAN_AFTER_SECONDS = 3600.0
+_CREATE_TRIES = 8
 
 
 def temp_name_for(final_name: str, token: str) -> str:
@@ -74,82 +89,130 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _create_locked_temp(final: Path, mode: int) -> tuple[Path, int]:
+    """A new temp file beside ``final`` and an fd holding its exclusive lock."""
+    for _ in range(_CREATE_TRIES):
+        temp = final.parent / temp_name_for(final.name, secrets.token_hex(TOKEN_HEX // 2))
+        # O_EXCL + O_NOFOLLOW: never write through a file or symlink someone else placed there.
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A collector may have taken the lock in the instant between create and flock and
+            # unlinked the name; the file we hold is then gone, so make another.
+            if os.fstat(fd).st_nlink == 0:
+                os.close(fd)
+                continue
+            os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; set it exactly
+        except BaseException:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        return temp, fd
+    raise OSError(errno.EEXIST, f"could not create a temp file beside {final}")
+
+
 @contextmanager
 def atomic_path(final: Path, *, mode: int = 0o600) -> Iterator[Path]:
-    """Yield a temp path next to ``final``; on normal exit it becomes ``final`` atomically.
+    """Yield a locked temp path next to ``final``; on normal exit it becomes ``final`` atomically.
 
-    The temp file exists (empty, with ``mode``) when the body starts; the body may write it or
-    replace it. On normal exit the file is fsynced, renamed onto ``final`` and the directory is
+    The temp file exists (empty, with ``mode``) when the body starts; the body writes it (opening
+    it by path). On normal exit the file is fsynced, renamed onto ``final`` and the directory is
     fsynced. If the body raises, the temp file is removed and the exception propagates, so
     ``final`` keeps its previous content (or stays absent).
 
     Raises ``OSError`` when the temp file cannot be created, flushed or renamed.
     """
-    directory = final.parent
-    temp = directory / temp_name_for(final.name, secrets.token_hex(TOKEN_HEX // 2))
-    # O_EXCL + O_NOFOLLOW: never write through a file or symlink someone else placed there.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; set it exactly
-    finally:
-        os.close(fd)
+    temp, lock_fd = _create_locked_temp(final, mode)
     try:
         yield temp
-        fsync_file(temp)
+        os.fsync(lock_fd)
         os.replace(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_dir(directory)
+    finally:
+        os.close(lock_fd)  # closing releases the lock
+    fsync_dir(final.parent)
 
 
-def collect_stale_temps(
-    directory: Path,
-    older_than_seconds: float,
-    now: float,
-    *,
-    match: Callable[[str], bool] = is_temp_name,
+def collect_dead_temps(
+    directory: Path, *, match: Callable[[str], bool] = is_temp_name
 ) -> tuple[Path, ...]:
-    """Remove temp files in ``directory`` (not recursive) last modified before ``now - older_than``.
+    """Remove the temp files in ``directory`` (not recursive) whose writer is gone.
 
-    A writer that is alive keeps touching its temp file, so only the leftovers of killed processes
-    are old. Returns the paths removed. Files that vanish meanwhile are skipped; a directory that
-    does not exist holds no temps.
+    A temp whose lock is held belongs to a live writer and stays. The lock is taken before the
+    unlink and the writer checks after locking that its file still has a name, so a writer that
+    is just starting is never robbed. Returns the paths removed; a missing directory holds none.
     """
     removed: list[Path] = []
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return ()
-    cutoff = now - older_than_seconds
     for entry in entries:
         if not match(entry.name):
             continue
+        path = Path(entry.path)
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                continue
-            os.unlink(entry.path)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer holds it
+                os.unlink(path)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             continue
-        log.info("removed stale temp file %s", entry.path)
-        removed.append(Path(entry.path))
+        log.info("removed temp file %s of a writer that is gone", path)
+        removed.append(path)
     return tuple(removed)
 
 
-def collect_orphans_of(
-    final: Path, older_than_seconds: float = ORPHAN_AFTER_SECONDS
-) -> tuple[Path, ...]:
-    """Remove old temp files of ``final`` (and only of it) that a killed writer left beside it.
+def collect_dead_temps_of(final: Path) -> tuple[Path, ...]:
+    """Remove temp files of ``final`` (and only of it) that a dead writer left beside it.
 
     Only names ``atomic_path`` makes for ``final`` are touched, so other files in a user's
-    directory are never at risk. Returns the paths removed; raises ``OSError`` when the directory
-    cannot be listed.
+    directory are never at risk. Raises ``OSError`` when the directory cannot be listed.
     """
-    return collect_stale_temps(
-        final.parent,
-        older_than_seconds,
-        time.time(),
-        match=lambda name: is_temp_of(final.name, name),
-    )
+    return collect_dead_temps(final.parent, match=lambda name: is_temp_of(final.name, name))
+
+
+def storage_failed(path: Path | str, error: OSError) -> StorageFailed:
+    """The typed failure for an ``OSError`` on ``path``: the file named, the reason in words."""
+    return StorageFailed(str(path), error.strerror or str(error) or type(error).__name__)
+
+
+class _Abort(Exception):
+    """Unwinds ``atomic_path`` so the temp file is removed when a write returned a failure."""
+
+
+def _abort_unless_successful(result: IOResult[object, Problem]) -> None:
+    if not is_successful(result):
+        raise _Abort
+
+
+def write_atomically(
+    final: Path, write: Callable[[Path], IOResult[T, Problem]], *, mode: int = 0o600
+) -> IOResult[T, Problem]:
+    """Run ``write`` on a temp file beside ``final``; rename it into place only on success.
+
+    Temp files of ``final`` left by dead writers are removed first. On any failure the temp file
+    is removed and ``final`` keeps its previous content; an ``OSError`` (a full disk) becomes a
+    ``StorageFailed`` naming ``final``, the file that could not be written.
+    """
+    result: IOResult[T, Problem] = IOFailure(StorageFailed(str(final), "nothing was written"))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        collect_dead_temps_of(final)
+        with atomic_path(final, mode=mode) as temp:
+            result = write(temp)
+            _abort_unless_successful(result)
+    except _Abort:
+        return result
+    except OSError as error:
+        return IOFailure(storage_failed(final, error))
+    return result

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from returns.io import IOFailure, IOResult, IOSuccess
 
-from splitvault.adapters.atomic_file import atomic_path
+from splitvault.adapters.atomic_file import atomic_path, collect_dead_temps_of
+from splitvault.adapters.ranges import download_into_file
 from splitvault.domain.errors import AccessDenied, NotFound, RemoteError, StorageFailed
-from splitvault.domain.ports import CdnFailure
+from splitvault.domain.ports import CdnFailure, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.directory_cdn")
@@ -97,6 +98,7 @@ class DirectoryCdn:
             return IOFailure(StorageFailed(f"upload source {source}", _reason(error)))
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            collect_dead_temps_of(target)  # a killed uploader's temp would sit there for ever
             size = os.fstat(source_fd).st_size
             with atomic_path(target, mode=0o644) as temp:
                 dest_fd = os.open(temp, os.O_WRONLY | os.O_CLOEXEC)
@@ -111,6 +113,47 @@ class DirectoryCdn:
         finally:
             os.close(source_fd)
         return IOSuccess(None)
+
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
+    ) -> IOResult[int, CdnFailure]:
+        """Copy each range of the object into ``sink``; return the object's size.
+
+        Ranges are copied one after another (a local or NFS read gains little from threads); a
+        failing read stops at the bytes already handed over, which stay with the sink.
+        """
+        opened = self._open_object(ref)
+        if not isinstance(opened, int):
+            return IOFailure(opened)
+        source_fd = opened
+        what = f"CDN object {ref.key}"
+        try:
+            size = os.fstat(source_fd).st_size
+            for low, high in ranges:
+                if not 0 <= low < high <= size:
+                    return IOFailure(
+                        RemoteError(what, 416, f"range {low}-{high} is outside {size}")
+                    )
+            buffer = memoryview(bytearray(COPY_CHUNK))
+            for low, high in ranges:
+                offset = low
+                while offset < high:
+                    want = min(COPY_CHUNK, high - offset)
+                    count = os.preadv(source_fd, [buffer[:want]], offset)
+                    if count == 0:
+                        return IOFailure(
+                            StorageFailed(what, f"the object ended at byte {offset} of {size}")
+                        )
+                    try:
+                        sink.write(offset, buffer[:count])
+                    except OSError as error:
+                        return IOFailure(StorageFailed(f"download of {what}", _reason(error)))
+                    offset += count
+        except OSError as error:
+            return IOFailure(StorageFailed(what, _reason(error)))
+        finally:
+            os.close(source_fd)
+        return IOSuccess(size)
 
     def download_file(
         self,
@@ -128,42 +171,30 @@ class DirectoryCdn:
         """
         if start < 0:
             raise ValueError("start must be >= 0")
+        return self.size(ref).bind(
+            lambda size: download_into_file(
+                dest,
+                what=f"CDN object {ref.key}",
+                start=start,
+                size=size,
+                step=COPY_CHUNK * 8,
+                progress=progress,
+                fetch=lambda ranges, sink: self.download_ranges(ref, ranges, sink),
+            )
+        )
+
+    def _open_object(self, ref: ResourceRef) -> int | CdnFailure:
         source = self._object_path(ref)
         if source is None:
-            return IOFailure(self._outside(ref))
+            return self._outside(ref)
         try:
-            source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return IOFailure(NotFound(f"CDN object {ref.key}"))
+            return NotFound(f"CDN object {ref.key}")
         except PermissionError as error:
-            return IOFailure(AccessDenied(f"CDN object {ref.key}", _reason(error)))
+            return AccessDenied(f"CDN object {ref.key}", _reason(error))
         except OSError as error:
-            return IOFailure(StorageFailed(f"CDN object {ref.key}", _reason(error)))
-        try:
-            size = os.fstat(source_fd).st_size
-            if start > size:
-                return IOFailure(
-                    RemoteError(
-                        f"CDN object {ref.key}", 416, f"resume offset {start} is beyond {size}"
-                    )
-                )
-            dest_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            copy = _Copy(source_fd, dest_fd, start)
-            try:
-                copy.run(size, progress)
-                os.ftruncate(dest_fd, size)
-            except OSError:
-                # Leave only bytes known good, so the file's length is a safe resume point.
-                if os.fstat(dest_fd).st_size > copy.offset:
-                    os.ftruncate(dest_fd, copy.offset)
-                raise
-            finally:
-                os.close(dest_fd)
-        except OSError as error:
-            return IOFailure(StorageFailed(f"download into {dest}", _reason(error)))
-        finally:
-            os.close(source_fd)
-        return IOSuccess(size)
+            return StorageFailed(f"CDN object {ref.key}", _reason(error))
 
     def size(self, ref: ResourceRef) -> IOResult[int, CdnFailure]:
         """The object's size in bytes, or ``NotFound``."""

@@ -1,15 +1,33 @@
 """The local cache of big parts on the file system, behind the ``Cache`` port.
 
-An entry lives at ``{root}/{folder}/{name}.big`` and is handed out only after its length and digest
-(``domain.digest``) match what the small part's header says; anything else (a corrupted file, an
-entry of an older version) is discarded with the reason logged and fetched again. Downloads go into
-a partial file named after the expected digest (``.{name}.big.{digest[:16]}.partial``) so an
-interrupted fill resumes where it stopped — at the first hole in it, if a process killed with ranges
-in flight left later bytes past a gap — while a partial for another digest is stale and removed. A
-finished partial is verified, fsynced, renamed into place and the directory fsynced; a resumed one
-that does not verify is fetched once more from the start before the mismatch is reported. An
-``flock`` on ``.{name}.lock`` keeps two processes (or threads) from downloading the same part at
-once; it is not needed for correctness, which comes from verification and atomic renames.
+Layout: one directory per resource, one entry per version in it, named by the version's digest::
+
+    {root}/{folder}/{name}/{version}.big        a verified entry
+    {root}/{folder}/{name}/.{version}.verified  its stamp; the stamp's mtime is its last use
+    {root}/{folder}/{name}/.{version}.partial   a fill in progress, as long as the part (sparse)
+    {root}/{folder}/{name}/.{version}.ranges    which segments of the partial have landed
+    {root}/{folder}/{name}/.lock                held while filling, storing or discarding
+
+The version is the first 32 hex digits of the big part's digest root, which the header (signed by
+the publisher, carrying the file id) fixes: a new version is a new file beside the old one, and
+the old entry is removed only once the new one is complete, so a failed fill leaves the old one
+usable.
+
+**Fills keep every finished segment.** A fill asks the CDN only for the segments (the digest's
+segments, one per ciphertext chunk) the record says are missing, as ranges of about
+``range_bytes``. The sink hashes each segment as its bytes land and appends ``index leaf`` to the
+record, so a dropped connection loses at most the segment it was in, a retry asks for exactly the
+holes, and the commit compares the root of the recorded leaves with the expected one: no second
+pass over the part. The record is written after the bytes (not fsynced, for speed), so a resumed
+fill re-hashes the recorded segments once and keeps only those that match.
+
+**Readers pin.** ``fetch`` holds a shared ``flock`` on the entry while ``use`` runs; eviction takes
+the exclusive lock without waiting and skips what it cannot get, so an entry in use is never
+evicted. **A bound.** With ``max_bytes`` set, a fill first makes room (under one cache-wide lock,
+least recently used first, entries and abandoned partials alike) for the whole part, then
+preallocates its partial, so the bytes on disk stay within the bound while anything can still be
+evicted. **Debris.** A disk-full fill removes its partial and names it in the error; partials of
+another version of the same resource and temp files of dead writers are removed by the next fill.
 """
 
 from __future__ import annotations
@@ -17,39 +35,77 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Literal, TypeVar
 
+import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
+from splitvault.adapters import ranges
 from splitvault.adapters.atomic_file import (
     atomic_path,
-    collect_stale_temps,
+    collect_dead_temps,
     fsync_dir,
-    fsync_file,
-    is_temp_name,
+    is_temp_of,
+    storage_failed,
 )
+from splitvault.adapters.ranges import cut
 from splitvault.domain import digest
-from splitvault.domain.errors import PartMismatch, Problem, StorageFailed
-from splitvault.domain.ports import BigPartDigest, Fill, Produce
+from splitvault.domain.errors import PartMismatch, Problem, RemoteError, StorageFailed, Transient
+from splitvault.domain.ports import BigPartDigest, Fill, Produce, Span, Use
 from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.file_cache")
 
+T = TypeVar("T")
+
 HASH_CHUNK = 1024 * 1024
 HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
-STALE_AFTER_SECONDS = 24 * 3600.0
-PARTIAL_SUFFIX = ".partial"
-LOCK_SUFFIX = ".lock"
+# Segments up to this size are the units a fill records (hashed incrementally as they land); a part
+# with larger segments (the legacy suite's single whole-part segment) is tracked in plain 1 MiB
+# units and hashed whole at the commit.
+MAX_HASHED_SEGMENT = 64 * 1024 * 1024 + 64
+PLAIN_UNIT = 1024 * 1024
+RANGE_BYTES = 8 * 1024 * 1024
+VERSION_HEX = 32
 ENTRY_SUFFIX = ".big"
-HASH_PREFIX_HEX = 16
+PARTIAL_SUFFIX = ".partial"
+RECORD_SUFFIX = ".ranges"
 STAMP_SUFFIX = ".verified"
-RESUME_UNIT = 1024 * 1024  # downloads write whole 1 MiB pieces from range starts (multiples)
+LOCK_NAME = ".lock"
+INCOMING_NAME = ".incoming"
+EVICT_LOCK_NAME = ".evict.lock"
+RECORD_MAGIC = "splitvault-ranges/1"
+RANGE_NOT_SATISFIABLE = 416
+
+
+def version_of(expected: BigPartDigest) -> str:
+    """The name of a version's entry: the first 32 hex digits of its digest root."""
+    return expected.root.hex()[:VERSION_HEX]
+
+
+def _is_version(text: str) -> bool:
+    return len(text) == VERSION_HEX and all(char in "0123456789abcdef" for char in text)
+
+
+def _leaf_at(fd: int, low: int, high: int, buffer: memoryview) -> bytes:
+    """The digest leaf of bytes ``[low, high)`` of an open file, read in pieces into ``buffer``."""
+    hasher = digest.leaf_hasher()
+    position = low
+    while position < high:
+        got = os.preadv(fd, [buffer[: min(len(buffer), high - position)]], position)
+        if got == 0:
+            raise ValueError("the file shrank while being hashed")
+        hasher.update(buffer[:got])
+        position += got
+    return hasher.digest()
 
 
 def file_digest(path: Path, first_segment: int, segment_size: int) -> BigPartDigest:
@@ -98,18 +154,867 @@ def mismatch_reason(path: Path, expected: BigPartDigest) -> str | None:
         actual = file_digest(path, expected.first_segment, expected.segment_size)
     except ValueError:
         return "its length changed while it was being hashed"
-    if actual.length != expected.length:
-        return f"length changed while reading ({actual.length} bytes)"
     if actual.root != expected.root:
-        return (
-            f"digest is {actual.root.hex()[:HASH_PREFIX_HEX]}…, "
-            f"expected {expected.root.hex()[:HASH_PREFIX_HEX]}…"
-        )
+        return _root_mismatch(actual.root, expected.root)
     return None
 
 
+def _root_mismatch(actual: bytes, expected: bytes) -> str:
+    return f"digest is {actual.hex()[:16]}…, expected {expected.hex()[:16]}…"
+
+
+# -- units: what a fill tracks ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Units:
+    """The pieces of a big part a fill records: its digest segments, or plain 1 MiB units.
+
+    Computed, never listed: a header may claim a petabyte, and nothing may be allocated for
+    that claim before the CDN has shown the object is that long.
+    """
+
+    length: int
+    first: int
+    size: int
+    hashed: bool
+
+    @classmethod
+    def of(cls, expected: BigPartDigest) -> _Units:
+        length = expected.length
+        first, size = max(expected.first_segment, 1), expected.segment_size
+        if max(min(first, length), min(size, length)) <= MAX_HASHED_SEGMENT:
+            return cls(length, min(first, length), size, hashed=True)
+        return cls(length, min(PLAIN_UNIT, length), PLAIN_UNIT, hashed=False)
+
+    @property
+    def count(self) -> int:
+        if self.length == 0:
+            return 0
+        return 1 + -(-(self.length - self.first) // self.size)
+
+    def span(self, index: int) -> Span:
+        if index == 0:
+            return 0, self.first
+        low = self.first + (index - 1) * self.size
+        return low, min(low + self.size, self.length)
+
+    def index_starting_at(self, offset: int) -> int | None:
+        if offset == 0 and self.length:
+            return 0
+        if offset < self.first or offset >= self.length or (offset - self.first) % self.size:
+            return None
+        return 1 + (offset - self.first) // self.size
+
+
+def _rest(span: Span, begun: int) -> Span:
+    return span[0] + begun, span[1]
+
+
+def _record_header(expected: BigPartDigest) -> str:
+    return (
+        f"{RECORD_MAGIC} {expected.root.hex()} {expected.length} "
+        f"{expected.first_segment} {expected.segment_size}\n"
+    )
+
+
+def _read_record(record: Path, expected: BigPartDigest, units: _Units) -> dict[int, bytes | None]:
+    """The units an earlier fill recorded as landed (not yet re-verified). Raises ``OSError``."""
+    try:
+        lines = record.read_text(encoding="ascii", errors="replace").splitlines(keepends=True)
+    except FileNotFoundError:
+        return {}
+    if not lines or lines[0] != _record_header(expected):
+        return {}
+    landed: dict[int, bytes | None] = {}
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break  # torn by a crash mid-append
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue
+        index = int(parts[0])
+        if index >= units.count:
+            continue
+        if units.hashed:
+            try:
+                leaf = bytes.fromhex(parts[1])
+            except ValueError:
+                continue
+            landed[index] = leaf
+        else:
+            landed[index] = None
+    return landed
+
+
+_Stream = tuple[int, int, digest.LeafHasher | None]
+
+
+class _FillSink:
+    """The ``RangeSink`` of one fill: writes into the partial, hashes and records each unit."""
+
+    def __init__(
+        self,
+        fd: int,
+        record_fd: int,
+        units: _Units,
+        landed: dict[int, bytes | None],
+        tails: dict[int, _Stream],
+    ) -> None:
+        self._fd = fd
+        self._record_fd = record_fd
+        self._units = units
+        self.landed_units = landed
+        self.moved = 0
+        self._landed_bytes = 0
+        self.local_error: OSError | None = None
+        # next expected offset -> (unit index, bytes of it seen, its leaf so far); an earlier fill's
+        # broken-off streams continue where they stopped.
+        self._streams: dict[int, _Stream] = dict(tails)
+        self._lock = threading.Lock()
+
+    def tails(self) -> dict[int, _Stream]:
+        """The streams that broke off inside a unit, by the offset they would continue at."""
+        with self._lock:
+            return {offset: stream for offset, stream in self._streams.items() if stream[1]}
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        with self._lock:
+            stream = self._streams.pop(offset, None)
+        if stream is None:
+            index = self._units.index_starting_at(offset)
+            if index is None:
+                raise ValueError(f"a write at byte {offset} neither starts nor continues a range")
+            stream = (index, 0, None)
+        try:
+            ranges.write_all(self._fd, data, offset)
+        except OSError as error:
+            self.local_error = error
+            raise
+        index, seen, hasher = stream
+        view = memoryview(data)
+        count = self._units.count
+        while view and index < count:
+            low, high = self._units.span(index)
+            size = high - low
+            take = min(size - seen, len(view))
+            if self._units.hashed:
+                if hasher is None:
+                    hasher = digest.leaf_hasher()
+                hasher.update(view[:take])
+            seen += take
+            view = view[take:]
+            if seen == size:
+                leaf = hasher.digest() if hasher is not None else None
+                hasher = None
+                self._land(index, leaf)
+                index, seen = index + 1, 0
+        with self._lock:
+            self.moved += len(data)
+            if index < count:
+                self._streams[offset + len(data)] = (index, seen, hasher)
+
+    def landed(self) -> int:
+        with self._lock:
+            return self._landed_bytes
+
+    def _land(self, index: int, leaf: bytes | None) -> None:
+        line = f"{index} {leaf.hex() if leaf is not None else '-'}\n".encode("ascii")
+        low, high = self._units.span(index)
+        with self._lock:
+            self._landed_bytes += high - low
+            self.landed_units[index] = leaf
+            try:
+                ranges.write_all(self._record_fd, line, os.lseek(self._record_fd, 0, os.SEEK_END))
+            except OSError as error:
+                self.local_error = error
+                raise
+
+
+# -- what the cache holds, for listing, pruning and eviction ---------------------------------------
+
+Kind = Literal["entry", "partial", "temp"]
+
+
+@attrs.frozen
+class CachedItem:
+    """One file the cache holds: an entry (``kind="entry"``), a partial fill, or a temp file.
+
+    ``last_used`` is seconds since the epoch (an entry's last use, else the file's mtime);
+    ``in_use`` says a reader holds it (entries) or a writer is filling it (partials, temps).
+    """
+
+    folder: str
+    name: str
+    version: str
+    kind: Kind
+    path: Path
+    size: int
+    last_used: float
+    in_use: bool
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive lock on ``path``, or ``None`` when someone holds one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class FileCache:
+    """Big parts cached under ``root``, verified before every use.
+
+    Args:
+        root: the cache directory (created on ``open``).
+        max_bytes: the bound on the bytes the cache holds (``None``: no bound).
+        range_bytes: the size of the ranges a fill asks the CDN for.
+        clock: wall-clock seconds, for ``prune``.
+
+    Failures: ``StorageFailed`` (disk full, naming the file that filled; permissions),
+    ``PartMismatch`` (what was filled or produced is not the expected big part), and whatever
+    ``fill``/``produce``/``use`` return.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int | None = None,
+        range_bytes: int = RANGE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self._root = root
+        self._max_bytes = max_bytes
+        self._range_bytes = range_bytes
+        self._clock = clock
+        # Per partial, the units a broken-off range had begun, with their bytes so far: a
+        # retry in this process asks only for the rest of them (never across processes: bytes
+        # not yet fsynced may not have survived a crash, whole units are re-hashed instead).
+        self._tails: dict[Path, dict[int, _Stream]] = {}
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        *,
+        max_bytes: int | None = None,
+        range_bytes: int = RANGE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> IOResult[FileCache, StorageFailed]:
+        """Create the cache directory if needed."""
+        cache = cls(root, max_bytes=max_bytes, range_bytes=range_bytes, clock=clock)
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            return IOFailure(storage_failed(root, error))
+        return IOSuccess(cache)
+
+    def __repr__(self) -> str:
+        return f"FileCache({str(self._root)!r}, max_bytes={self._max_bytes!r})"
+
+    @property
+    def root(self) -> Path:
+        """The cache directory."""
+        return self._root
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The bound on the bytes held, if any."""
+        return self._max_bytes
+
+    def ref_dir(self, ref: ResourceRef) -> Path:
+        """The directory holding every version of ``ref``."""
+        return self._root / ref.folder / ref.name
+
+    def version_path(self, ref: ResourceRef, expected: BigPartDigest) -> Path:
+        """Where the verified entry of this version of ``ref`` lives (it may not exist)."""
+        return self.ref_dir(ref) / f"{version_of(expected)}{ENTRY_SUFFIX}"
+
+    def entry_path(self, ref: ResourceRef) -> Path:
+        """The most recently used entry of ``ref``, or a path that does not exist if none."""
+        items = [item for item in self.items(ref) if item.kind == "entry"]
+        if not items:
+            return self.ref_dir(ref) / f"(none){ENTRY_SUFFIX}"
+        return max(items, key=lambda item: item.last_used).path
+
+    # -- fetch ------------------------------------------------------------------------------------
+
+    def fetch(
+        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill, use: Use[T]
+    ) -> IOResult[T, Problem]:
+        """Run ``use`` on a verified entry of this version, filling it through ``fill`` if needed.
+
+        ``fill(ranges, sink)`` must hand the big part's bytes of ``ranges`` to ``sink``; a fill
+        that fails keeps every segment that landed, and the next fetch asks only for the rest.
+        The entry is pinned (not evictable) while ``use`` runs.
+        """
+        entry = self.version_path(ref, expected)
+        try:
+            outside = self._outside(ref)
+            if outside is not None:
+                return IOFailure(outside)
+            entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pin = self._pin_verified(entry, expected)
+            if pin is None:
+                with self._locked(ref):
+                    pin = self._pin_verified(entry, expected)
+                    if pin is None:
+                        filled = self._fill(ref, expected, fill, fresh=False)
+                        if not is_successful(filled):
+                            return IOFailure(unsafe_perform_io(filled.failure()))
+                        pin = unsafe_perform_io(filled.unwrap())
+        except OSError as error:
+            return IOFailure(storage_failed(entry, error))
+        try:
+            self._touch(entry)
+            return use(entry)
+        finally:
+            os.close(pin)
+
+    def _pin(self, entry: Path) -> int | None:
+        """An fd holding a shared lock on ``entry`` while it is still the file of that name."""
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.stat(entry, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)
+                return None
+        except FileNotFoundError:
+            os.close(fd)
+            return None  # evicted between the open and the lock
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _pin_verified(self, entry: Path, expected: BigPartDigest) -> int | None:
+        pin = self._pin(entry)
+        if pin is None:
+            return None
+        if stamp_matches(entry, expected):
+            return pin
+        reason = mismatch_reason(entry, expected)
+        if reason is None:
+            write_stamp(entry, expected)
+            return pin
+        os.close(pin)
+        log.warning("discarding cache entry %s: %s", entry, reason)
+        self._remove_entry(entry)
+        return None
+
+    def _fill(
+        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill, *, fresh: bool
+    ) -> IOResult[int, Problem]:
+        """Fill (or resume) this version's partial and commit it; an fd pinning the entry."""
+        version = version_of(expected)
+        folder = self.ref_dir(ref)
+        partial = folder / f".{version}{PARTIAL_SUFFIX}"
+        record = folder / f".{version}{RECORD_SUFFIX}"
+        self._remove_debris(ref, keep=version)
+        units = _Units.of(expected)
+        landed = {} if fresh else self._resume(partial, record, expected, units)
+        resumed = bool(landed)
+        if not landed:
+            partial.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+            self._tails.pop(partial, None)
+        if self._max_bytes is not None and expected.length <= self._max_bytes:
+            # A part larger than the whole bound cannot be made room for; evicting everything
+            # for it (or for a header's lie) would only empty the cache. The partial is sized
+            # while the cache-wide lock is held, so the next process's count includes it.
+            self._make_room(
+                expected.length, keep=partial, then=lambda: _preallocate(partial, expected.length)
+            )
+        try:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                if not landed:
+                    with atomic_path(record) as temp:
+                        temp.write_text(_record_header(expected), encoding="ascii")
+                outcome = self._probe(fd, record, units, landed, fill)
+                if outcome is None:
+                    if os.fstat(fd).st_size != expected.length:
+                        os.ftruncate(fd, expected.length)  # sparse: the bound counts it whole
+                    outcome = self._fill_missing(fd, record, units, landed, fill)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            return self._abandon(partial, record, error)
+        if isinstance(outcome, OSError):
+            return self._abandon(partial, record, outcome)
+        if outcome is not None:
+            problem = unsafe_perform_io(outcome.failure())
+            if isinstance(problem, RemoteError) and problem.status == RANGE_NOT_SATISFIABLE:
+                _remove_partial(partial)
+                return IOFailure(
+                    PartMismatch(f"the big part of {ref} on the CDN: {problem.describe()}")
+                )
+            return IOFailure(problem)
+        reason = self._commit_reason(partial, expected, units, landed)
+        if reason is not None:
+            partial.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+            if resumed:
+                # What an earlier process left did not hold up (the object changed, a torn
+                # write): one whole fetch costs less than failing the download.
+                log.warning("resumed %s does not verify (%s); fetching it whole", partial, reason)
+                return self._fill(ref, expected, fill, fresh=True)
+            log.warning("discarding downloaded big part %s: %s", partial, reason)
+            return IOFailure(PartMismatch(f"the big part of {ref} as downloaded: {reason}"))
+        entry = folder / f"{version}{ENTRY_SUFFIX}"
+        # Pinned before it gets its name (the lock is the inode's, so the rename keeps it): no
+        # evictor can take the entry between the commit and its first use.
+        pin = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(pin, fcntl.LOCK_SH)
+            os.fsync(pin)
+            _stamp_path(entry).unlink(missing_ok=True)
+            os.replace(partial, entry)
+            fsync_dir(folder)
+            record.unlink(missing_ok=True)
+            self._tails.pop(partial, None)
+            write_stamp(entry, expected)
+            self._remove_other_versions(ref, keep=version)
+        except BaseException:
+            os.close(pin)
+            raise
+        return IOSuccess(pin)
+
+    def _probe(
+        self,
+        fd: int,
+        record: Path,
+        units: _Units,
+        landed: dict[int, bytes | None],
+        fill: Fill,
+    ) -> IOResult[None, Problem] | OSError | None:
+        """Fetch the last unit first: it proves the object is as long as the header says
+        before anything is reserved or preallocated for that length."""
+        last = units.count - 1
+        if last < 0 or last in landed or units.length <= self._range_bytes:
+            return None  # one range: asking for it is as cheap as the probe
+        return self._fill_missing(fd, record, units, landed, fill, only=[last])
+
+    def _fill_missing(
+        self,
+        fd: int,
+        record: Path,
+        units: _Units,
+        landed: dict[int, bytes | None],
+        fill: Fill,
+        *,
+        only: list[int] | None = None,
+    ) -> IOResult[None, Problem] | OSError | None:
+        """Ask ``fill`` for the units not yet landed: ``None`` when all are there now."""
+        wanted = range(units.count) if only is None else only
+        partial = record.parent / f".{record.name[1 : -len(RECORD_SUFFIX)]}{PARTIAL_SUFFIX}"
+        tails = {
+            offset: stream
+            for offset, stream in self._tails.pop(partial, {}).items()
+            if stream[0] not in landed and (only is None or stream[0] in only)
+        }
+        begun = {stream[0]: stream[1] for stream in tails.values()}
+        missing = [_rest(units.span(i), begun.get(i, 0)) for i in wanted if i not in landed]
+        if not missing:
+            return None
+        record_fd = os.open(record, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            sink = _FillSink(fd, record_fd, units, landed, tails)
+            log.info(
+                "fetching %d of %d segments (%d bytes)",
+                len(missing),
+                units.count,
+                sum(high - low for low, high in missing),
+            )
+            filled = fill(cut(missing, self._range_bytes), sink)
+        finally:
+            os.close(record_fd)
+        if sink.local_error is not None:
+            return sink.local_error
+        self._tails[partial] = sink.tails()
+        if not is_successful(filled):
+            return filled
+        if any(i not in landed for i in wanted):
+            return IOFailure(Transient("big part fill", "the CDN answered fewer bytes than asked"))
+        return None
+
+    def _abandon(self, partial: Path, record: Path, error: OSError) -> IOResult[int, Problem]:
+        self._tails.pop(partial, None)
+        # A full disk (or a broken one): what is in the partial cannot be finished here, and
+        # leaving it would keep the disk full for everything else.
+        partial.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        log.warning("abandoned the fill of %s: %s", partial, error.strerror or error)
+        return IOFailure(storage_failed(partial, error))
+
+    @staticmethod
+    def _commit_reason(
+        partial: Path, expected: BigPartDigest, units: _Units, landed: dict[int, bytes | None]
+    ) -> str | None:
+        if not units.hashed:
+            return mismatch_reason(partial, expected)
+        leaves = [landed[index] or b"" for index in range(units.count)]
+        root = digest.root(expected.length, leaves)
+        return None if root == expected.root else _root_mismatch(root, expected.root)
+
+    @staticmethod
+    def _resume(
+        partial: Path, record: Path, expected: BigPartDigest, units: _Units
+    ) -> dict[int, bytes | None]:
+        """The recorded units that still hold their bytes, each re-hashed once."""
+        try:
+            size = partial.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return {}
+        if size > expected.length:
+            return {}
+        recorded = {
+            index: leaf
+            for index, leaf in _read_record(record, expected, units).items()
+            if units.span(index)[1] <= size
+        }
+        if not recorded or not units.hashed:
+            return recorded
+        fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            local = threading.local()
+
+            def check(index: int) -> bool:
+                low, high = units.span(index)
+                buffer = getattr(local, "buffer", None)
+                if buffer is None:
+                    buffer = memoryview(bytearray(HASH_CHUNK))
+                    local.buffer = buffer
+                return _leaf_at(fd, low, high, buffer) == recorded[index]
+
+            indexes = sorted(recorded)
+            with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
+                good = dict(zip(indexes, pool.map(check, indexes), strict=True))
+        finally:
+            os.close(fd)
+        kept = {index: recorded[index] for index in indexes if good[index]}
+        if len(kept) < len(recorded):
+            log.warning(
+                "%d of %d recorded segments of %s did not hold up; fetching them again",
+                len(recorded) - len(kept),
+                len(recorded),
+                partial,
+            )
+        log.info("resuming %s: %d of %d segments on disk", partial, len(kept), units.count)
+        with atomic_path(record) as temp:
+            lines = [_record_header(expected)]
+            lines += [f"{i} {leaf.hex() if leaf else '-'}\n" for i, leaf in kept.items()]
+            temp.write_text("".join(lines), encoding="ascii")
+        return kept
+
+    # -- store ------------------------------------------------------------------------------------
+
+    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Problem]:
+        """Let ``produce`` write a new entry into a temp file; verify it and move it into place.
+
+        The temp file is removed when ``produce`` fails or its result does not match the digest
+        it reported (``PartMismatch``); the previous entries stay as they were until the new one
+        is in place.
+        """
+        folder = self.ref_dir(ref)
+        try:
+            outside = self._outside(ref)
+            if outside is not None:
+                return IOFailure(outside)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self._locked(ref):
+                self._remove_debris(ref, keep=None)
+                incoming = folder / INCOMING_NAME
+                produced: IOResult[BigPartDigest, Problem] = IOFailure(
+                    StorageFailed(str(incoming), "nothing was written")
+                )
+                try:
+                    with atomic_path(incoming) as temp:
+                        produced = _produce_checked(ref, temp, produce)
+                        _abandon_unless_successful(produced)
+                except _Abandon:
+                    return IOFailure(unsafe_perform_io(produced.failure()))
+                made = unsafe_perform_io(produced.unwrap())
+                entry = self.version_path(ref, made)
+                _stamp_path(entry).unlink(missing_ok=True)
+                os.replace(incoming, entry)
+                fsync_dir(folder)
+                write_stamp(entry, made)
+                self._remove_other_versions(ref, keep=version_of(made))
+            self._make_room(0, keep=entry)
+        except OSError as error:
+            return IOFailure(storage_failed(folder / INCOMING_NAME, error))
+        return IOSuccess(entry)
+
+    # -- discard, list, prune, clear --------------------------------------------------------------
+
+    def discard(self, ref: ResourceRef) -> None:
+        """Remove every entry and partial of ``ref``; log what cannot be removed."""
+        try:
+            if self._outside(ref) is not None:
+                log.warning("not discarding %s: its folder resolves outside the cache", ref)
+                return
+            with self._locked(ref):
+                for item in self.items(ref):
+                    if item.kind == "entry":
+                        self._remove_entry(item.path)
+                    elif item.kind == "partial":
+                        _remove_partial(item.path)
+        except FileNotFoundError:
+            return  # the folder does not exist: nothing to discard
+        except OSError as error:
+            log.warning("could not discard cache entries of %s: %s", ref, error.strerror)
+
+    def items(self, ref: ResourceRef | None = None) -> tuple[CachedItem, ...]:
+        """What the cache holds (of ``ref``, or everything), oldest use first.
+
+        Raises ``OSError`` when the root cannot be listed.
+        """
+        folders: list[tuple[str, Path]]
+        if ref is not None:
+            folders = [(ref.folder, self._root / ref.folder)]
+        else:
+            folders = [
+                (entry.name, Path(entry.path))
+                for entry in _scandir(self._root)
+                if entry.is_dir(follow_symlinks=False)
+            ]
+        found: list[CachedItem] = []
+        for folder_name, folder in folders:
+            for named in _scandir(folder):
+                if not named.is_dir(follow_symlinks=False):
+                    continue
+                if ref is not None and named.name != ref.name:
+                    continue
+                found.extend(_items_in(folder_name, named.name, Path(named.path)))
+        return tuple(sorted(found, key=lambda item: (item.last_used, str(item.path))))
+
+    def usage(self) -> int:
+        """The bytes the cache holds: entries, partials (counted whole) and temp files."""
+        return sum(item.size for item in self.items())
+
+    def prune(self, *, older_than: float | None = None) -> tuple[CachedItem, ...]:
+        """Remove what was last used more than ``older_than`` seconds ago (everything if
+        ``None``), except what is in use. Returns what was removed.
+        """
+        cutoff = None if older_than is None else self._clock() - older_than
+        removed: list[CachedItem] = []
+        with self._evict_locked():
+            for item in self.items():
+                if cutoff is not None and item.last_used >= cutoff:
+                    continue
+                if self._evict(item):
+                    removed.append(item)
+        return tuple(removed)
+
+    # -- the bound --------------------------------------------------------------------------------
+
+    def _make_room(self, need: int, *, keep: Path, then: Callable[[], None] = lambda: None) -> None:
+        """Evict least recently used items until ``need`` more bytes fit under the bound, then
+        run ``then`` (the reservation) while still holding the cache-wide lock."""
+        if self._max_bytes is None:
+            then()
+            return
+        with self._evict_locked():
+            items = self.items()
+            total = sum(item.size for item in items if item.path != keep)
+            for item in items:
+                if total + need <= self._max_bytes:
+                    break
+                if item.path == keep or item.in_use:
+                    continue
+                if self._evict(item):
+                    total -= item.size
+            if total + need > self._max_bytes:
+                log.warning(
+                    "the cache holds %d bytes in use; %d more exceed its bound of %d",
+                    total,
+                    need,
+                    self._max_bytes,
+                )
+            then()
+
+    def _evict(self, item: CachedItem) -> bool:
+        """Remove ``item`` unless a reader or writer holds it; whether it was removed."""
+        if item.kind == "entry":
+            fd = _try_lock(item.path)
+            if fd is None:
+                return False
+            try:
+                self._remove_entry(item.path)
+            finally:
+                os.close(fd)
+        elif item.kind == "partial":
+            fd = _try_lock(item.path.parent / LOCK_NAME)
+            if fd is None:
+                return False  # a fill of that resource is running
+            try:
+                _remove_partial(item.path)
+            finally:
+                os.close(fd)
+        elif not collect_dead_temps(item.path.parent, match=lambda n: n == item.path.name):
+            return False
+        log.info("evicted %s (%d bytes) from the cache", item.path, item.size)
+        return True
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _remove_debris(self, ref: ResourceRef, *, keep: str | None) -> None:
+        """Partials of other versions and temps of dead writers in ``ref``'s directory."""
+        folder = self.ref_dir(ref)
+        for item in self.items(ref):
+            if item.kind == "partial" and item.version != keep:
+                log.info("removing partial download %s of another version", item.path)
+                _remove_partial(item.path)
+        collect_dead_temps(folder)
+        (folder / INCOMING_NAME).unlink(missing_ok=True)  # we hold the lock: nobody writes it
+
+    def _remove_other_versions(self, ref: ResourceRef, *, keep: str) -> None:
+        for item in self.items(ref):
+            if item.kind == "entry" and item.version != keep:
+                if self._evict(item):
+                    log.info("removed %s: a newer version is complete", item.path)
+                else:
+                    log.info("kept %s of an older version while it is in use", item.path)
+
+    @staticmethod
+    def _remove_entry(entry: Path) -> None:
+        _stamp_path(entry).unlink(missing_ok=True)
+        entry.unlink(missing_ok=True)
+
+    @staticmethod
+    def _touch(entry: Path) -> None:
+        # The stamp's mtime is the entry's last use (atime is unreliable under relatime).
+        try:
+            os.utime(_stamp_path(entry))
+        except FileNotFoundError:
+            return
+
+    def _outside(self, ref: ResourceRef) -> StorageFailed | None:
+        """A failure when ``ref``'s folder resolves outside the root (a link planted in the cache).
+
+        Refs are validated already; this keeps a symlinked folder from turning the cache into a
+        way to write ``*.big`` files elsewhere, as the directory CDN does for its root.
+        """
+        root = self._root.resolve()
+        folder = (root / ref.folder).resolve()
+        inner = (root / ref.folder / ref.name).resolve()
+        if folder.is_relative_to(root) and folder != root and inner.parent == folder:
+            return None
+        log.warning("refusing cache folder %s: it resolves outside %s", ref.folder, root)
+        return StorageFailed(
+            str(self.ref_dir(ref)), "the folder resolves outside the cache directory"
+        )
+
+    @contextmanager
+    def _locked(self, ref: ResourceRef) -> Iterator[None]:
+        with _flocked(self.ref_dir(ref) / LOCK_NAME):
+            yield
+
+    @contextmanager
+    def _evict_locked(self) -> Iterator[None]:
+        with _flocked(self._root / EVICT_LOCK_NAME):
+            yield
+
+
+@contextmanager
+def _flocked(lock_path: Path) -> Iterator[None]:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        # Each open() is its own lock holder, so this excludes other threads too.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _items_in(folder: str, name: str, directory: Path) -> list[CachedItem]:
+    found: list[CachedItem] = []
+    for file in _scandir(directory):
+        kind: Kind
+        if file.name.endswith(ENTRY_SUFFIX) and _is_version(file.name[: -len(ENTRY_SUFFIX)]):
+            kind, version = "entry", file.name[: -len(ENTRY_SUFFIX)]
+        elif (
+            file.name.startswith(".")
+            and file.name.endswith(PARTIAL_SUFFIX)
+            and _is_version(file.name[1 : -len(PARTIAL_SUFFIX)])
+        ):
+            kind, version = "partial", file.name[1 : -len(PARTIAL_SUFFIX)]
+        elif is_temp_of(INCOMING_NAME, file.name):
+            # A part being stored. Temps of stamps and records are a few bytes of metadata:
+            # not what the bound is about, and removed with the next fill's debris.
+            kind, version = "temp", ""
+        else:
+            continue
+        try:
+            info = file.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        path = Path(file.path)
+        last_used = info.st_mtime
+        if kind == "entry":
+            with suppress(FileNotFoundError):
+                last_used = _stamp_path(path).stat().st_mtime
+        found.append(
+            CachedItem(
+                folder=folder,
+                name=name,
+                version=version,
+                kind=kind,
+                path=path,
+                size=info.st_size,
+                last_used=last_used,
+                in_use=_held(path if kind != "partial" else directory / LOCK_NAME),
+            )
+        )
+    return found
+
+
+def _preallocate(partial: Path, length: int) -> None:
+    """Give ``partial`` its full (sparse) length, so every count of the cache includes it."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size < length:
+            os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
+
+
+def _held(path: Path) -> bool:
+    fd = _try_lock(path)
+    if fd is None:
+        return path.exists()
+    os.close(fd)
+    return False
+
+
+def _remove_partial(partial: Path) -> None:
+    version = partial.name[1 : -len(PARTIAL_SUFFIX)]
+    partial.unlink(missing_ok=True)
+    (partial.parent / f".{version}{RECORD_SUFFIX}").unlink(missing_ok=True)
+
+
 def _stamp_path(entry: Path) -> Path:
-    return entry.parent / f".{entry.name}{STAMP_SUFFIX}"
+    return entry.parent / f".{entry.name[: -len(ENTRY_SUFFIX)]}{STAMP_SUFFIX}"
 
 
 def _stamp_text(entry: Path, expected: BigPartDigest) -> str:
@@ -118,12 +1023,12 @@ def _stamp_text(entry: Path, expected: BigPartDigest) -> str:
     return f"{expected.root.hex()} {info.st_size} {info.st_ino} {info.st_mtime_ns}\n"
 
 
-def write_stamp(entry: Path, digest: BigPartDigest) -> None:
+def write_stamp(entry: Path, expected: BigPartDigest) -> None:
     """Record that ``entry`` was verified, so the next fetch need not hash it again.
 
     Raises ``OSError``.
     """
-    text = _stamp_text(entry, digest)
+    text = _stamp_text(entry, expected)
     with atomic_path(_stamp_path(entry)) as temp:
         temp.write_text(text)
 
@@ -135,70 +1040,18 @@ def stamp_matches(entry: Path, expected: BigPartDigest) -> bool:
     authenticated when the resource is opened, and an entry that fails then is discarded.
     """
     try:
-        recorded = _stamp_path(entry).read_text()
-        return recorded == _stamp_text(entry, expected)
+        return _stamp_path(entry).read_text() == _stamp_text(entry, expected)
     except (OSError, UnicodeDecodeError):
         return False
-
-
-def _first_hole(fd: int, size: int) -> int:
-    """The offset of the first never-written region of the file, or ``size`` when unknown."""
-    try:
-        return min(size, os.lseek(fd, 0, os.SEEK_HOLE))
-    except OSError:  # no SEEK_HOLE here: the verification after the fill still protects us
-        return size
-
-
-def _resume_point(partial: Path, expected: BigPartDigest) -> int:
-    """Where to resume filling ``partial``: the end of its bytes, before any hole in them.
-
-    A download killed with several ranges in flight leaves later ranges written past a gap of
-    never-written bytes; the file's length then overstates what is there. Resuming starts at the
-    first hole, rounded down to ``RESUME_UNIT`` (writers write whole pieces from there).
-    Raises ``OSError``.
-    """
-    # O_NOFOLLOW: the partial is ours; never append through a link planted in the cache.
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        size = os.fstat(fd).st_size
-        if size > expected.length:
-            log.warning("partial %s is longer than the big part; starting over", partial)
-            os.ftruncate(fd, 0)
-            return 0
-        hole = _first_hole(fd, size)
-        if hole < size:
-            safe = hole - hole % RESUME_UNIT
-            log.info("partial %s has a gap at byte %d; resuming from byte %d", partial, hole, safe)
-            os.ftruncate(fd, safe)
-            return safe
-        return size
-    finally:
-        os.close(fd)
-
-
-def _is_cache_temp(name: str) -> bool:
-    return is_temp_name(name) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
-
-
-def _is_hash_tag(text: str) -> bool:
-    return len(text) == HASH_PREFIX_HEX and all(char in "0123456789abcdef" for char in text)
-
-
-def _storage_failed(what: Path, error: OSError) -> StorageFailed:
-    return StorageFailed(str(what), error.strerror or type(error).__name__)
 
 
 class _Abandon(Exception):
     """Raised inside ``atomic_path`` to throw the temp file away when ``produce`` failed."""
 
-    def __init__(self, outcome: IOResult[None, Problem]) -> None:
-        super().__init__("abandoned")
-        self.outcome = outcome
 
-
-def _keep_or_abandon(outcome: IOResult[None, Problem]) -> None:
-    if not is_successful(outcome):
-        raise _Abandon(outcome)
+def _abandon_unless_successful(produced: IOResult[BigPartDigest, Problem]) -> None:
+    if not is_successful(produced):
+        raise _Abandon
 
 
 def _produce_checked(
@@ -209,233 +1062,8 @@ def _produce_checked(
     produced = produce(temp)
     if not is_successful(produced):
         return produced
-    digest = unsafe_perform_io(produced.unwrap())
-    reason = mismatch_reason(temp, digest)
+    made = unsafe_perform_io(produced.unwrap())
+    reason = mismatch_reason(temp, made)
     if reason is not None:
         return IOFailure(PartMismatch(f"the new cache entry for {ref} as written: {reason}"))
-    return IOSuccess(digest)
-
-
-class FileCache:
-    """Big parts cached under ``root``, verified before every use.
-
-    Args:
-        root: the cache directory (created on ``open``).
-        stale_after_seconds: temp and partial files untouched for this long are leftovers of a
-            killed process and are removed by ``collect_stale``.
-        clock: wall-clock seconds, for judging staleness.
-
-    Failures: ``StorageFailed`` (disk full, permissions), ``PartMismatch`` (what was filled or
-    produced is not the expected big part), and whatever ``fill``/``produce`` return.
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        *,
-        stale_after_seconds: float = STALE_AFTER_SECONDS,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._root = root
-        self._stale_after = stale_after_seconds
-        self._clock = clock
-
-    @classmethod
-    def open(
-        cls,
-        root: Path,
-        *,
-        stale_after_seconds: float = STALE_AFTER_SECONDS,
-        clock: Callable[[], float] = time.time,
-    ) -> IOResult[FileCache, StorageFailed]:
-        """Create the cache directory if needed and collect stale temp files in it."""
-        cache = cls(root, stale_after_seconds=stale_after_seconds, clock=clock)
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            cache.collect_stale()
-        except OSError as error:
-            return IOFailure(_storage_failed(root, error))
-        return IOSuccess(cache)
-
-    def __repr__(self) -> str:
-        return f"FileCache({str(self._root)!r})"
-
-    @property
-    def root(self) -> Path:
-        """The cache directory."""
-        return self._root
-
-    def entry_path(self, ref: ResourceRef) -> Path:
-        """Where the verified entry of ``ref`` lives (it may not exist)."""
-        return self._root / ref.key
-
-    def collect_stale(self) -> tuple[Path, ...]:
-        """Remove temp and partial files older than the staleness threshold in every folder.
-
-        Raises ``OSError`` when the root cannot be listed.
-        """
-        now = self._clock()
-        removed: list[Path] = []
-        for folder in os.scandir(self._root):
-            if folder.is_dir(follow_symlinks=False):
-                removed.extend(
-                    collect_stale_temps(
-                        Path(folder.path), self._stale_after, now, match=_is_cache_temp
-                    )
-                )
-        return tuple(removed)
-
-    def fetch(
-        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
-    ) -> IOResult[Path, Problem]:
-        """A verified entry for ``ref``: the cached one if it matches, else filled through ``fill``.
-
-        ``fill(partial, start)`` must write the big part's bytes ``[start:]`` into ``partial``;
-        a partial left by an earlier, interrupted fill for the same hash is resumed. When ``fill``
-        fails, the partial is kept for the next attempt and the failure returned.
-        """
-        entry = self.entry_path(ref)
-        try:
-            outside = self._outside(ref)
-            if outside is not None:
-                return IOFailure(outside)
-            entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self._locked(ref):
-                if entry.exists():
-                    if stamp_matches(entry, expected):
-                        return IOSuccess(entry)
-                    reason = mismatch_reason(entry, expected)
-                    if reason is None:
-                        write_stamp(entry, expected)
-                        return IOSuccess(entry)
-                    log.warning("discarding cache entry %s: %s", entry, reason)
-                    self._remove(entry)
-                return self._fill(ref, expected, fill)
-        except OSError as error:
-            return IOFailure(_storage_failed(entry, error))
-
-    def _fill(
-        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
-    ) -> IOResult[Path, Problem]:
-        entry = self.entry_path(ref)
-        partial = self._partial_path(ref, expected)
-        for stale in self._partials(ref):
-            if stale != partial:
-                log.info("removing partial download %s of another version", stale)
-                stale.unlink(missing_ok=True)
-        current = _resume_point(partial, expected)
-        if current < expected.length:
-            if current:
-                log.info("resuming %s from byte %d of %d", partial, current, expected.length)
-            filled = fill(partial, current)
-            if not is_successful(filled):
-                return filled.map(lambda _: entry)
-        reason = mismatch_reason(partial, expected)
-        if reason is not None and current > 0:
-            # What an earlier process left did not hold up (a torn write, a file system that
-            # hides holes): one whole fetch costs less than failing the download.
-            log.warning("resumed %s does not verify (%s); fetching it whole", partial, reason)
-            os.truncate(partial, 0)
-            filled = fill(partial, 0)
-            if not is_successful(filled):
-                return filled.map(lambda _: entry)
-            reason = mismatch_reason(partial, expected)
-        if reason is not None:
-            log.warning("discarding downloaded big part %s: %s", partial, reason)
-            partial.unlink(missing_ok=True)
-            return IOFailure(PartMismatch(f"the big part of {ref} as downloaded: {reason}"))
-        fsync_file(partial)
-        _stamp_path(entry).unlink(missing_ok=True)
-        os.replace(partial, entry)
-        fsync_dir(entry.parent)
-        write_stamp(entry, expected)
-        return IOSuccess(entry)
-
-    def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Problem]:
-        """Let ``produce`` write a new entry into a temp file; verify it and move it into place.
-
-        The temp file is removed when ``produce`` fails or its result does not match the digest
-        it reported (``PartMismatch``); the previous entry, if any, stays as it was.
-        """
-        entry = self.entry_path(ref)
-        try:
-            outside = self._outside(ref)
-            if outside is not None:
-                return IOFailure(outside)
-            entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self._locked(ref):
-                _stamp_path(entry).unlink(missing_ok=True)
-                with atomic_path(entry) as temp:
-                    produced = _produce_checked(ref, temp, produce)
-                    _keep_or_abandon(produced.map(lambda _: None))
-                write_stamp(entry, unsafe_perform_io(produced.unwrap()))
-        except _Abandon as abandon:
-            return abandon.outcome.map(lambda _: entry)
-        except OSError as error:
-            return IOFailure(_storage_failed(entry, error))
-        return IOSuccess(entry)
-
-    def discard(self, ref: ResourceRef) -> None:
-        """Remove the entry of ``ref`` and any partial of it; log what cannot be removed."""
-        entry = self.entry_path(ref)
-        try:
-            if self._outside(ref) is not None:
-                log.warning("not discarding %s: its folder resolves outside the cache", entry)
-                return
-            with self._locked(ref):
-                self._remove(entry)
-                for partial in self._partials(ref):
-                    partial.unlink(missing_ok=True)
-        except FileNotFoundError:
-            return  # the folder does not exist: nothing to discard
-        except OSError as error:
-            log.warning("could not discard cache entry %s: %s", entry, error.strerror)
-
-    @staticmethod
-    def _remove(entry: Path) -> None:
-        _stamp_path(entry).unlink(missing_ok=True)
-        entry.unlink(missing_ok=True)
-
-    def _outside(self, ref: ResourceRef) -> StorageFailed | None:
-        """A failure when ``ref``'s folder resolves outside the root (a link planted in the cache).
-
-        Refs are validated already; this keeps a symlinked folder from turning the cache into a
-        way to write ``*.big`` files elsewhere, as the directory CDN does for its root.
-        """
-        root = self._root.resolve()
-        folder = (root / ref.folder).resolve()
-        if folder.is_relative_to(root) and folder != root:
-            return None
-        log.warning("refusing cache folder %s: it resolves outside %s", ref.folder, root)
-        return StorageFailed(
-            str(self.entry_path(ref)), "the folder resolves outside the cache directory"
-        )
-
-    def _partial_path(self, ref: ResourceRef, expected: BigPartDigest) -> Path:
-        tag = expected.root.hex()[:HASH_PREFIX_HEX]
-        return self.entry_path(ref).parent / f".{ref.name}{ENTRY_SUFFIX}.{tag}{PARTIAL_SUFFIX}"
-
-    def _partials(self, ref: ResourceRef) -> list[Path]:
-        # Compared as strings, not globbed: a name may contain glob characters such as "[".
-        prefix = f".{ref.name}{ENTRY_SUFFIX}."
-        found: list[Path] = []
-        for entry in os.scandir(self.entry_path(ref).parent):
-            name = entry.name
-            if (
-                name.startswith(prefix)
-                and name.endswith(PARTIAL_SUFFIX)
-                and _is_hash_tag(name[len(prefix) : -len(PARTIAL_SUFFIX)])
-            ):
-                found.append(Path(entry.path))
-        return found
-
-    @contextmanager
-    def _locked(self, ref: ResourceRef) -> Iterator[None]:
-        lock_path = self.entry_path(ref).parent / f".{ref.name}{LOCK_SUFFIX}"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            # Each open() is its own lock holder, so this excludes other threads too.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    return IOSuccess(made)

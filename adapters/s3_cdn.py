@@ -31,11 +31,11 @@ aborted). Failures are classified here: throttling codes, 5xx and connection err
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,6 +60,7 @@ from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
+from splitvault.adapters.ranges import download_into_file
 from splitvault.domain.cdn_layout import ObjectLayout, SharedBucket
 from splitvault.domain.config import DEFAULT_REGION, CdnConfig, S3Keys
 from splitvault.domain.errors import (
@@ -71,7 +72,7 @@ from splitvault.domain.errors import (
     TimedOut,
     Transient,
 )
-from splitvault.domain.ports import CdnFailure
+from splitvault.domain.ports import CdnFailure, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import TRANSIENT_SERVICE_CODES, parse_retry_after
 
@@ -348,6 +349,7 @@ class S3Cdn:
         if not source.is_file():
             return IOFailure(StorageFailed(f"upload source {source}", "not a readable file"))
         subscribers = [_ProgressSubscriber(progress)] if progress is not None else None
+        started = self._now()
         try:
             with TransferManager(self._client, self._tuning.transfer_config()) as manager:
                 bucket, key = self._layout.locate(ref)
@@ -358,7 +360,43 @@ class S3Cdn:
             return IOFailure(failure)
         except OSError as error:
             return IOFailure(StorageFailed(f"upload source {source}", _reason(error)))
+        self.abort_stale_uploads(ref, before=started)
         return IOSuccess(None)
+
+    def abort_stale_uploads(self, ref: ResourceRef, *, before: datetime) -> int:
+        """Abort the unfinished multipart uploads of ``ref``'s key begun before ``before``.
+
+        A killed uploader leaves its parts in the bucket, billed and invisible, until someone
+        aborts them; the next successful upload of the same key does (S3 keeps the last writer
+        anyway, so an older upload still in flight would only have been overwritten). The
+        bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule is the backstop for keys that
+        are never uploaded again. Listing needs ``s3:ListBucketMultipartUploads``; without it
+        this logs and aborts nothing. Returns how many were aborted.
+        """
+        bucket, key = self._layout.locate(ref)
+        aborted = 0
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=key
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload.get("Key") != key or upload.get("Initiated", before) >= before:
+                        continue
+                    self._client.abort_multipart_upload(
+                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        except (ClientError, BotoCoreError) as error:
+            failure = self._failure(error, self._what(ref))
+            log.warning("could not abort stale uploads of %s: %s", key, failure.describe())
+        if aborted:
+            log.info("aborted %d unfinished multipart upload(s) of %s", aborted, key)
+        return aborted
+
+    def _now(self) -> datetime:
+        # The endpoint's clock decides "Initiated"; S3 answers in UTC, so compare in UTC.
+        return datetime.now(UTC)
 
     def size(self, ref: ResourceRef) -> IOResult[int, CdnFailure]:
         """The object's size in bytes, or ``NotFound``."""
@@ -373,6 +411,37 @@ class S3Cdn:
             return IOFailure(self._failure(error, what))
         # "*" (any version) only if a store omits the ETag; S3 always sends one.
         return IOSuccess((int(answer["ContentLength"]), str(answer.get("ETag") or "*")))
+
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
+    ) -> IOResult[int, CdnFailure]:
+        """Fetch ``ranges`` in parallel into ``sink``; return the object's size.
+
+        A range that fails remotely does not stop the others, so every byte that arrived stays
+        with the sink; a local failure (the sink raised ``OSError``: disk full) stops them all.
+        Returns the first failure once every range has finished or failed.
+        """
+        return self._head(ref).bind(
+            lambda head: self._fetch_ranges(ref, ranges, sink, size=head[0], etag=head[1])
+        )
+
+    def _fetch_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink, *, size: int, etag: str
+    ) -> IOResult[int, CdnFailure]:
+        what = self._what(ref)
+        for low, high in ranges:
+            if not 0 <= low < high <= size:
+                return IOFailure(RemoteError(what, 416, f"range {low}-{high} is outside {size}"))
+        bucket, key = self._layout.locate(ref)
+        job = _RangedDownload(client=self._client, bucket=bucket, key=key, etag=etag, sink=sink)
+        problem = job.run(list(ranges), workers=self._tuning.max_concurrency)
+        if problem is None:
+            return IOSuccess(size)
+        failure = self._download_failure(problem, what)
+        if failure is None:
+            raise problem  # not a transfer failure (a bug, or a sink's own error)
+        log.warning("download of %s: %s", what, failure.describe())
+        return IOFailure(failure)
 
     def download_file(
         self,
@@ -392,66 +461,28 @@ class S3Cdn:
         if start < 0:
             raise ValueError("start must be >= 0")
         return self._head(ref).bind(
-            lambda head: self._download_ranges(
-                ref=ref, dest=dest, start=start, size=head[0], etag=head[1], progress=progress
+            lambda head: download_into_file(
+                dest,
+                what=self._what(ref),
+                start=start,
+                size=head[0],
+                step=self._tuning.multipart_chunksize,
+                progress=progress,
+                fetch=lambda ranges, sink: self._fetch_ranges(
+                    ref, ranges, sink, size=head[0], etag=head[1]
+                ),
             )
         )
 
-    def _download_ranges(
-        self,
-        *,
-        ref: ResourceRef,
-        dest: Path,
-        start: int,
-        size: int,
-        etag: str,
-        progress: Progress | None,
-    ) -> IOResult[int, CdnFailure]:
-        what = self._what(ref)
-        if start > size:
-            return IOFailure(RemoteError(what, 416, f"resume offset {start} is beyond {size}"))
-        step = self._tuning.multipart_chunksize
-        ranges = [(low, min(low + step, size)) for low in range(start, size, step)]
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            return IOFailure(StorageFailed(f"download into {dest}", _reason(error)))
-        bucket, key = self._layout.locate(ref)
-        try:
-            job = _RangedDownload(
-                client=self._client,
-                bucket=bucket,
-                key=key,
-                etag=etag,
-                fd=fd,
-                progress=progress,
-            )
-            problem = job.run(ranges, workers=self._tuning.max_concurrency)
-            if problem is None:
-                os.ftruncate(fd, size)
-                return IOSuccess(size)
-            good = job.contiguous_end(start, ranges)
-            if os.fstat(fd).st_size > good:  # never extend: bytes before start stay as they were
-                os.ftruncate(fd, good)
-        except OSError as local:
-            return IOFailure(StorageFailed(f"download into {dest}", _reason(local)))
-        finally:
-            os.close(fd)
-        failure = self._download_failure(problem, what, dest)
-        if failure is None:
-            raise problem  # not a transfer failure (a bug, or a progress callback's own error)
-        log.warning("download of %s stopped at byte %d: %s", what, good, failure.describe())
-        return IOFailure(failure)
-
-    def _download_failure(self, error: BaseException, what: str, dest: Path) -> CdnFailure | None:
+    def _download_failure(self, error: BaseException, what: str) -> CdnFailure | None:
         if isinstance(error, _LocalWriteFailed):
-            return StorageFailed(f"download into {dest}", error.reason)
+            return StorageFailed(f"download of {what}", error.reason)
         if isinstance(error, _ShortRange):
             return Transient(what, str(error))
         if isinstance(error, ClientError | BotoCoreError):
             return self._failure(error, what)
         if isinstance(error, OSError):
-            return StorageFailed(f"download into {dest}", _reason(error))
+            return StorageFailed(f"download of {what}", _reason(error))
         return None
 
 
@@ -466,57 +497,36 @@ class _ShortRange(Exception):
 
 
 class _Stopped(Exception):
-    """Another range failed; this one gives up early."""
+    """A local failure stopped the download; this range gives up early."""
 
 
 class _RangedDownload:
     """The shared state of one parallel ranged download."""
 
     def __init__(
-        self,
-        *,
-        client: S3Client,
-        bucket: str,
-        key: str,
-        etag: str,
-        fd: int,
-        progress: Progress | None,
+        self, *, client: S3Client, bucket: str, key: str, etag: str, sink: RangeSink
     ) -> None:
         self._client = client
         self._bucket = bucket
         self._key = key
         self._etag = etag
-        self._fd = fd
-        self._progress = progress
+        self._sink = sink
         self.stop = threading.Event()
-        self._written: dict[int, int] = {}
-        self._lock = threading.Lock()
 
-    def run(self, ranges: list[tuple[int, int]], *, workers: int) -> BaseException | None:
-        """Fetch every range; on the first failure stop the others. Returns that failure."""
+    def run(self, ranges: list[Span], *, workers: int) -> BaseException | None:
+        """Fetch every range; a remote failure stops only its own range. Returns the first."""
         if not ranges:
             return None
         count = max(1, min(workers, len(ranges)))
         with ThreadPoolExecutor(max_workers=count, thread_name_prefix="splitvault-s3") as pool:
-            futures = [
-                pool.submit(self.fetch, index, low, high)
-                for index, (low, high) in enumerate(ranges)
-            ]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            if any(future.done() and future.exception() is not None for future in futures):
-                self.stop.set()
-                for future in futures:
-                    future.cancel()
+            futures = [pool.submit(self.fetch, low, high) for low, high in ranges]
             wait(futures)
-        for future in futures:
-            if future.cancelled():
-                continue
-            error = future.exception()
-            if error is not None and not isinstance(error, _Stopped):
-                return error
-        return None
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        local = [e for e in errors if isinstance(e, _LocalWriteFailed)]
+        remote = [e for e in errors if not isinstance(e, _Stopped | _LocalWriteFailed)]
+        return (local or remote or [None])[0]
 
-    def fetch(self, index: int, low: int, high: int) -> None:
+    def fetch(self, low: int, high: int) -> None:
         if self.stop.is_set():
             raise _Stopped
         answer = self._client.get_object(
@@ -531,37 +541,16 @@ class _RangedDownload:
                 if offset + len(piece) > high:
                     raise _ShortRange(f"range {low}-{high} answered more bytes than asked")
                 try:
-                    _write_all(self._fd, piece, offset)
+                    self._sink.write(offset, piece)
                 except OSError as error:
+                    # The disk is full or gone: every other range would fail the same way.
+                    self.stop.set()
                     raise _LocalWriteFailed(_reason(error)) from error
                 offset += len(piece)
-                with self._lock:
-                    self._written[index] = offset - low
-                if self._progress is not None:
-                    self._progress(len(piece))
         finally:
             body.close()
         if offset != high:
             raise _ShortRange(f"range {low}-{high} ended at byte {offset}")
-
-    def contiguous_end(self, start: int, ranges: list[tuple[int, int]]) -> int:
-        """The end of the bytes known good from ``start``: whole ranges, then part of one."""
-        end = start
-        with self._lock:
-            for index, (low, high) in enumerate(ranges):
-                done = self._written.get(index, 0)
-                end = low + done
-                if done < high - low:
-                    break
-        return end
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 def _code(error: ClientError) -> str:

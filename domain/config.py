@@ -17,6 +17,7 @@ from returns.result import Failure, Result, Success
 
 from splitvault.domain.cdn_layout import BucketPerFolder, ObjectLayout, SharedBucket
 from splitvault.domain.errors import ConfigInvalid
+from splitvault.domain.sizes import parse_size
 
 DEFAULT_REGION = "us-east-1"
 ENV_PREFIX = "SPLITVAULT_"
@@ -320,6 +321,9 @@ class ClientConfig:
         connect_timeout, read_timeout: seconds, for the API and the CDN.
         workers: parallel transfers and crypto threads.
         publisher_key_file: file holding the publisher key that wraps data keys, if used.
+        cache_max_bytes: the bound on the bytes the cache holds (``None``: no bound); least
+            recently used entries are evicted past it, never one in use. A whole number of
+            bytes or a size such as ``20GiB``.
     """
 
     cache_dir: Path
@@ -333,6 +337,7 @@ class ClientConfig:
     read_timeout: float = 60.0
     workers: int = 4
     publisher_key_file: Path | None = None
+    cache_max_bytes: int | None = None
 
 
 CLIENT_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ClientConfig))
@@ -399,6 +404,26 @@ def _secret_text(value: object, field: str) -> Result[str, ConfigInvalid]:
     return Success(value)
 
 
+def _byte_size(value: object, field: str) -> Result[int, ConfigInvalid]:
+    """A byte count: a whole number, or a size as ``domain.sizes`` reads it (``20GiB``)."""
+    if isinstance(value, bool):
+        return Failure(ConfigInvalid(field, "expected a size in bytes, got a boolean"))
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        parsed = parse_size(value, field)
+        if isinstance(parsed, Failure):
+            return parsed
+        number = parsed.unwrap()
+    else:
+        return Failure(ConfigInvalid(field, f"expected a size in bytes, got {_type_name(value)}"))
+    if number < 1:
+        return Failure(
+            ConfigInvalid(field, "must be at least 1 byte (leave it unset for no bound)")
+        )
+    return Success(number)
+
+
 _Parser = Callable[[object, str], Result[object, ConfigInvalid]]
 _CLIENT_PARSERS: dict[str, _Parser] = {
     "cache_dir": _path,
@@ -412,6 +437,7 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "read_timeout": _positive_float,
     "workers": _workers,
     "publisher_key_file": _path,
+    "cache_max_bytes": _byte_size,
 }
 
 

@@ -7,9 +7,9 @@ run against every adapter. Library types (boto3, httpx) never cross a port: adap
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import attrs
 from returns.io import IOResult
@@ -36,6 +36,7 @@ ApiFailure = (
     NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
 )
 CacheFailure = StorageFailed | PartMismatch | CorruptResource
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -60,11 +61,42 @@ class BigPartDigest:
         return max(self.length, 1)
 
 
+Span = tuple[int, int]
+"""A byte range ``[low, high)`` of a big part."""
+
+
+class RangeSink(Protocol):
+    """Where a ranged download puts the bytes it receives.
+
+    Called from several threads at once, but each range's bytes arrive in order from its ``low``:
+    a write either starts a range or continues one exactly where its previous write ended.
+    """
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Take ``data``, the big part's bytes at ``offset``. Raises ``OSError`` (disk full)."""
+        ...
+
+    def landed(self) -> int:
+        """Bytes this sink has kept for good so far: what a retry will not ask for again."""
+        ...
+
+
 class Cdn(Protocol):
     """Object storage for big parts, keyed by ``ref.key``."""
 
     def upload_file(self, ref: ResourceRef, source: Path) -> IOResult[None, CdnFailure]:
         """Store the file's bytes under the ref; readers never see a partial object."""
+        ...
+
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
+    ) -> IOResult[int, CdnFailure]:
+        """Fetch every range (in parallel) into ``sink``; return the object's total size.
+
+        A range that fails does not stop the others: every byte handed to ``sink`` stays
+        handed, so the caller keeps whatever finished and asks again only for what is missing.
+        Returns the first failure once every range has finished or failed.
+        """
         ...
 
     def download_file(
@@ -82,19 +114,24 @@ class Cdn(Protocol):
         ...
 
 
-# fill(temp_path, start): write the big part's bytes [start:] into temp_path.
-Fill = Callable[[Path, int], IOResult[None, Problem]]
+# fill(ranges, sink): fetch the big part's byte ranges into the sink (``Cdn.download_ranges``).
+Fill = Callable[[Sequence[Span], RangeSink], IOResult[None, Problem]]
 # write(temp_path): produce a big part in temp_path and say what it is.
 Produce = Callable[[Path], IOResult[BigPartDigest, Problem]]
+# use(entry_path): read a verified entry; the cache keeps it from eviction until this returns.
+Use = Callable[[Path], IOResult[T, Problem]]
 
 
 class Cache(Protocol):
-    """The local cache of big parts: ``{root}/{folder}/{name}.big``, verified before use."""
+    """The local cache of big parts, one entry per resource version, verified before use."""
 
     def fetch(
-        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill
-    ) -> IOResult[Path, Problem]:
-        """A path to a verified entry, filling (or resuming) it through ``fill`` when needed."""
+        self, ref: ResourceRef, expected: BigPartDigest, fill: Fill, use: Use[T]
+    ) -> IOResult[T, Problem]:
+        """Run ``use`` on a verified entry, filling (or resuming) it through ``fill`` when needed.
+
+        The entry is not evicted while ``use`` runs; a failed fill keeps what has landed.
+        """
         ...
 
     def store(self, ref: ResourceRef, produce: Produce) -> IOResult[Path, Problem]:

@@ -2,11 +2,20 @@
 
 ``decide`` is a pure function of the attempt count, the time spent so far, what happened, and a
 jitter value in ``[0, 1)`` drawn by the caller. It implements full-jitter exponential backoff
-(AWS architecture blog, "Exponential Backoff And Jitter"), an attempt cap, a total time budget that
-a delay may never overrun, and honours ``Retry-After``. Only transient outcomes are retried;
-401/403 get one re-login and then give up. The loops live outside the domain (the HTTP adapter for
-API requests, ``client.retrying`` for CDN transfers); this module owns the policy, and
-``outcome_of`` says which typed failures from the ports are worth another try.
+(AWS architecture blog, "Exponential Backoff And Jitter"), an attempt cap, a time budget that
+a delay may never overrun, and honours ``Retry-After``.
+
+The cap and the budget count only attempts that made no progress (``Streak``): a download that
+keeps advancing on a flaky link is never given up while it advances — each attempt that moved
+bytes starts a new streak, with the first backoff and a fresh budget — while one that stopped
+advancing gets ``max_attempts`` tries within ``budget`` seconds. ``deadline`` (optional) caps the
+whole operation however it progresses. A request that either answers or does not (an API call)
+never progresses, so for it the streak is simply the attempt count.
+
+Only transient outcomes are retried; 401/403 get one re-login and then give up. The loops live
+outside the domain (the HTTP adapter for API requests, ``client.retrying`` for CDN transfers);
+this module owns the policy, and ``outcome_of`` says which typed failures from the ports are
+worth another try.
 """
 
 from __future__ import annotations
@@ -41,18 +50,84 @@ class RetryPolicy:
     Args:
         base_delay: the first backoff ceiling, in seconds; it doubles per attempt.
         max_delay: no single wait is longer than this.
-        max_attempts: total attempts including the first.
-        budget: total seconds from the first attempt; no retry is scheduled past it.
+        max_attempts: attempts in a row without progress, including the first.
+        budget: seconds since the last progress (or the first attempt); no retry is scheduled
+            past it.
+        deadline: seconds since the first attempt after which nothing is retried, progress or
+            not (``None``: no such cap).
     """
 
     base_delay: float = 0.2
     max_delay: float = 10.0
     max_attempts: int = 6
     budget: float = 60.0
+    deadline: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.base_delay < 0 or self.max_delay < 0 or self.max_attempts < 1 or self.budget < 0:
             raise ValueError("retry policy values must be non-negative and attempts >= 1")
+        if self.deadline is not None and self.deadline < 0:
+            raise ValueError("a retry deadline must be non-negative")
+
+
+@attrs.frozen
+class Streak:
+    """Where an operation's retries stand: the attempts since the last one that made progress.
+
+    Args:
+        began: monotonic seconds when the operation started.
+        since: monotonic seconds of the last progress (or ``began``).
+        stalled: failed attempts in a row that made no progress (0 when the newest did).
+        total: failed attempts in all.
+    """
+
+    began: float
+    since: float
+    stalled: int = 0
+    total: int = 0
+
+    @classmethod
+    def start(cls, now: float) -> Streak:
+        """The streak of an operation starting at ``now``."""
+        return cls(began=now, since=now)
+
+    def after_failure(self, *, progressed: bool, now: float) -> Streak:
+        """The streak once another attempt failed at ``now``, having made progress or not.
+
+        An attempt that made progress starts a new streak at ``now``: the time it spent moving
+        bytes is not time lost.
+        """
+        if progressed:
+            return Streak(self.began, max(now, self.since), 0, self.total + 1)
+        return Streak(self.began, self.since, self.stalled + 1, self.total + 1)
+
+
+def decide_streak(
+    policy: RetryPolicy, streak: Streak, *, now: float, outcome: Outcome, jitter: float
+) -> Decision:
+    """``decide`` for an operation that can make progress, after ``streak``'s newest failure."""
+    if streak.total < 1:
+        raise ValueError("decide after a failed attempt: the streak has no failure yet")
+    if policy.deadline is not None and now - streak.began >= policy.deadline:
+        return GiveUp(f"{_describe(outcome)}; past the {policy.deadline:g} s deadline")
+    decision = decide(
+        policy,
+        attempt=max(streak.stalled, 1),  # an attempt that progressed waits the first backoff
+        elapsed=max(0.0, now - streak.since),
+        outcome=outcome,
+        jitter=jitter,
+    )
+    if (
+        isinstance(decision, Retry)
+        and policy.deadline is not None
+        and now - streak.began + decision.delay > policy.deadline
+    ):
+        return GiveUp(
+            f"{_describe(outcome)}; the next try would pass the {policy.deadline:g} s deadline"
+        )
+    if isinstance(decision, GiveUp) and streak.total > streak.stalled:
+        return GiveUp(f"{decision.reason} without progress ({streak.total} in all)")
+    return decision
 
 
 @attrs.frozen

@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online-size", type=_size, default=256 << 20, help="S3 rows' size (256MiB)")
     p.add_argument("--offline", action="store_true", help="leave out the S3 rows")
     p.add_argument("--repetitions", type=int, default=3)
+
+    from splitvault.app.cli import cache
+
+    cache.add_arguments(command("cache", "cache:run", "list, prune or clear the local cache"))
     return parser
 
 

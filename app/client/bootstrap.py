@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -48,7 +48,7 @@ from splitvault.app.client.usecases import (
 from splitvault.domain.config import ClientConfig
 from splitvault.domain.errors import AccessDenied, ConfigInvalid, Problem
 from splitvault.domain.legacy import parse_shared_key
-from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random
+from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
 
@@ -238,10 +238,10 @@ class _CdnOnDemand:
     def __repr__(self) -> str:
         return "_CdnOnDemand(read-only)"
 
-    def download_file(
-        self, ref: ResourceRef, dest: Path, *, start: int = 0
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
     ) -> IOResult[int, Problem]:
-        return self._client.with_cdn(False, lambda cdn: cdn.download_file(ref, dest, start=start))
+        return self._client.with_cdn(False, lambda cdn: cdn.download_ranges(ref, ranges, sink))
 
 
 def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Problem]:
@@ -309,7 +309,9 @@ def bootstrap(
         )
     built_api = api
     cache_result: IOResult[Cache, Problem] = (
-        IOSuccess(cache) if cache is not None else FileCache.open(config.cache_dir)
+        IOSuccess(cache)
+        if cache is not None
+        else FileCache.open(config.cache_dir, max_bytes=config.cache_max_bytes)
     )
 
     def make(the_cache: Cache, publisher_key: bytes | None) -> Client:

@@ -19,7 +19,6 @@ come from ``ImagesConfig`` (environment ``SPLITVAULT_IMAGE_REGISTRY``,
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import io
 import logging
@@ -33,9 +32,9 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
-from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 
+from splitvault.adapters.atomic_file import write_atomically
 from splitvault.adapters.image_archive import inspect_image_archive
 from splitvault.app.client import pipeline
 from splitvault.domain import digest
@@ -212,33 +211,13 @@ def _report(progress: Progress | None, done: int) -> None:
 def _write_beside(
     final: Path, write: Callable[[BinaryIO], IOResult[T, Problem]]
 ) -> IOResult[T, Problem]:
-    """Let ``write`` fill a 0600 temp file beside ``final``; fsync and rename only on success.
+    """Let ``write`` fill a 0600 temp file beside ``final`` through the one atomic writer."""
 
-    The temp file is removed on every failure, so ``final`` either appears whole or not at all.
-    """
-    try:
-        fd, temp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
-    except OSError as error:
-        return IOFailure(StorageFailed(str(final), error.strerror or type(error).__name__))
-    temp = Path(temp_name)
-    committed = False
-    try:
-        with open(fd, "wb") as handle:
-            result = write(handle)
-            if not is_successful(result):
-                return result
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.replace(final)
-        committed = True
-    except OSError as error:
-        return IOFailure(StorageFailed(str(final), error.strerror or type(error).__name__))
-    else:
-        return result
-    finally:
-        if not committed:
-            with contextlib.suppress(OSError):
-                temp.unlink()
+    def into(temp: Path) -> IOResult[T, Problem]:
+        with temp.open("wb") as handle:
+            return write(handle)
+
+    return write_atomically(final, into)
 
 
 def _open_v1(

@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
-from splitvault.app.client.retrying import run_with
+from splitvault.app.client.retrying import Meter, run_with
 from splitvault.app.client.usecases import open_small_part
 from splitvault.domain import digest, keys, legacy
 from splitvault.domain.errors import (
@@ -58,7 +59,7 @@ from splitvault.domain.format_v1 import (
     check_big_part,
 )
 from splitvault.domain.keys import TAG_BYTES
-from splitvault.domain.ports import BigPartDigest, Cdn
+from splitvault.domain.ports import BigPartDigest, Cdn, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.split import DEFAULT_RULE
 
@@ -110,14 +111,20 @@ def _verified_entry(
     """The cache entry of ``ref``'s big part, filled (resuming) from the CDN when needed."""
 
     def on_cdn(cdn: Cdn) -> IOResult[Path, Problem]:
-        def fill(temp: Path, start: int) -> IOResult[None, Problem]:
-            filled.append(start)
-            return cdn.download_file(ref, temp, start=start).map(lambda _: None)
+        meter = Meter()
+
+        def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
+            filled.append(ranges[0][0] if ranges else expected.length)
+            return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
+
+        def use(path: Path) -> IOResult[Path, Problem]:
+            return IOSuccess(path)  # opened by the caller right after (not pinned meanwhile)
 
         return run_with(
             client.retrier,
             f"download of the big part of {ref}",
-            lambda: client.cache.fetch(ref, expected, fill),
+            lambda: client.cache.fetch(ref, expected, fill, use),
+            progress=meter,
         )
 
     return client.with_cdn(False, on_cdn)

@@ -12,14 +12,15 @@ only on a cache miss (``CdnReader``), so a warm download never builds an S3 clie
 CDN transfers are retried here, through ``client.retrying`` (the CDN adapter itself does not retry):
 a failed big-part download is retried by asking the cache again, which resumes from the bytes its
 partial file already holds (a ranged request from there) and discards a partial of another version.
-Temp files that a killed process left beside an output file are collected by the next write of it.
+Temp files that a dead process left beside an output file are removed by the next write of it
+(``adapters.atomic_file.write_atomically``, re-exported here for the callers that import it).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -29,13 +30,13 @@ from returns.pipeline import is_successful
 from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.adapters.atomic_file import atomic_path, collect_orphans_of
+from splitvault.adapters.atomic_file import write_atomically as write_atomically  # noqa: PLC0414 - re-exported for callers
 from splitvault.app.client import pipeline
-from splitvault.app.client.retrying import Retrier, run_with
+from splitvault.app.client.retrying import Meter, Retrier, run_with
 from splitvault.domain import keys
-from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, Problem, StorageFailed
+from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, Problem
 from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, Opener
-from splitvault.domain.ports import BigPartDigest, Cache, Cdn, Random, ResourceApi
+from splitvault.domain.ports import BigPartDigest, Cache, Cdn, Random, RangeSink, ResourceApi, Span
 from splitvault.domain.ref import ResourceRef
 
 log = logging.getLogger("splitvault.usecases")
@@ -47,10 +48,10 @@ Progress = pipeline.Progress
 class CdnReader(Protocol):
     """What a download needs of the CDN: a ``Cdn`` is one; so is a CDN built on first use."""
 
-    def download_file(
-        self, ref: ResourceRef, dest: Path, *, start: int = 0
+    def download_ranges(
+        self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
     ) -> IOResult[int, Problem]:
-        """``Cdn.download_file``; its failures may also be those of building the CDN."""
+        """``Cdn.download_ranges``; its failures may also be those of building the CDN."""
         ...
 
 
@@ -103,7 +104,8 @@ class DownloadReport:
     """What a download produced and whether the cache served the big part.
 
     ``fill_starts`` are the offsets the CDN fills started from, one per attempt (empty on a cache
-    hit; a non-zero offset is a resumed download).
+    hit; a non-zero offset is a resumed download); ``fetched_bytes`` counts the big-part bytes
+    that arrived from the CDN in all attempts (more than ``big_bytes`` when ranges were refetched).
     """
 
     ref: ResourceRef
@@ -114,37 +116,7 @@ class DownloadReport:
     cache_hit: bool
     cache_path: Path
     fill_starts: tuple[int, ...] = ()
-
-
-def write_atomically(
-    final: Path, write: Callable[[Path], IOResult[T, Problem]]
-) -> IOResult[T, Problem]:
-    """Run ``write`` on a temp file beside ``final``; rename it into place only on success.
-
-    Old temp files of ``final`` left by a killed process are removed first.
-    """
-
-    result: IOResult[T, Problem] = IOFailure(StorageFailed(str(final), "nothing was written"))
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        collect_orphans_of(final)
-        with atomic_path(final) as temp:
-            result = write(temp)
-            _abort_unless_successful(result)
-    except _Abort:
-        return result
-    except OSError as error:
-        return IOFailure(StorageFailed(str(final), error.strerror or type(error).__name__))
-    return result
-
-
-class _Abort(Exception):
-    """Unwinds ``atomic_path`` so the temp file is removed when a write returned a failure."""
-
-
-def _abort_unless_successful(result: IOResult[object, Problem]) -> None:
-    if not is_successful(result):
-        raise _Abort
+    fetched_bytes: int = 0
 
 
 def upload_resource(
@@ -280,10 +252,12 @@ def _with_big_part(
     expected = opener.big_digest
     filled: list[int] = []
 
-    def fill(temp: Path, start: int) -> IOResult[None, Problem]:
-        filled.append(start)
-        log.info("fetching the big part of %s from the CDN (from byte %d)", ref, start)
-        return cdn.download_file(ref, temp, start=start).map(lambda _: None)
+    meter = Meter()
+
+    def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
+        filled.append(ranges[0][0] if ranges else expected.length)
+        log.info("fetching %d range(s) of the big part of %s from the CDN", len(ranges), ref)
+        return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
 
     def open_into(big_path: Path, temp: Path) -> IOResult[None, Problem]:
         return pipeline.open_with(
@@ -307,19 +281,21 @@ def _with_big_part(
             cache_hit=not filled,
             cache_path=big_path,
             fill_starts=tuple(filled),
+            fetched_bytes=meter.moved,
         )
 
-    def fetch() -> IOResult[Path, Problem]:
-        # Each attempt asks the cache again: it resumes from its partial file, or finds the entry
-        # another process has finished meanwhile.
-        return cache.fetch(ref, expected, fill)
+    def use(big_path: Path) -> IOResult[DownloadReport, Problem]:
+        return write_atomically(out, lambda temp: open_into(big_path, temp)).map(
+            lambda _: report(big_path)
+        )
+
+    def fetch() -> IOResult[DownloadReport, Problem]:
+        # Each attempt asks the cache again: it asks the CDN only for the segments its partial
+        # lacks, or finds the entry another process has finished meanwhile.
+        return cache.fetch(ref, expected, fill, use)
 
     def attempt() -> IOResult[DownloadReport, Problem]:
-        return run_with(retrier, f"download of the big part of {ref}", fetch).bind(
-            lambda big_path: write_atomically(out, lambda temp: open_into(big_path, temp)).map(
-                lambda _: report(big_path)
-            )
-        )
+        return run_with(retrier, f"download of the big part of {ref}", fetch, progress=meter)
 
     first = attempt()
     if filled or is_successful(first):

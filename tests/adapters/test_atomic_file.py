@@ -1,23 +1,30 @@
-"""The atomic-write discipline: complete file or no change, temp files that can be found later."""
+"""The one atomic writer: complete file or no change; a dead writer's temp goes at once."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from returns.io import IOFailure, IOResult, IOSuccess
 
 from splitvault.adapters.atomic_file import (
     atomic_path,
-    collect_stale_temps,
+    collect_dead_temps,
+    collect_dead_temps_of,
     fsync_dir,
     is_temp_name,
     temp_name_for,
+    write_atomically,
 )
+from splitvault.domain.errors import Problem, StorageFailed
+from tests.support.results import failure, value
 
 
 class Boom(Exception):
@@ -88,18 +95,69 @@ def test_temp_names_are_recognised(name: str) -> None:
         assert not is_temp_name(name)
 
 
-def test_collect_stale_temps_removes_only_old_temps(tmp_path: Path) -> None:
-    """Only temp files older than the threshold go; fresh temps and ordinary files stay."""
-    now = time.time()
-    old_temp = tmp_path / ".model.big.tmp-1111"
-    fresh_temp = tmp_path / ".model.big.tmp-2222"
-    old_plain = tmp_path / "model.big"
-    for path in (old_temp, fresh_temp, old_plain):
-        path.write_bytes(b"x")
-    for path in (old_temp, old_plain):
-        os.utime(path, (now - 7200, now - 7200))
-    (tmp_path / ".dir.tmp-3333").mkdir()  # a directory is never removed
-    removed = collect_stale_temps(tmp_path, 3600, now)
-    assert removed == (old_temp,)
-    assert sorted(os.listdir(tmp_path)) == [".dir.tmp-3333", fresh_temp.name, old_plain.name]
-    assert collect_stale_temps(tmp_path / "absent", 3600, now) == ()
+def test_a_dead_writers_temp_goes_at_once_a_live_ones_stays(tmp_path: Path) -> None:
+    """A temp whose lock is free (its writer died) is removed however fresh it is; a temp whose
+    writer holds its lock stays, as do ordinary files and directories."""
+    final = tmp_path / "model.big"
+    dead = tmp_path / temp_name_for(final.name, "0123456789abcdef")
+    dead.write_bytes(b"x" * 1000)  # written a moment ago: age says nothing
+    (tmp_path / ".dir.tmp-3333").mkdir()
+    final.write_bytes(b"old")
+    with atomic_path(final) as live:
+        removed = collect_dead_temps_of(final)
+        assert removed == (dead,)
+        assert live.exists()
+        live.write_bytes(b"new")
+    assert final.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == [".dir.tmp-3333", "model.big"]
+    assert collect_dead_temps(tmp_path / "absent") == ()
+
+
+def test_a_killed_writer_leaves_a_temp_the_next_write_removes(tmp_path: Path) -> None:
+    """A process SIGKILLed inside atomic_path leaves its temp; the next write_atomically of the
+    same file removes it before writing, and only the final file is left."""
+    final = tmp_path / "out.bin"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from splitvault.adapters.atomic_file import atomic_path\n"
+        "with atomic_path(Path(sys.argv[1])) as temp:\n"
+        "    temp.write_bytes(b'partial' * 1000)\n"
+        "    print('inside', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(final)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "inside"
+        left = [name for name in os.listdir(tmp_path) if is_temp_name(name)]
+        assert len(left) == 1
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    written = write_atomically(final, lambda temp: IOSuccess(temp.write_bytes(b"whole")))
+    assert value(written) == 5
+    assert os.listdir(tmp_path) == ["out.bin"]
+    assert final.read_bytes() == b"whole"
+
+
+def test_write_atomically_returns_the_failure_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write that fails (returned or raised OSError) leaves the old file and no temp; the
+    OSError becomes StorageFailed naming the final file."""
+    final = tmp_path / "out.bin"
+    final.write_bytes(b"old")
+    refused = StorageFailed("source", "unreadable")
+    assert failure(write_atomically(final, lambda _temp: IOFailure(refused))) == refused
+
+    def full(temp: Path) -> IOResult[None, Problem]:
+        temp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    problem = failure(write_atomically(final, full))
+    assert problem == StorageFailed(str(final), os.strerror(errno.ENOSPC))
+    assert os.listdir(tmp_path) == ["out.bin"]
+    assert final.read_bytes() == b"old"

@@ -1,17 +1,21 @@
 """The Cache contract, run against every Cache adapter (today: the file-system cache).
 
-An entry is handed out only when it matches the expected length and SHA-256; a corrupted or stale
-entry is discarded and filled again; a fill that stops early is resumed from the partial's size; a
-partial that does not verify is never used; two concurrent fetches of one ref fill it once.
+An entry is handed out only when it matches the expected digest; a fill keeps every segment that
+landed and the next one asks only for the holes (also after the process died); a new version
+never costs the old entry before it is complete; a bound evicts the least recently used entries
+but never one in use; a full disk leaves no partial behind.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,17 +23,19 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.adapters.file_cache import FileCache, file_digest
+from splitvault.adapters import ranges as ranges_module
+from splitvault.adapters.atomic_file import temp_name_for
+from splitvault.adapters.file_cache import FileCache, file_digest, version_of
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.errors import PartMismatch, Problem, StorageFailed, Transient
-from splitvault.domain.ports import BigPartDigest, Produce
+from splitvault.domain.ports import BigPartDigest, Produce, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 
 REF = ResourceRef("models", "resnet [v2].bin")  # glob characters on purpose
 
-
 # A segmentation like a real resource's: a short first segment, then fixed-size ones.
 FIRST_SEGMENT, SEGMENT_SIZE = 1000, 4096
+RANGE = 4 * SEGMENT_SIZE
 
 
 def digest_of(data: bytes) -> BigPartDigest:
@@ -55,44 +61,106 @@ def failure_of(result: IOResult[Path, Problem]) -> Problem:
     return unsafe_perform_io(result.failure())
 
 
+def keep_path(path: Path) -> IOResult[Path, Problem]:
+    """A ``use`` that only hands the entry's path back."""
+    return IOSuccess(path)
+
+
 class Source:
-    """A hand-written fill: serves ``data[start:]`` (or a prefix of it) and records each call."""
+    """A hand-written fill serving ``data``'s ranges in odd-sized pieces, recording each call.
 
-    def __init__(self, data: bytes, *, stop_at: int | None = None, lie: bool = False) -> None:
+    ``break_if(low, high)`` makes that range stop half-way (a dropped connection); ``lie``
+    claims success anyway.
+    """
+
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        break_if: Callable[[int, int], bool] | None = None,
+        lie: bool = False,
+    ) -> None:
         self.data = data
-        self.stop_at = stop_at
+        self.break_if = break_if
         self.lie = lie
-        self.starts: list[int] = []
+        self.calls: list[list[Span]] = []
+        self.served = 0
 
-    def __call__(self, temp: Path, start: int) -> IOResult[None, Problem]:
-        self.starts.append(start)
-        end = len(self.data) if self.stop_at is None else self.stop_at
-        with temp.open("r+b") as handle:
-            handle.seek(start)
-            handle.write(self.data[start:end])
-        if self.stop_at is not None and not self.lie:
+    def __call__(self, ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
+        self.calls.append(list(ranges))
+        broken = False
+        for low, high in ranges:
+            end = high
+            if self.break_if is not None and self.break_if(low, high):
+                end, broken = low + (high - low) // 2, True
+            position = low
+            while position < end:
+                piece = self.data[position : min(position + 3000, end)]
+                sink.write(position, piece)
+                position += len(piece)
+            self.served += end - low
+        if broken and not self.lie:
             return IOFailure(Transient("CDN object", "connection reset"))
         return IOSuccess(None)
 
+    @property
+    def asked(self) -> int:
+        """Bytes asked for, over all calls."""
+        return sum(high - low for call in self.calls for low, high in call)
 
-def partials(cache: FileCache) -> list[str]:
-    """Names of the partial and temp files in the ref's folder."""
-    folder = cache.root / REF.folder
+
+def leftovers(cache: FileCache) -> list[str]:
+    """Names of the partial, record and temp files of the ref."""
+    folder = cache.ref_dir(REF)
+    if not folder.exists():
+        return []
     return sorted(
-        p.name for p in folder.iterdir() if p.name.endswith(".partial") or ".tmp-" in p.name
+        p.name
+        for p in folder.iterdir()
+        if p.name.endswith((".partial", ".ranges", ".incoming")) or ".tmp-" in p.name
     )
 
 
+@pytest.fixture
+def ranged(tmp_path: Path) -> FileCache:
+    """A file cache asking for small ranges, so a part of some KiB takes several."""
+    return unsafe_perform_io(FileCache.open(tmp_path / "ranged", range_bytes=RANGE).unwrap())
+
+
 def test_miss_fills_then_hit_serves_without_filling(cache: FileCache) -> None:
-    """The first fetch fills from byte 0; the second finds a verified entry and does not fill."""
+    """The first fetch fills everything; the second finds the verified entry and does not fill."""
     data = blob(3 * 1024 * 1024 + 5, seed=1)
     source = Source(data)
-    path = value_of(cache.fetch(REF, digest_of(data), source))
-    assert path == cache.root / REF.key
+    path = value_of(cache.fetch(REF, digest_of(data), source, keep_path))
+    assert path == cache.version_path(REF, digest_of(data))
     assert path.read_bytes() == data
-    assert value_of(cache.fetch(REF, digest_of(data), source)) == path
-    assert source.starts == [0]
-    assert partials(cache) == []
+    assert value_of(cache.fetch(REF, digest_of(data), source, keep_path)) == path
+    assert source.asked == len(data)
+    # The last segment first: it proves the object is as long as the header says.
+    assert len(source.calls) == 1  # a part of one range: one call
+    assert leftovers(cache) == []
+
+
+def test_a_part_of_several_ranges_is_probed_at_its_end_first(ranged: FileCache) -> None:
+    """Before anything is reserved for the length a header claims, the last segment is fetched:
+    it proves the object is that long."""
+    data = blob(200_000, seed=21)
+    source = Source(data)
+    value_of(ranged.fetch(REF, digest_of(data), source, keep_path))
+    probe, rest = source.calls
+    assert probe == [(len(data) - (len(data) - FIRST_SEGMENT) % SEGMENT_SIZE, len(data))]
+    assert rest[0][0] == 0
+    assert source.asked == len(data)
+
+
+def test_use_result_is_returned_and_its_failure_kept(cache: FileCache) -> None:
+    """What ``use`` returns is what fetch returns; a failing use leaves the entry in place."""
+    data = blob(10_000, seed=2)
+    failed = cache.fetch(
+        REF, digest_of(data), Source(data), lambda _: IOFailure(StorageFailed("out", "full"))
+    )
+    assert failure_of(failed) == StorageFailed("out", "full")
+    assert cache.version_path(REF, digest_of(data)).read_bytes() == data
 
 
 def test_corrupted_entry_is_discarded_and_fetched_again(
@@ -100,167 +168,172 @@ def test_corrupted_entry_is_discarded_and_fetched_again(
 ) -> None:
     """A flipped byte in a cached entry is noticed, logged with the reason, and refetched."""
     data = blob(100_000, seed=2)
-    path = value_of(cache.fetch(REF, digest_of(data), Source(data)))
+    path = value_of(cache.fetch(REF, digest_of(data), Source(data), keep_path))
     raw = bytearray(path.read_bytes())
     raw[5000] ^= 0x01
     path.write_bytes(bytes(raw))
     again = Source(data)
     with caplog.at_level(logging.WARNING, logger="splitvault.file_cache"):
-        assert value_of(cache.fetch(REF, digest_of(data), again)).read_bytes() == data
-    assert again.starts == [0]
+        got = value_of(cache.fetch(REF, digest_of(data), again, keep_path))
+    assert got.read_bytes() == data
+    assert again.asked == len(data)
     assert any("digest is" in record.getMessage() for record in caplog.records)
 
 
-def test_stale_entry_of_another_version_is_replaced(cache: FileCache) -> None:
-    """An entry from an older version (other length and hash) is replaced by the expected one."""
-    old, new = blob(5000, seed=3), blob(7000, seed=4)
-    value_of(cache.fetch(REF, digest_of(old), Source(old)))
-    source = Source(new)
-    assert value_of(cache.fetch(REF, digest_of(new), source)).read_bytes() == new
-    assert source.starts == [0]
+def test_a_new_version_replaces_the_old_only_once_complete(ranged: FileCache) -> None:
+    """While the new version's fill fails the old entry stays and serves; once the new one is
+    complete the old one is gone."""
+    old, new = blob(50_000, seed=3), blob(70_000, seed=4)
+    old_path = value_of(ranged.fetch(REF, digest_of(old), Source(old), keep_path))
+    broken = Source(new, break_if=lambda low, _high: low >= 30_000)
+    assert isinstance(failure_of(ranged.fetch(REF, digest_of(new), broken, keep_path)), Transient)
+    assert old_path.read_bytes() == old
+    assert value_of(ranged.fetch(REF, digest_of(old), Source(old), keep_path)) == old_path
+    new_path = value_of(ranged.fetch(REF, digest_of(new), Source(new), keep_path))
+    assert new_path.read_bytes() == new
+    assert new_path != old_path
+    assert not old_path.exists()
+    assert leftovers(ranged) == []
 
 
-def test_truncated_fill_is_never_used(cache: FileCache) -> None:
-    """A fill that claims success with half the bytes gives PartMismatch; no entry, no partial."""
-    data = blob(64_000, seed=5)
-    liar = Source(data, stop_at=32_000, lie=True)
-    problem = failure_of(cache.fetch(REF, digest_of(data), liar))
-    assert isinstance(problem, PartMismatch)
-    assert not (cache.root / REF.key).exists()
-    assert partials(cache) == []
-    honest = Source(data)
-    assert value_of(cache.fetch(REF, digest_of(data), honest)).read_bytes() == data
-    assert honest.starts == [0]
-
-
-def test_interrupted_fill_resumes_from_the_partial_size(cache: FileCache) -> None:
-    """A fill that fails after K bytes keeps them; the next fetch asks only for bytes [K:]."""
+def test_a_failed_range_costs_only_its_missing_segments(ranged: FileCache) -> None:
+    """One range that breaks half-way: every other range is kept, and the retry in the same
+    process asks only for the bytes of the broken range that had not arrived."""
     data = blob(200_000, seed=6)
-    first = Source(data, stop_at=70_000)
-    assert isinstance(failure_of(cache.fetch(REF, digest_of(data), first)), Transient)
-    assert not (cache.root / REF.key).exists()
-    assert len(partials(cache)) == 1
+    expected = digest_of(data)
+    victim = 100_000
+
+    def breaks(low: int, high: int) -> bool:
+        return low <= victim < high
+
+    first = Source(data, break_if=breaks)
+    assert isinstance(failure_of(ranged.fetch(REF, expected, first, keep_path)), Transient)
+    assert leftovers(ranged) == sorted(
+        [f".{version_of(expected)}.partial", f".{version_of(expected)}.ranges"]
+    )
     second = Source(data)
-    assert value_of(cache.fetch(REF, digest_of(data), second)).read_bytes() == data
-    assert second.starts == [70_000]
-    assert partials(cache) == []
+    assert value_of(ranged.fetch(REF, expected, second, keep_path)).read_bytes() == data
+    (asked,) = second.calls
+    # Exactly the rest of the broken range: it continues at the byte where it broke off.
+    ((low, high),) = [span for call in first.calls for span in call if breaks(*span)]
+    assert asked == [(low + (high - low) // 2, high)]
+    assert leftovers(ranged) == []
 
 
-def test_resumed_partial_with_wrong_bytes_is_fetched_whole_once(cache: FileCache) -> None:
-    """Resuming onto a partial whose early bytes are wrong fails verification; the cache then
-    fetches the part whole once more instead of failing the download."""
-    data = blob(50_000, seed=7)
-    failure_of(cache.fetch(REF, digest_of(data), Source(data, stop_at=10_000)))
-    (partial,) = partials(cache)
-    spoiled = cache.root / REF.folder / partial
-    spoiled.write_bytes(b"\x00" * 10_000)
+def test_a_fill_that_claims_success_short_is_asked_again_for_the_rest(ranged: FileCache) -> None:
+    """A fill that says it succeeded but left holes: transient, the holes asked for next."""
+    data = blob(64_000, seed=5)
+    liar = Source(data, break_if=lambda low, _high: low == 0, lie=True)
+    assert isinstance(failure_of(ranged.fetch(REF, digest_of(data), liar, keep_path)), Transient)
+    honest = Source(data)
+    assert value_of(ranged.fetch(REF, digest_of(data), honest, keep_path)).read_bytes() == data
+    assert honest.asked < RANGE
+
+
+def test_a_new_process_resumes_from_what_is_on_disk(tmp_path: Path) -> None:
+    """After the process died mid-fill, a cache opened afresh asks only for the missing segments,
+    re-hashing the recorded ones once and fetching again any that did not hold up."""
+    root = tmp_path / "cache"
+    data = blob(300_000, seed=7)
+    expected = digest_of(data)
+    first = unsafe_perform_io(FileCache.open(root, range_bytes=RANGE).unwrap())
+    dies = Source(data, break_if=lambda low, _high: 150_000 <= low < 250_000)
+    failure_of(first.fetch(REF, expected, dies, keep_path))
+    # A recorded segment whose bytes did not survive (the record is written before any fsync).
+    partial = first.ref_dir(REF) / f".{version_of(expected)}.partial"
+    with partial.open("r+b") as handle:
+        handle.seek(FIRST_SEGMENT + 10)
+        handle.write(b"\x00" * 16)
+    again = unsafe_perform_io(FileCache.open(root, range_bytes=RANGE).unwrap())
     source = Source(data)
-    assert value_of(cache.fetch(REF, digest_of(data), source)).read_bytes() == data
-    assert source.starts == [10_000, 0]
-    assert partials(cache) == []
+    assert value_of(again.fetch(REF, expected, source, keep_path)).read_bytes() == data
+    (asked,) = source.calls
+    assert asked[0] == (FIRST_SEGMENT, FIRST_SEGMENT + SEGMENT_SIZE)  # the spoiled segment
+    assert source.asked <= 100_000 + RANGE + SEGMENT_SIZE
 
 
 def test_a_part_that_never_verifies_is_a_mismatch(cache: FileCache) -> None:
-    """Wrong bytes after the whole fetch too: PartMismatch, and no partial is kept."""
+    """Wrong bytes: PartMismatch, no entry and no partial kept."""
     data = blob(50_000, seed=7)
-    failure_of(cache.fetch(REF, digest_of(data), Source(data, stop_at=10_000)))
     wrong = Source(blob(50_000, seed=70))
-    assert isinstance(failure_of(cache.fetch(REF, digest_of(data), wrong)), PartMismatch)
-    assert wrong.starts == [10_000, 0]
-    assert partials(cache) == []
+    assert isinstance(failure_of(cache.fetch(REF, digest_of(data), wrong, keep_path)), PartMismatch)
+    assert not cache.version_path(REF, digest_of(data)).exists()
+    assert leftovers(cache) == []
 
 
-def test_resume_starts_at_the_first_gap_in_the_partial(cache: FileCache) -> None:
-    """A partial with later bytes written past a never-written gap (a download killed with
-    ranges in flight) resumes at the gap, rounded down to a whole MiB, not at its length."""
-    mib = 1024 * 1024
-    data = blob(3 * mib, seed=11)
-    expected = digest_of(data)
-    folder = cache.root / REF.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{REF.name}.big.{expected.root.hex()[:16]}.partial"
-    with partial.open("wb") as handle:
-        handle.write(data[: 3 * mib // 2])
-        handle.seek(2 * mib)  # leaves a hole from 1.5 MiB to 2 MiB
-        handle.write(data[2 * mib : 3 * mib - 1])
+def test_resumed_bytes_that_do_not_add_up_are_fetched_whole_once(ranged: FileCache) -> None:
+    """A resumed fill whose root does not match (the object changed between attempts) is
+    fetched whole once more instead of failing the download."""
+    data = blob(50_000, seed=8)
+    other = blob(50_000, seed=80)
+    failure_of(
+        ranged.fetch(REF, digest_of(data), Source(other, break_if=lambda lo, _h: lo > 0), keep_path)
+    )
     source = Source(data)
-    assert value_of(cache.fetch(REF, expected, source)).read_bytes() == data
-    assert source.starts == [mib]
+    assert value_of(ranged.fetch(REF, digest_of(data), source, keep_path)).read_bytes() == data
+    assert len(source.calls) == 2
+    assert source.calls[1][0][0] == 0
+    assert leftovers(ranged) == []
 
 
 def test_partial_of_another_version_is_removed(cache: FileCache) -> None:
-    """A partial named after another hash is stale: it is removed and the fill starts at 0."""
+    """A partial of another version is debris: the next fill of the ref removes it."""
     old, new = blob(40_000, seed=8), blob(40_000, seed=9)
-    failure_of(cache.fetch(REF, digest_of(old), Source(old, stop_at=20_000)))
-    (stale,) = partials(cache)
-    source = Source(new)
-    assert value_of(cache.fetch(REF, digest_of(new), source)).read_bytes() == new
-    assert source.starts == [0]
-    assert not (cache.root / REF.folder / stale).exists()
-
-
-def test_partial_longer_than_the_part_starts_over(cache: FileCache) -> None:
-    """A partial longer than the expected big part cannot be a prefix of it: fill from 0."""
-    data = blob(1000, seed=10)
-    failure_of(cache.fetch(REF, digest_of(data), Source(data, stop_at=500)))
-    (partial,) = partials(cache)
-    (cache.root / REF.folder / partial).write_bytes(b"\x01" * 5000)
-    source = Source(data)
-    assert value_of(cache.fetch(REF, digest_of(data), source)).read_bytes() == data
-    assert source.starts == [0]
+    failure_of(cache.fetch(REF, digest_of(old), Source(old, break_if=lambda *_: True), keep_path))
+    stale = cache.ref_dir(REF) / f".{version_of(digest_of(old))}.partial"
+    assert stale.exists()
+    assert value_of(cache.fetch(REF, digest_of(new), Source(new), keep_path)).read_bytes() == new
+    assert not stale.exists()
+    assert leftovers(cache) == []
 
 
 def test_empty_big_part_is_cached(cache: FileCache) -> None:
     """An empty big part verifies and is cached like any other."""
-    path = value_of(cache.fetch(REF, digest_of(b""), Source(b"")))
+    path = value_of(cache.fetch(REF, digest_of(b""), Source(b""), keep_path))
     assert path.read_bytes() == b""
 
 
-def test_stale_temps_are_collected_on_open(tmp_path: Path) -> None:
-    """Old temp and partial files go when the cache is opened; fresh ones, entries, locks stay."""
-    root = tmp_path / "cache"
-    folder = root / "models"
+def test_dead_writers_temps_go_at_once_live_ones_stay(cache: FileCache) -> None:
+    """The next fill removes a temp whose writer is gone (its lock free) whatever its age, and
+    keeps one whose writer still holds its lock."""
+    folder = cache.ref_dir(REF)
     folder.mkdir(parents=True)
-    names = {
-        "old_tmp": ".a.bin.big.tmp-0123abcd",
-        "old_partial": ".a.bin.big.0123456789abcdef.partial",
-        "fresh_partial": ".b.bin.big.fedcba9876543210.partial",
-        "entry": "a.bin.big",
-        "lock": ".a.bin.lock",
-    }
-    for name in names.values():
-        (folder / name).write_bytes(b"x")
-    now = time.time()
-    for key in ("old_tmp", "old_partial", "entry", "lock"):
-        os.utime(folder / names[key], (now - 3 * 86400, now - 3 * 86400))
-    FileCache.open(root, stale_after_seconds=86400, clock=lambda: now).unwrap()
-    left = sorted(p.name for p in folder.iterdir())
-    assert left == sorted([names["fresh_partial"], names["entry"], names["lock"]])
+    dead = folder / temp_name_for("x.big", "0123456789abcdef")
+    live = folder / temp_name_for("y.big", "fedcba9876543210")
+    dead.write_bytes(b"x" * 100)
+    live.write_bytes(b"y")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = blob(5000, seed=10)
+        value_of(cache.fetch(REF, digest_of(data), Source(data), keep_path))
+        assert not dead.exists()
+        assert live.exists()
+    finally:
+        os.close(fd)
 
 
 def test_two_threads_fetching_one_ref_fill_it_once(cache: FileCache) -> None:
     """Concurrent fetches of one ref: one fills, the other waits and gets the verified entry."""
     data = blob(300_000, seed=11)
-    calls: list[int] = []
+    calls: list[int] = []  # the thread of each fill call
     second_started = threading.Event()
     calls_lock = threading.Lock()
+    source = Source(data)
 
-    def slow_fill(temp: Path, start: int) -> IOResult[None, Problem]:
+    def slow_fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
         with calls_lock:
-            calls.append(start)
+            calls.append(threading.get_ident())
         second_started.wait(timeout=10)
         time.sleep(0.2)  # scheduling aid only: let the second thread reach the lock
-        with temp.open("r+b") as handle:
-            handle.seek(start)
-            handle.write(data[start:])
-        return IOSuccess(None)
+        return source(ranges, sink)
 
     results: list[IOResult[Path, Problem]] = []
 
     def fetch(signal: threading.Event | None) -> None:
         if signal is not None:
             signal.set()
-        results.append(cache.fetch(REF, digest_of(data), slow_fill))
+        results.append(cache.fetch(REF, digest_of(data), slow_fill, keep_path))
 
     first = threading.Thread(target=fetch, args=(None,))
     first.start()
@@ -270,8 +343,109 @@ def test_two_threads_fetching_one_ref_fill_it_once(cache: FileCache) -> None:
     second.start()
     first.join()
     second.join()
-    assert calls == [0]
+    assert len(set(calls)) == 1
     assert [value_of(result).read_bytes() == data for result in results] == [True, True]
+
+
+def refs(count: int) -> list[ResourceRef]:
+    return [ResourceRef("models", f"m{index}.bin") for index in range(count)]
+
+
+def test_the_bound_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    """With room for three parts, a fourth evicts the one used longest ago; the bytes held
+    never pass the bound."""
+    size = 20_000
+    cache = unsafe_perform_io(FileCache.open(tmp_path / "c", max_bytes=3 * size).unwrap())
+    parts = {ref: blob(size, seed=index) for index, ref in enumerate(refs(4))}
+    a, b, c, d = parts
+    for ref in (a, b, c):
+        value_of(cache.fetch(ref, digest_of(parts[ref]), Source(parts[ref]), keep_path))
+        time.sleep(0.01)
+    value_of(cache.fetch(a, digest_of(parts[a]), Source(parts[a]), keep_path))  # a is used again
+    value_of(cache.fetch(d, digest_of(parts[d]), Source(parts[d]), keep_path))
+    held = {item.name for item in cache.items() if item.kind == "entry"}
+    assert held == {a.name, c.name, d.name}
+    assert cache.usage() <= 3 * size
+
+
+def test_an_entry_in_use_is_never_evicted(tmp_path: Path) -> None:
+    """While one reader uses an entry, fills that need its room evict others instead, and when
+    nothing else can go the pinned entry still stays."""
+    size = 20_000
+    cache = unsafe_perform_io(FileCache.open(tmp_path / "c", max_bytes=2 * size).unwrap())
+    parts = {ref: blob(size, seed=index) for index, ref in enumerate(refs(3))}
+    a, b, c = parts
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(path: Path) -> IOResult[Path, Problem]:
+        inside.set()
+        release.wait(timeout=10)
+        return IOSuccess(path) if path.exists() else IOFailure(StorageFailed(str(path), "gone"))
+
+    results: list[IOResult[Path, Problem]] = []
+    reader = threading.Thread(
+        target=lambda: results.append(cache.fetch(a, digest_of(parts[a]), Source(parts[a]), hold))
+    )
+    reader.start()
+    assert inside.wait(timeout=10)
+    try:
+        for ref in (b, c):  # each needs room that only a's eviction could give
+            value_of(cache.fetch(ref, digest_of(parts[ref]), Source(parts[ref]), keep_path))
+        assert cache.version_path(a, digest_of(parts[a])).exists()
+        in_use = {item.name for item in cache.items() if item.in_use}
+        assert in_use == {a.name}
+    finally:
+        release.set()
+        reader.join()
+    assert value_of(results[0]).read_bytes() == parts[a]
+
+
+def test_prune_and_clear_skip_what_is_in_use(tmp_path: Path) -> None:
+    """prune removes what was last used before the cutoff; clear removes everything not in use."""
+    now = [1_000_000.0]
+    cache = unsafe_perform_io(FileCache.open(tmp_path / "c", clock=lambda: now[0]).unwrap())
+    parts = {ref: blob(3000, seed=index) for index, ref in enumerate(refs(3))}
+    for ref, data in parts.items():
+        value_of(cache.fetch(ref, digest_of(data), Source(data), keep_path))
+    old, recent, pinned = parts
+    for ref, age in ((old, 7200), (recent, 10), (pinned, 7200)):
+        stamp = cache.ref_dir(ref) / f".{version_of(digest_of(parts[ref]))}.verified"
+        os.utime(stamp, (now[0] - age, now[0] - age))
+    fd = os.open(cache.version_path(pinned, digest_of(parts[pinned])), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        removed = cache.prune(older_than=3600)
+        assert [item.name for item in removed] == [old.name]
+        cleared = cache.prune()
+        assert [item.name for item in cleared] == [recent.name]
+    finally:
+        os.close(fd)
+    assert [item.name for item in cache.items()] == [pinned.name]
+
+
+def test_a_full_disk_removes_the_partial_and_names_it(
+    ranged: FileCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while filling: the partial and its record go, the old entry stays, and the error
+    names the file that filled."""
+    old, new = blob(20_000, seed=12), blob(60_000, seed=13)
+    old_path = value_of(ranged.fetch(REF, digest_of(old), Source(old), keep_path))
+    real = ranges_module.write_all
+
+    def full(fd: int, data: bytes | memoryview, offset: int) -> None:
+        if offset > 30_000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(ranges_module, "write_all", full)
+    problem = failure_of(ranged.fetch(REF, digest_of(new), Source(new), keep_path))
+    assert isinstance(problem, StorageFailed)
+    partial = ranged.ref_dir(REF) / f".{version_of(digest_of(new))}.partial"
+    assert problem.what == str(partial)
+    assert "No space left" in problem.describe()
+    assert not partial.exists()
+    assert leftovers(ranged) == []
+    assert old_path.read_bytes() == old
 
 
 def produce_bytes(data: bytes, *, claim: bytes | None = None) -> Produce:
@@ -291,15 +465,15 @@ def test_store_moves_a_verified_entry_into_place(cache: FileCache) -> None:
     assert path.read_bytes() == data
     assert file_digest(path, FIRST_SEGMENT, SEGMENT_SIZE) == digest_of(data)
     source = Source(data)
-    assert value_of(cache.fetch(REF, digest_of(data), source)) == path
-    assert source.starts == []
-    assert partials(cache) == []
+    assert value_of(cache.fetch(REF, digest_of(data), source, keep_path)) == path
+    assert source.calls == []
+    assert leftovers(cache) == []
 
 
 def test_failed_store_keeps_the_previous_entry(cache: FileCache) -> None:
     """A produce that fails, or lies about its digest, leaves the old entry and no temp file."""
     old = blob(1000, seed=13)
-    value_of(cache.store(REF, produce_bytes(old)))
+    old_path = value_of(cache.store(REF, produce_bytes(old)))
 
     def failing(temp: Path) -> IOResult[BigPartDigest, Problem]:
         temp.write_bytes(b"half")
@@ -308,18 +482,20 @@ def test_failed_store_keeps_the_previous_entry(cache: FileCache) -> None:
     assert failure_of(cache.store(REF, failing)) == StorageFailed("seal", "disk full")
     lying = produce_bytes(blob(1000, seed=14), claim=blob(1000, seed=15))
     assert isinstance(failure_of(cache.store(REF, lying)), PartMismatch)
-    assert (cache.root / REF.key).read_bytes() == old
-    assert partials(cache) == []
+    assert old_path.read_bytes() == old
+    assert leftovers(cache) == []
 
 
-def test_discard_removes_entry_and_partials(cache: FileCache) -> None:
-    """discard removes the entry and any partial download; discarding nothing is fine."""
-    data = blob(2000, seed=16)
-    entry = value_of(cache.fetch(REF, digest_of(data), Source(data)))
-    leftover = entry.parent / f".{REF.name}.big.{'ab' * 8}.partial"
-    leftover.write_bytes(b"partial")
-    cache.discard(REF)
+def test_discard_removes_entries_and_partials(ranged: FileCache) -> None:
+    """discard removes every entry and partial of the ref; discarding nothing is fine."""
+    data, other = blob(20_000, seed=16), blob(40_000, seed=17)
+    entry = value_of(ranged.fetch(REF, digest_of(data), Source(data), keep_path))
+    failure_of(
+        ranged.fetch(REF, digest_of(other), Source(other, break_if=lambda *_: True), keep_path)
+    )
+    assert leftovers(ranged)
+    ranged.discard(REF)
     assert not entry.exists()
-    assert not leftover.exists()
-    cache.discard(ResourceRef("never", "seen"))
-    assert not (cache.root / "never").exists()
+    assert leftovers(ranged) == []
+    ranged.discard(ResourceRef("never", "seen"))
+    assert not (ranged.root / "never").exists()

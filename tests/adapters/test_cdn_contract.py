@@ -268,6 +268,7 @@ WRITE_ACTIONS = [
     "s3:PutObject",
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
+    "s3:ListBucketMultipartUploads",
 ]
 
 
@@ -279,6 +280,22 @@ def test_failed_multipart_upload_is_aborted(
     assert isinstance(s3_cdn.upload_file(REF, source, progress=FailAfter(6 * MIB)), IOFailure)
     uploads = moto_s3.s3_client().list_multipart_uploads(Bucket=s3_bucket)
     assert uploads.get("Uploads", []) == []
+
+
+def test_the_next_upload_aborts_stale_multipart_uploads_of_its_key(
+    s3_cdn: S3Cdn, moto_s3: MotoS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Unfinished multipart uploads of the key (a killed uploader's) are aborted by the next
+    successful upload; another key's are left alone."""
+    client = moto_s3.s3_client()
+    for key in (REF.key, REF.key, "models/other.bin.big"):
+        started = client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        client.upload_part(
+            Bucket=s3_bucket, Key=key, UploadId=started["UploadId"], PartNumber=1, Body=b"x"
+        )
+    value_of(s3_cdn.upload_file(REF, write(tmp_path / "src", payload(1000, seed=31))))
+    left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [upload["Key"] for upload in left] == ["models/other.bin.big"]
 
 
 def test_read_keys_cannot_put_under_iam(moto_s3: MotoS3, s3_bucket: str, tmp_path: Path) -> None:

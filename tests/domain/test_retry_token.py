@@ -17,8 +17,10 @@ from splitvault.domain.retry import (
     Retry,
     RetryPolicy,
     ServiceCode,
+    Streak,
     TransportFault,
     decide,
+    decide_streak,
     is_transient,
     parse_retry_after,
 )
@@ -201,3 +203,89 @@ def test_malformed_tokens_mean_refresh_now_never_crash(token: str) -> None:
     claims = read_claims(token)
     if claims is None or not isinstance(claims.get("exp"), int | float):
         assert timing.should_refresh(100.0)
+
+
+# -- streaks: the cap and the budget count only attempts without progress -------------------------
+
+STREAK_POLICY = RetryPolicy(base_delay=0.2, max_delay=10.0, max_attempts=6, budget=60.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    jitters=st.lists(st.floats(0.0, 0.999_999), min_size=1, max_size=200),
+    spent=st.lists(st.floats(0.0, 120.0), min_size=1, max_size=200),
+)
+def test_an_operation_that_keeps_progressing_is_never_given_up(
+    jitters: list[float], spent: list[float]
+) -> None:
+    """However many attempts fail and however long each takes, as long as every one made
+    progress, a transient failure is retried (with the first backoff)."""
+    now = 0.0
+    streak = Streak.start(now)
+    for jitter, seconds in zip(jitters, spent, strict=False):
+        now += seconds
+        streak = streak.after_failure(progressed=True, now=now)
+        decision = decide_streak(
+            STREAK_POLICY, streak, now=now, outcome=TransportFault("reset"), jitter=jitter
+        )
+        assert isinstance(decision, Retry)
+        assert decision.delay <= STREAK_POLICY.base_delay
+        now += decision.delay
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pattern=st.lists(st.booleans(), min_size=1, max_size=60),
+    jitter=st.floats(0.0, 0.999_999),
+)
+def test_the_cap_counts_only_attempts_in_a_row_without_progress(
+    pattern: list[bool], jitter: float
+) -> None:
+    """Give-up happens exactly when max_attempts failures in a row made no progress (the budget
+    being ample here), never earlier, whatever progressed before."""
+    now = 0.0
+    streak = Streak.start(now)
+    stalled = 0
+    for progressed in pattern:
+        now += 0.01
+        stalled = 0 if progressed else stalled + 1
+        streak = streak.after_failure(progressed=progressed, now=now)
+        assert streak.stalled == stalled
+        decision = decide_streak(
+            STREAK_POLICY, streak, now=now, outcome=TransportFault("reset"), jitter=jitter
+        )
+        if stalled >= STREAK_POLICY.max_attempts:
+            assert isinstance(decision, GiveUp)
+            return
+        assert isinstance(decision, Retry)
+        now += decision.delay
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stalls=st.lists(st.floats(0.0, 30.0), min_size=1, max_size=10),
+    jitter=st.floats(0.0, 0.999_999),
+)
+def test_a_retry_is_never_scheduled_past_the_budget_since_the_last_progress(
+    stalls: list[float], jitter: float
+) -> None:
+    """Without progress, no retry's wait ends beyond ``budget`` seconds after the last
+    progress; a deadline caps the whole operation even while it progresses."""
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0, max_attempts=50, budget=20.0)
+    now = 100.0
+    streak = Streak.start(0.0).after_failure(progressed=True, now=now)
+    for seconds in stalls:
+        decision = decide_streak(
+            policy, streak, now=now, outcome=TransportFault("timeout"), jitter=jitter
+        )
+        if isinstance(decision, GiveUp):
+            break
+        assert isinstance(decision, Retry)
+        assert now + decision.delay - streak.since <= policy.budget
+        now += decision.delay + seconds
+        streak = streak.after_failure(progressed=False, now=now)
+    capped = RetryPolicy(base_delay=1.0, max_delay=8.0, max_attempts=50, budget=20.0, deadline=50.0)
+    late = Streak.start(0.0).after_failure(progressed=True, now=50.0)
+    assert isinstance(
+        decide_streak(capped, late, now=50.0, outcome=TransportFault("reset"), jitter=0.5), GiveUp
+    )

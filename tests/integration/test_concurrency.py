@@ -4,14 +4,24 @@ Threads share one ``Client`` (one API session, one CDN client, one cache): every
 uploaded plaintext, the account logs in once, and each big part is fetched from S3 once (the
 cache's per-entry lock makes later threads wait for the first and then hit the cache). Two
 processes downloading the same resource into the same cache fetch the big part once between them.
+Eight processes sharing one bounded cache keep it within its bound and never evict an entry in
+use.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from splitvault.app.client.usecases import DownloadReport
+from splitvault.domain.digest import digest_bytes
 from splitvault.domain.ref import ResourceRef
 from tests.support import worker
 from tests.support.fault_proxy import Fault, FaultProxy
@@ -99,3 +109,81 @@ def test_two_processes_share_one_cache(stack: Stack, s3_proxy: FaultProxy, tmp_p
     assert (tmp_path / "b.bin").read_bytes() == plaintext
     assert big_part_gets(s3_proxy, stack, ref) == 1
     assert sorted(result["cache_hit"] for result in results) == [False, True]
+
+
+# -- a bounded cache shared by eight processes -------------------------------------------------
+
+PROCESSES = 8
+PART = MiB
+BOUND = 10 * PART  # room for every process's entry in use plus one being filled
+OBJECTS = 14
+FIRST_SEGMENT, SEGMENT_SIZE = 4096, 64 * 1024 + 16
+
+
+def cache_bytes(root: Path) -> int:
+    """What the cache holds by the bound's count: entries, partials, parts being stored."""
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith((".big", ".partial", ".incoming")) or name.startswith("..incoming"):
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(directory, name)).st_size
+    return total
+
+
+@pytest.mark.slow
+def test_the_cache_bound_holds_under_eight_processes_and_spares_entries_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Eight processes fetch random parts (more than fit) through one bounded cache, each
+    holding its entry a while: the bytes on disk never pass the bound, evictions do happen,
+    and no entry is evicted while a process uses it."""
+    cdn_root, cache_root = tmp_path / "cdn", tmp_path / "cache"
+    objects = []
+    for index in range(OBJECTS):
+        data = random.Random(index).randbytes(PART)
+        path = cdn_root / "models" / f"part-{index}.bin.big"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        root = digest_bytes(data, FIRST_SEGMENT, SEGMENT_SIZE).hex()
+        objects.append(["models", f"part-{index}.bin", PART, root, FIRST_SEGMENT, SEGMENT_SIZE])
+    cache_root.mkdir()
+    peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], cache_bytes(cache_root))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    spec = {
+        "op": "churn",
+        "cache": str(cache_root),
+        "cdn": str(cdn_root),
+        "max_bytes": BOUND,
+        "objects": objects,
+        "fetches": 12,
+        "hold": 0.05,
+    }
+    processes = [worker.start({**spec, "seed": seed}) for seed in range(PROCESSES)]
+    try:
+        results = [worker.outcome(process, timeout=300) for process in processes]
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert all(result["ok"] for result in results), results
+    assert [result["failures"] for result in results] == [[]] * PROCESSES
+    assert sum(result["fetches"] for result in results) == PROCESSES * 12
+    fills = sum(result["fills"] for result in results)
+    evicted_in_use = sum(result["evicted_in_use"] for result in results)
+    with capsys.disabled():
+        print(
+            f"\n[8 processes, bound {BOUND} B] peak {peak[0]} B, {fills} fills for "
+            f"{PROCESSES * 12} fetches of {OBJECTS} parts, {evicted_in_use} evicted in use"
+        )
+    assert fills > OBJECTS  # more parts were used than fit: entries were evicted and refetched
+    assert peak[0] <= BOUND
+    assert evicted_in_use == 0
+    assert cache_bytes(cache_root) <= BOUND

@@ -6,8 +6,9 @@ N bytes have passed, while it writes the output, or after a random short delay. 
 cache entry is absent or complete and verified, the output file absent or complete with the right
 bytes, nothing but temp, partial and lock files sits beside them, an upload killed before its API
 write has left no small part at the API (the commit point), and the next run succeeds — resuming
-the killed download's partial file, and collecting the temp files the killed process left (they
-are aged here instead of waiting an hour).
+the killed download's partial file (asking only for the segments not on disk, plus at most one
+range), and removing at once the temp files the killed process left (their writer's lock is gone;
+no waiting for them to age).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import attrs
 import pytest
 
 from splitvault.adapters.atomic_file import is_temp_name, is_temp_of
-from splitvault.adapters.file_cache import file_digest
+from splitvault.adapters.file_cache import file_digest, version_of
 from splitvault.app.client.usecases import DownloadReport
+from splitvault.domain.digest import segment_bounds
 from splitvault.domain.ports import BigPartDigest
 from splitvault.domain.ref import ResourceRef
 from tests.support import worker
@@ -48,7 +50,7 @@ pytestmark = pytest.mark.slow
 MiB = 1 << 20
 SIZE = 4 * MiB
 REF = ResourceRef("models", "crash-test.bin")
-AGED = 2 * 24 * 3600.0  # older than every collection threshold
+RANGE = 8 * MiB  # what the cache asks the CDN for at a time
 # A worker starts in ~0.4 s and finishes in well under a second: kill somewhere in between.
 _RANDOM = random.Random(7)
 DELAYS = sorted(round(_RANDOM.uniform(0.3, 0.8), 2) for _ in range(3))
@@ -172,18 +174,39 @@ def sha256(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()
 
 
+def ref_dir(world: World) -> Path:
+    """The cache directory holding every version of REF."""
+    return world.cache / REF.folder / REF.name
+
+
+def entry_of(world: World, part: BigPartDigest) -> Path:
+    """Where the cache entry of this version of REF lives."""
+    return ref_dir(world) / f"{version_of(part)}.big"
+
+
+def recorded_bytes(world: World, part: BigPartDigest) -> int:
+    """The bytes of the segments the partial's record says have landed (0 without a record)."""
+    record = ref_dir(world) / f".{version_of(part)}.ranges"
+    if not record.exists():
+        return 0
+    bounds = list(segment_bounds(part.length, part.first_segment, part.segment_size))
+    lines = record.read_text().splitlines()[1:]
+    indexes = {int(line.split()[0]) for line in lines if len(line.split()) == 2}
+    return sum(bounds[i][1] - bounds[i][0] for i in indexes if i < len(bounds))
+
+
 def allowed_in_cache(name: str) -> bool:
-    """The entry, its verification stamp, its lock, a partial download of it, or a temp file."""
+    """An entry, its stamp, the lock, a partial and its record, an incoming store, a temp."""
     return (
-        name in (REF.name + ".big", f".{REF.name}.big.verified", f".{REF.name}.lock")
-        or (name.startswith(f".{REF.name}.big.") and name.endswith(".partial"))
+        name.endswith((".big", ".verified", ".partial", ".ranges"))
+        or name in (".lock", ".incoming")
         or is_temp_name(name)
     )
 
 
 def check_no_junk(world: World) -> None:
     """Only the final files, temps, partials and locks sit in the cache folder and output dir."""
-    folder = world.cache / REF.folder
+    folder = ref_dir(world)
     cache_names = os.listdir(folder) if folder.exists() else []
     assert all(allowed_in_cache(name) for name in cache_names), cache_names
     out_names = os.listdir(world.out.parent) if world.out.parent.exists() else []
@@ -192,18 +215,19 @@ def check_no_junk(world: World) -> None:
     )
 
 
-def age_temps(world: World) -> list[Path]:
-    """Push the temp files the killed process left two days into the past; return them."""
-    aged = []
-    for directory in (world.cache / REF.folder, world.out.parent):
-        if not directory.exists():
-            continue
-        for name in os.listdir(directory):
-            if is_temp_name(name):
-                old = time.time() - AGED
-                os.utime(directory / name, (old, old))
-                aged.append(directory / name)
-    return aged
+def temps_left(world: World) -> list[Path]:
+    """The temp files the killed process left in the cache folder and beside the output."""
+    found = []
+    for directory in (ref_dir(world), world.out.parent):
+        if directory.exists():
+            found += [directory / name for name in os.listdir(directory) if is_temp_name(name)]
+    return found
+
+
+def settled(world: World, part: BigPartDigest) -> list[str]:
+    """What a finished cache folder holds: the entry, its stamp and the lock."""
+    version = version_of(part)
+    return sorted([f"{version}.big", f".{version}.verified", ".lock"])
 
 
 @pytest.fixture
@@ -233,33 +257,27 @@ def test_a_killed_download_leaves_a_consistent_state(
 
     run_and_kill(world, world.spec("download", DOWNLOADER, world.out), DOWNLOAD_POINTS[point])
 
-    entry = world.cache / REF.key
+    entry = entry_of(world, big_part)
     assert not entry.exists() or entry_root(entry, big_part) == big_part.root
     assert not world.out.exists() or world.out.read_bytes() == plaintext
     check_no_junk(world)
-    partial_bytes = (
-        sum(path.stat().st_size for path in (world.cache / REF.folder).glob(".*.partial"))
-        if (world.cache / REF.folder).exists()
-        else 0
-    )
-    aged = age_temps(world)
+    on_disk = big_part.length if entry.exists() else recorded_bytes(world, big_part)
+    left = temps_left(world)
 
     report: DownloadReport = value(
         download(stack.client(DOWNLOADER, cache=world.cache), REF, world.out)
     )
     assert world.out.read_bytes() == plaintext
     assert entry_root(entry, big_part) == big_part.root
-    if partial_bytes:
-        assert report.fill_starts[0] == partial_bytes  # the killed download was resumed
-    assert not any(path.exists() for path in aged)  # the leftovers were collected
+    # The rerun asked only for what was not on disk, plus at most one range.
+    assert report.fetched_bytes <= big_part.length - on_disk + RANGE
+    assert not any(path.exists() for path in left)  # the dead writer's temps went at once
     assert sorted(os.listdir(world.out.parent)) == [world.out.name]
-    assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
-        [REF.name + ".big", f".{REF.name}.big.verified", f".{REF.name}.lock"]
-    )
+    assert sorted(os.listdir(ref_dir(world))) == settled(world, big_part)
 
 
 UPLOAD_POINTS = {
-    "while-sealing-into-the-cache": when_temp_appears(lambda world: world.cache / REF.key),
+    "while-sealing-into-the-cache": when_temp_appears(lambda world: ref_dir(world) / ".incoming"),
     "s3-stalls-mid-upload": when_s3_holds(
         Fault("stall", after=MiB, direction="up", trigger=b"PUT /")
     ),
@@ -287,7 +305,8 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
         assert on_cdn == []  # an interrupted PUT leaves no object
     if point == "api-holds-the-commit":
         assert on_cdn == [REF.key]  # the big part is there, orphaned but harmless
-    entry = world.cache / REF.key
+    entries = list(ref_dir(world).glob("*.big")) if ref_dir(world).exists() else []
+    entry = entries[0] if entries else ref_dir(world) / "none.big"
     if entry.exists() and on_cdn:
         cdn_bytes = s3.get_object(Bucket=stack.bucket, Key=REF.key)["Body"].read()
         assert hashlib.sha256(cdn_bytes).digest() == sha256(entry)
@@ -297,46 +316,88 @@ def test_a_killed_upload_commits_all_or_nothing(world: World, tmp_path: Path, po
         value(download(stack.client(DOWNLOADER, machine="machine-a"), REF, out))
         assert out.read_bytes() == plaintext
     check_no_junk(world)
-    aged = age_temps(world)
+    left = temps_left(world)
 
-    value(upload(stack.client(UPLOADER, cache=world.cache), REF, source))
+    report = value(upload(stack.client(UPLOADER, cache=world.cache), REF, source))
     out = tmp_path / "after.bin"
     value(download(stack.client(DOWNLOADER, cache=tmp_path / "reader-cache"), REF, out))
     assert out.read_bytes() == plaintext
-    assert not any(path.exists() for path in aged)
-    assert sorted(os.listdir(world.cache / REF.folder)) == sorted(
-        [REF.name + ".big", f".{REF.name}.big.verified", f".{REF.name}.lock"]
-    )
+    assert not any(path.exists() for path in left)
+    assert sorted(os.listdir(ref_dir(world))) == settled(world, report.big_part)
 
 
 def test_a_download_killed_with_ranges_in_flight_resumes_without_holes(
-    world: World, tmp_path: Path
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Killed while several ranges are in flight (one stalled, later ones done): the next run
-    resumes from the first unwritten byte, not from the file's length, and succeeds."""
+    """Killed while several ranges are in flight (one stalled, later ones done): the rerun asks
+    only for the segments not on disk (the stalled range's among them) plus at most one range,
+    not for everything from the first hole."""
     stack = world.stack
-    plaintext = write_model(tmp_path / "src.bin", 20 * MiB)
+    plaintext = write_model(tmp_path / "src.bin", 40 * MiB)
     uploaded = value(upload(stack.client(UPLOADER), REF, tmp_path / "src.bin"))
+    part = uploaded.big_part
     arm, stalled = when_s3_holds(Fault("stall", after=2 * MiB, trigger=b"Range: bytes=0-"))
 
     def later_ranges_landed(world: World, process: subprocess.Popen[str]) -> None:
         stalled(world, process)
-        for _ in range(2000):  # bounded: until bytes past the first range are on disk (~20 s)
-            partials = list((world.cache / REF.folder).glob(".*.partial"))
-            if partials and partials[0].stat().st_size > 8 * MiB:
+        for _ in range(2000):  # bounded: until ranges past the stalled one are on disk (~20 s)
+            if recorded_bytes(world, part) > 16 * MiB:
                 return
             time.sleep(0.01)
 
     run_and_kill(world, world.spec("download", DOWNLOADER, world.out), (arm, later_ranges_landed))
-    partials = list((world.cache / REF.folder).glob(".*.partial"))
-    assert len(partials) == 1
-    assert partials[0].stat().st_size > 8 * MiB  # later ranges landed beyond a hole
+    on_disk = recorded_bytes(world, part)
+    assert on_disk > 16 * MiB  # later ranges landed beyond the stalled first one
 
     report: DownloadReport = value(
         download(stack.client(DOWNLOADER, cache=world.cache), REF, world.out)
     )
     assert world.out.read_bytes() == plaintext
-    assert entry_root(world.cache / REF.key, uploaded.big_part) == uploaded.big_part.root
-    # Resumed at the hole (rounded down to a whole MiB; 0 when the first range had not written a
-    # whole MiB when it was killed), never at the end of the file past the hole.
-    assert report.fill_starts[0] <= 2 * MiB
+    assert entry_root(entry_of(world, part), part) == part.root
+    missing = part.length - on_disk
+    with capsys.disabled():
+        print(
+            f"\n[kill mid-download] {on_disk} B on disk, {missing} B missing, rerun fetched "
+            f"{report.fetched_bytes} B ({report.fetched_bytes - missing} B beyond the missing)"
+        )
+    assert report.fetched_bytes <= missing + RANGE
+    assert sorted(os.listdir(ref_dir(world))) == settled(world, part)
+
+
+def test_ten_killed_multipart_uploads_leave_nothing_after_one_good_upload(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ten uploaders SIGKILLed while their multipart upload is under way leave unfinished
+    uploads in the bucket; the next good upload of the key aborts every one of them."""
+    stack = world.stack
+    source = tmp_path / "src.bin"
+    plaintext = write_model(source, 20 * MiB)
+
+    def parts_under_way(world: World, process: subprocess.Popen[str]) -> None:
+        seen = len(world.s3.snapshot().requests)
+
+        def a_part_was_sent(counters: Any) -> bool:
+            return any("partNumber=" in path for _, path in counters.requests[seen:])
+
+        world.s3.wait_for(a_part_was_sent, timeout=60)
+
+    for _ in range(10):
+        run_and_kill(
+            world, world.spec("upload", UPLOADER, source), ((lambda _w: None), parts_under_way)
+        )
+    s3 = stack.moto.s3_client()
+
+    def unfinished() -> list[str]:
+        uploads = s3.list_multipart_uploads(Bucket=stack.bucket).get("Uploads", [])
+        return [upload["Key"] for upload in uploads]
+
+    before = unfinished()
+    assert len(before) >= 5, before  # the kills really left unfinished uploads behind
+
+    value(upload(stack.client(UPLOADER, cache=world.cache), REF, source))
+    with capsys.disabled():
+        print(f"\n[multipart] {len(before)} unfinished after 10 kills, {len(unfinished())} after")
+    assert unfinished() == []
+    out = tmp_path / "after.bin"
+    value(download(stack.client(DOWNLOADER, cache=tmp_path / "reader-cache"), REF, out))
+    assert out.read_bytes() == plaintext

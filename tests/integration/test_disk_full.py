@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from splitvault.adapters import s3_cdn
+from splitvault.adapters import ranges
+from splitvault.adapters.file_cache import FileCache
 from splitvault.app.client import pipeline
 from splitvault.domain.errors import StorageFailed
 from splitvault.domain.ref import ResourceRef
@@ -46,18 +47,18 @@ class WriteBudget:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         pwrite_all = pipeline._pwrite_all
-        write_all = s3_cdn._write_all
+        write_all = ranges.write_all
 
         def checked_pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
             self.check(fd, len(buf))
             pwrite_all(fd, buf, offset)
 
-        def checked_write_all(fd: int, data: bytes, offset: int) -> None:
+        def checked_write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             self.check(fd, len(data))
             write_all(fd, data, offset)
 
         monkeypatch.setattr(pipeline, "_pwrite_all", checked_pwrite_all)
-        monkeypatch.setattr(s3_cdn, "_write_all", checked_write_all)
+        monkeypatch.setattr(ranges, "write_all", checked_write_all)
 
 
 def _mount_tmpfs(path: Path, size: int) -> bool:
@@ -107,7 +108,7 @@ def test_a_full_cache_keeps_the_previous_entry_when_sealing(
     writer = stack.client(UPLOADER, cache=cache)
     first = write_model(tmp_path / "v1.bin", MiB, seed=1)
     value(upload(writer, REF, tmp_path / "v1.bin"))
-    entry = cache / REF.key
+    entry = FileCache(cache).entry_path(REF)
     before = digest(entry)
     small_before = stack.small_part(REF)
 
@@ -116,7 +117,8 @@ def test_a_full_cache_keeps_the_previous_entry_when_sealing(
 
     assert isinstance(problem, StorageFailed)
     assert digest(entry) == before
-    assert sorted(os.listdir(entry.parent)) == sorted([entry.name, f".{REF.name}.lock"])
+    stamp = f".{entry.name.removesuffix('.big')}.verified"
+    assert sorted(os.listdir(entry.parent)) == sorted([entry.name, stamp, ".lock"])
     assert stack.small_part(REF) == small_before  # nothing was committed
     out = tmp_path / "still-v1.bin"
     value(download(stack.client(DOWNLOADER), REF, out))
@@ -159,4 +161,36 @@ def test_a_full_cache_fails_the_download_at_once(
     assert isinstance(problem, StorageFailed)
     assert s3_proxy.requests_matching("GET", f"/{stack.bucket}/{REF.key}") == 1
     assert not out.exists()
-    assert not (cache / REF.key).exists()
+    assert not FileCache(cache).entry_path(REF).exists()
+    assert sorted(os.listdir(cache / REF.folder / REF.name)) == [".lock"]  # no partial left
+
+
+def test_a_full_cache_during_a_fill_keeps_the_old_entry_and_names_the_partial(
+    stack: Stack, small_disk: SmallDisk, tmp_path: Path
+) -> None:
+    """A new version that fills the disk mid-fill: the error names the partial that filled,
+    the partial and its record are gone, and the old version's entry is intact and serves."""
+    cache = small_disk("reader-cache", 6 * MiB)
+    writer = stack.client(UPLOADER)
+    reader = stack.client(DOWNLOADER, cache=cache)
+    first = write_model(tmp_path / "v1.bin", MiB, seed=1)
+    value(upload(writer, REF, tmp_path / "v1.bin"))
+    value(download(reader, REF, tmp_path / "v1.out"))
+    old_entry = FileCache(cache).entry_path(REF)
+    before = digest(old_entry)
+
+    write_model(tmp_path / "v2.bin", 12 * MiB, seed=2)
+    value(upload(writer, REF, tmp_path / "v2.bin"))
+    problem = failure(download(reader, REF, tmp_path / "v2.out"))
+
+    assert isinstance(problem, StorageFailed)
+    assert problem.what.startswith(str(cache / REF.folder / REF.name / "."))
+    assert problem.what.endswith(".partial")
+    assert "No space left" in problem.describe()
+    names = os.listdir(cache / REF.folder / REF.name)
+    assert not [name for name in names if name.endswith((".partial", ".ranges"))], names
+    assert digest(old_entry) == before
+    assert not (tmp_path / "v2.out").exists()
+    # The old version still opens from its entry (a rollback or a reader of it loses nothing).
+    assert sorted(name for name in names if name.endswith(".big")) == [old_entry.name]
+    assert (tmp_path / "v1.out").read_bytes() == first

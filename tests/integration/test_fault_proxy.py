@@ -154,6 +154,17 @@ def test_a_fault_fires_only_as_often_as_asked(proxy: FaultProxy) -> None:
         assert read_until_end(second)[0] == PAYLOAD
 
 
+def test_every_third_connection_gets_the_fault(proxy: FaultProxy) -> None:
+    """``every=3``: connections 3 and 6 are reset, the others pass."""
+    proxy.behave(Fault("reset", after=0), every=3)
+    outcomes = []
+    for _ in range(6):
+        with connect(proxy) as sock:
+            outcomes.append(read_until_end(sock)[0] == PAYLOAD)
+    assert outcomes == [True, True, False, True, True, False]
+    assert proxy.snapshot().resets == 2
+
+
 def test_trigger_holds_back_the_request_that_contains_it(
     proxy: FaultProxy, upstream: Upstream
 ) -> None:

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from splitvault import ApiClient, ApiCredentials
+from splitvault.adapters.file_cache import FileCache
 from splitvault.adapters.fixed_hardware import FixedHardware
+from splitvault.domain.ref import ResourceRef
 from tests.support.inotify import CreatedFiles
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
 
@@ -209,7 +211,7 @@ def test_open_resource_of_1_gib_with_random_seeks_adds_under_64_mib(
 # --- no plaintext file ---------------------------------------------------------------------------
 
 
-CACHE_SUFFIXES = (".big", ".partial", ".verified", ".lock")
+CACHE_SUFFIXES = (".big", ".partial", ".ranges", ".verified", ".lock", ".incoming")
 
 
 def _cache_artifact(path: Path) -> bool:
@@ -271,5 +273,5 @@ def test_no_plaintext_file_is_created_by_either_call(
     assert [p for p in created.paths if not _cache_artifact(p)] == []
     if cache_state == "cold":
         assert any(p.name.endswith(".big") for p in created.paths)  # the watch saw the fill
-    entry = cache / "models" / "secret.bin.big"
+    entry = FileCache(cache).entry_path(ResourceRef("models", "secret.bin"))
     assert entry.is_file() and marker not in entry.read_bytes()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -26,7 +26,7 @@ from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.app.cli.main import main
 from splitvault.app.client.errors import InvalidNameError
 from splitvault.domain.errors import AccessDenied, InvalidRef, Problem
-from splitvault.domain.ports import BigPartDigest
+from splitvault.domain.ports import BigPartDigest, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import (
     HOSTILE_NAMES,
@@ -367,14 +367,14 @@ def test_cache_refuses_a_folder_linked_outside_its_root(tmp_path: Path) -> None:
     ref = ResourceRef("models", "model.bin")
     expected = BigPartDigest(4, b"\x00" * 32)
 
-    filled: list[Path] = []
+    filled: list[Sequence[Span]] = []
 
-    def fill(partial: Path, start: int) -> IOResult[None, Problem]:
-        filled.append(partial)
-        partial.write_bytes(b"data")
+    def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
+        filled.append(ranges)
+        sink.write(0, b"data")
         return IOSuccess(None)
 
-    problem = failure(cache.fetch(ref, expected, fill))
+    problem = failure(cache.fetch(ref, expected, fill, IOSuccess))
     assert "outside" in problem.describe()
     assert filled == []
     assert list(elsewhere.iterdir()) == []

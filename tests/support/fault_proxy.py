@@ -229,6 +229,8 @@ class FaultProxy:
         self._fault: Fault = PASS
         self._shots: int | None = None  # how often the fault may still fire; None: always
         self._released = 0  # bumped by release(); a stalled connection waits for a change
+        self._every = 1  # only every n-th new connection gets the fault (behave(every=n))
+        self._since_behave = 0
         self._drop_held = False
         self._counters = ProxyCounters()
         self._listener: socket.socket | None = None
@@ -284,13 +286,21 @@ class FaultProxy:
 
     # -- switches ------------------------------------------------------------------------------
 
-    def behave(self, fault: Fault, *, times: int | None = None) -> None:
-        """Apply ``fault`` to every new connection; with ``times``, let it fire that often only."""
+    def behave(self, fault: Fault, *, times: int | None = None, every: int = 1) -> None:
+        """Apply ``fault`` to every new connection; with ``times``, let it fire that often only.
+
+        With ``every=n`` only every n-th new connection (counted from this call) gets the fault;
+        the others pass through.
+        """
         if times is not None and times < 0:
             raise ValueError("times must be >= 0")
+        if every < 1:
+            raise ValueError("every must be >= 1")
         with self._lock:
             self._fault = fault
             self._shots = times
+            self._every = every
+            self._since_behave = 0
 
     def refuse(self, refusing: bool) -> None:
         """Refuse new connections (``ECONNREFUSED``) or accept them again; the port is kept.
@@ -418,7 +428,9 @@ class FaultProxy:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._counters.connections += 1
-                connection = _Connection(self, client, self._fault)
+                self._since_behave += 1
+                chosen = self._fault if self._since_behave % self._every == 0 else PASS
+                connection = _Connection(self, client, chosen)
                 self._connections.append(connection)
                 self._lock.notify_all()
             thread = threading.Thread(target=connection.serve, name="fault-proxy-conn", daemon=True)

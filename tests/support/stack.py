@@ -212,6 +212,7 @@ def running_stack(
             "s3:ListBucket",
             "s3:AbortMultipartUpload",
             "s3:ListMultipartUploadParts",
+            "s3:ListBucketMultipartUploads",  # the next upload aborts a killed one's parts
         ],
         bucket,
     )

@@ -1,7 +1,8 @@
 """A splitvault client in its own process, for crash and multi-process tests.
 
 Run ``python -m tests.support.worker '<json spec>'`` from the repository root. The spec names the
-operation (``download`` or ``upload``), the API URL and account, the simulated machine, the cache
+operation (``download``, ``upload``, or ``churn``: random fetches from a bounded cache shared with
+other workers, see ``churn``), the API URL and account, the simulated machine, the cache
 directory, the resource and the local file. The worker builds a client through the real
 composition root, runs the use case with the client's retrier and prints one JSON line: ``{"ok":
 true, ...report}`` or ``{"ok": false, "failure": "<type>", "detail": "..."}``. Its exit code is 0
@@ -94,9 +95,62 @@ def _operate(
     )
 
 
+def churn(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
+    """Fetch random entries of a bounded cache shared with other processes, holding each.
+
+    The objects sit in a directory CDN; each use holds its entry ``hold`` seconds and checks at
+    the end that the entry still has its name and inode (it was not evicted while in use).
+    """
+    import random
+    import time
+
+    from returns.io import IOSuccess
+
+    from splitvault.adapters.directory_cdn import DirectoryCdn
+    from splitvault.adapters.file_cache import FileCache
+    from splitvault.domain.ports import BigPartDigest, RangeSink, Span
+
+    cache = unsafe_perform_io(
+        FileCache.open(Path(spec["cache"]), max_bytes=int(spec["max_bytes"])).unwrap()
+    )
+    cdn = DirectoryCdn(Path(spec["cdn"]))
+    chooser = random.Random(int(spec["seed"]))
+    stats = {"fetches": 0, "fills": 0, "evicted_in_use": 0}
+    failures: list[str] = []
+
+    for _ in range(int(spec["fetches"])):
+        folder, name, length, root, first, size = chooser.choice(spec["objects"])
+        ref = ResourceRef(folder, name)
+        expected = BigPartDigest(length, bytes.fromhex(root), first, size)
+
+        def fill(ranges: Any, sink: RangeSink, ref: ResourceRef = ref) -> IOResult[None, Problem]:
+            stats["fills"] += 1
+            spans: list[Span] = list(ranges)
+            return cdn.download_ranges(ref, spans, sink).map(lambda _: None)
+
+        def use(path: Path) -> IOResult[int, Problem]:
+            inode = os.stat(path).st_ino
+            time.sleep(float(spec["hold"]))
+            try:
+                still = os.stat(path).st_ino == inode
+            except FileNotFoundError:
+                still = False
+            if not still:
+                stats["evicted_in_use"] += 1
+            return IOSuccess(inode)
+
+        result = cache.fetch(ref, expected, fill, use)
+        if is_successful(result):
+            stats["fetches"] += 1
+        else:
+            failures.append(unsafe_perform_io(result.failure()).describe())
+    return IOSuccess({**stats, "failures": failures})
+
+
 def main(argv: list[str]) -> int:
     """Run the spec in ``argv[1]``; print the outcome as JSON."""
-    result = run(json.loads(argv[1]))
+    spec = json.loads(argv[1])
+    result = churn(spec) if spec.get("op") == "churn" else run(spec)
     if is_successful(result):
         print(json.dumps({"ok": True, **unsafe_perform_io(result.unwrap())}), flush=True)
         return 0

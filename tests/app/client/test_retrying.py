@@ -144,3 +144,59 @@ def test_the_loop_never_breaks_the_policy(
     assert sum(sleep.waits) <= policy.budget
     finals = [f for f in script_failures[: script.calls] if not is_transient(outcome_of(f))]
     assert len(finals) <= 1  # a final failure ends the loop
+
+
+class Advancing:
+    """A download that fails ``failures`` times, moving ``step`` bytes each time, then finishes."""
+
+    def __init__(self, failures: int, step: int) -> None:
+        self.left = failures
+        self.step = step
+        self.moved = 0
+        self.calls = 0
+
+    def progress(self) -> int:
+        return self.moved
+
+    def __call__(self) -> IOResult[str, Problem]:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            self.moved += self.step
+            return IOFailure(Transient("cdn", "connection reset"))
+        return IOSuccess("done")
+
+
+def test_a_download_that_keeps_advancing_finishes_past_the_attempt_cap() -> None:
+    """Twenty failures that each moved bytes (four times the cap of five): it finishes, and every
+    wait is the first backoff, since every attempt made progress."""
+    loop, sleep = retrier()
+    download = Advancing(failures=20, step=1 << 20)
+    assert value(loop.run("download", download, progress=download.progress)) == "done"
+    assert download.calls == 21
+    assert sleep.waits == [0.25] * 20  # jitter 0.5 x the first ceiling 0.5
+
+
+def test_attempts_without_progress_still_hit_the_cap() -> None:
+    """The same failures without progress: exactly max_attempts calls."""
+    loop, _ = retrier()
+    download = Advancing(failures=20, step=0)
+    problem = failure(loop.run("download", download, progress=download.progress))
+    assert isinstance(problem, Transient)
+    assert download.calls == POLICY.max_attempts
+
+
+def test_progress_then_stall_counts_the_stall_only() -> None:
+    """Three progressing failures, then none progress: 3 + max_attempts calls in all."""
+    loop, _ = retrier()
+
+    class ThenStuck(Advancing):
+        def __call__(self) -> IOResult[str, Problem]:
+            self.calls += 1
+            if self.calls <= 3:
+                self.moved += 1
+            return IOFailure(Transient("cdn", "connection reset"))
+
+    download = ThenStuck(failures=0, step=0)
+    failure(loop.run("download", download, progress=download.progress))
+    assert download.calls == 3 + POLICY.max_attempts
