@@ -78,14 +78,16 @@ def test_legacy_into_memory_matches_the_original_format(
 
 
 def test_legacy_into_memory_refuses_a_wrong_key(tmp_path: Path) -> None:
-    """Bad padding under a wrong key is ``WrongKey`` (what the format can tell)."""
+    """Bad padding under a wrong key is ``WrongKey`` (what the format can tell).
+
+    Fixed keys and IV: about one random wrong key in 256 leaves valid PKCS#7 padding (the legacy
+    suite has no integrity), so random keys made this test fail now and then.
+    """
     small, big = seal_legacy_bytes(b"x" * 1000, bytes(32), bytes(16))
     (tmp_path / "big").write_bytes(big)
-    problems = {
-        type(failure(open_legacy_into_memory(small, tmp_path / "big", os.urandom(32), 1)))
-        for _ in range(8)
-    }
-    assert WrongKey in problems
+    for wrong in (bytes([1]) * 32, bytes([2]) * 32, bytes(range(32))):
+        problem = failure(open_legacy_into_memory(small, tmp_path / "big", wrong, 1))
+        assert isinstance(problem, WrongKey)
 
 
 @TMP
