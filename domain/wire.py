@@ -23,6 +23,10 @@ HEALTH_PATH: Final = "/healthz"
 READY_PATH: Final = "/readyz"
 METRICS_PATH: Final = "/metrics"
 
+# Key fragments are one namespace keyed by version (the original protocol names no folder), so
+# their grant is on this pseudo-folder: read to fetch a fragment, write to register one.
+FRAGMENTS_GRANT_FOLDER: Final = "keys"
+
 # ``GET keys`` (no version) answers the latest registered fragment and names it in this header.
 LATEST_VERSION_HEADER: Final = "X-Splitvault-Version"
 

@@ -210,6 +210,26 @@ def _require_writer(principal: Principal, action: str) -> None:
         raise Refusal(403, "Forbidden", f"the {principal.role} role may not {action}")
 
 
+def require_grant(state: ServerState, principal: Principal, folder: str, right: str) -> None:
+    """Refuse (403) unless the account holds ``right`` (``read`` or ``write``) on ``folder``.
+
+    Deny by default: no grant, no access. The role caps what a grant gives, so a downloader with
+    a write grant still cannot write. Runs in the thread pool (a store read).
+    """
+    if right == "write":
+        _require_writer(principal, f"write to {folder!r}")
+    grants = stored(state.store.list_grants(principal.email))
+    held = next((grant for grant in grants if grant.folder == folder), None)
+    if held is None or not (held.write if right == "write" else held.read):
+        state.stats.count("denied_by_grant")
+        raise Refusal(
+            403,
+            "Forbidden",
+            f"this account has no {right} grant on {folder!r}; ask an administrator "
+            f"(splitvault admin grants add EMAIL {folder} --{right})",
+        )
+
+
 def _ref(folder: object, name: object) -> ResourceRef:
     parsed = ResourceRef.parse(folder, name)
     if isinstance(parsed, Failure):
@@ -247,6 +267,8 @@ async def upload_resource(state: ServerState, request: Request) -> Response:
         raise Refusal(
             403, "ReservedFolder", f"the {wire.CONFIG_FOLDER!r} folder is managed by the server"
         )
+    # Checked before the body is read: a rogue uploader changes nothing and costs little.
+    await run_in_threadpool(require_grant, state, principal, folder, "write")
     async with request.form(max_files=1, max_fields=8) as form:
         upload = form.get(wire.UPLOAD_FILE_FIELD)
         if not isinstance(upload, UploadFile):
@@ -279,6 +301,9 @@ async def get_resource(state: ServerState, request: Request) -> Response:
         raise Refusal(400, "BadRequest", f"{wire.FIELD_FINGERPRINT!r} must be printable text")
 
     def work() -> bytes:
+        # Every account may fetch the CDN config (the role picks its keys); the rest needs read.
+        if ref.folder != wire.CONFIG_FOLDER:
+            require_grant(state, principal, ref.folder, "read")
         # The download password is checked like a login: throttled, against the stored hash.
         account = state.check_password(principal.email, password)
         state.check_fingerprint(account, fingerprint)
@@ -309,7 +334,7 @@ def _load_small_part(state: ServerState, ref: ResourceRef, role: str) -> bytes:
 
 
 async def list_resources(state: ServerState, request: Request) -> Response:
-    await run_in_threadpool(state.authenticate, request)
+    principal = await run_in_threadpool(state.authenticate, request)
     parsed = parse_folder(request.path_params["folder"])
     if isinstance(parsed, Failure):
         raise Refusal(400, "InvalidName", parsed.failure().describe())
@@ -319,6 +344,7 @@ async def list_resources(state: ServerState, request: Request) -> Response:
         if folder == wire.CONFIG_FOLDER:
             exists = stored(cdn_config(state.store)) is not None
             return [wire.CDN_CONFIG_NAME] if exists else []
+        require_grant(state, principal, folder, "read")
         return list(stored(state.store.names(folder)))
 
     return JSONResponse({wire.FIELD_FILES: await run_in_threadpool(names)})
@@ -327,7 +353,8 @@ async def list_resources(state: ServerState, request: Request) -> Response:
 async def latest_key_fragment(state: ServerState, request: Request) -> Response:
     """``GET /keys``: the latest registered fragment, its version in a header (the original's
     no-version ``download_key_fragment(url, token)``)."""
-    await run_in_threadpool(state.authenticate, request)
+    principal = await run_in_threadpool(state.authenticate, request)
+    await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "read")
     found = await run_in_threadpool(lambda: stored(state.store.latest_fragment()))
     if found is None:
         raise Refusal(404, "NotFound", "no key fragment is registered yet")
@@ -346,13 +373,16 @@ async def key_fragment(state: ServerState, request: Request) -> Response:
     if problem is not None:
         raise Refusal(400, "InvalidName", problem.describe())
     if request.method == "GET":
+        await run_in_threadpool(
+            require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "read"
+        )
         fragment = await run_in_threadpool(lambda: stored(state.store.get_fragment(version)))
         if fragment is None:
             raise Refusal(404, "NotFound", f"no key fragment for version {version}")
         return Response(
             fragment, media_type="application/octet-stream", headers={"Cache-Control": "no-store"}
         )
-    _require_writer(principal, "register key fragments")
+    await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "write")
     fragment = await request.body()
     if not fragment:
         raise Refusal(400, "BadRequest", "a key fragment is never empty")

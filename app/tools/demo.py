@@ -26,7 +26,7 @@ from splitvault.app.client import pipeline
 from splitvault.app.client.bootstrap import Client, bootstrap
 from splitvault.app.client.errors import unwrap_or_raise
 from splitvault.app.client.usecases import write_atomically
-from splitvault.app.server.api import add_user, create_app, set_cdn_config
+from splitvault.app.server.api import add_user, create_app, grant, set_cdn_config
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.config import ClientConfig
 from splitvault.domain.ref import ResourceRef
@@ -165,6 +165,9 @@ def _online(root: Path, size: int) -> dict[str, Any]:
         unwrap_or_raise(
             add_user(data, "infer@example.com", passwords["infer@example.com"], "downloader")
         )
+        # Deny by default: the trainer may publish to models, the inference machine may read it.
+        unwrap_or_raise(grant(data, "trainer@example.com", ["models"], read=True, write=True))
+        unwrap_or_raise(grant(data, "infer@example.com", ["models"], read=True, write=False))
         model = root / "model.safetensors"
         expected = generate_model(model, size)
         ref = ResourceRef("models", "model.safetensors")
