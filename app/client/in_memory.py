@@ -106,16 +106,21 @@ def _small_part(client: Client, ref: ResourceRef) -> IOResult[bytes, Problem]:
 
 
 def _verified_entry(
-    client: Client, ref: ResourceRef, expected: BigPartDigest, filled: list[int]
+    client: Client, ref: ResourceRef, opener: Opener, filled: list[int]
 ) -> IOResult[Path, Problem]:
     """The cache entry of ``ref``'s big part, filled (resuming) from the CDN when needed."""
+
+    expected = opener.big_digest
+    expected_version = opener.header.file_id.hex()
 
     def on_cdn(cdn: Cdn) -> IOResult[Path, Problem]:
         meter = Meter()
 
         def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
             filled.append(ranges[0][0] if ranges else expected.length)
-            return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
+            # The big part's object is the version's (the header's file id).
+            big_ref = ref.at(expected_version)
+            return cdn.download_ranges(big_ref, ranges, meter.around(sink)).map(lambda _: None)
 
         def use(path: Path) -> IOResult[Path, Problem]:
             return IOSuccess(path)  # opened by the caller right after (not pinned meanwhile)
@@ -371,7 +376,7 @@ def _v1_into_memory(
     filled: list[int] = []
 
     def attempt() -> IOResult[MemoryLoad, Problem]:
-        return _verified_entry(client, ref, opener.big_digest, filled).bind(
+        return _verified_entry(client, ref, opener, filled).bind(
             lambda path: open_v1_into_memory(opener, path, workers).map(
                 lambda data: MemoryLoad(data, legacy=False, cache_hit=not filled)
             )
@@ -509,7 +514,7 @@ def open_reader(
                 )
             )
         return _opener(small, ref, key).bind(
-            lambda opener: _verified_entry(client, ref, opener.big_digest, []).bind(
+            lambda opener: _verified_entry(client, ref, opener, []).bind(
                 lambda path: _reader_over(opener, path, ref)
             )
         )
@@ -592,12 +597,13 @@ def upload_from_memory(
     """Seal ``plaintext`` (v1, its data key wrapped under ``publisher_key`` when given, else the
     client's) and store it: big part into the cache and to the CDN, then the small part."""
     view = memoryview(plaintext).cast("B")
+    file_id = client.random.token_bytes(16)
     key = publisher_key if publisher_key is not None else client.publisher_key
     started = Sealer.start(
         ref,
         len(view),
         dek=client.random.token_bytes(keys.KEY_BYTES),
-        file_id=client.random.token_bytes(16),
+        file_id=file_id,
         chunk_size=chunk_size,
         publisher_key=key,
         wrap_nonce=client.random.token_bytes(keys.NONCE_BYTES) if key else None,
@@ -619,7 +625,7 @@ def upload_from_memory(
             return run_with(
                 client.retrier,
                 f"upload of the big part of {ref}",
-                lambda: cdn.upload_file(ref, path),
+                lambda: cdn.upload_file(ref.at(file_id.hex()), path),
             ).map(lambda _: path)
 
         return client.with_cdn(True, on_cdn)

@@ -140,6 +140,10 @@ def upload_resource(
     if not source.is_file():
         return IOFailure(NotFound(f"the file {source}"))
     sealed: list[pipeline.SealedParts] = []
+    file_id = random.token_bytes(16)
+    # The new big part goes beside the current one (its key names the version), so downloads of
+    # the current version are untouched until the API switches the small part (the commit point).
+    big_ref = ref.at(file_id.hex())
 
     def produce(temp: Path) -> IOResult[BigPartDigest, Problem]:
         result = pipeline.seal_file(
@@ -147,7 +151,7 @@ def upload_resource(
             temp,
             ref=ref,
             dek=random.token_bytes(keys.KEY_BYTES),
-            file_id=random.token_bytes(16),
+            file_id=file_id,
             chunk_size=chunk_size,
             publisher_key=publisher_key,
             wrap_nonce=random.token_bytes(keys.NONCE_BYTES) if publisher_key else None,
@@ -174,7 +178,7 @@ def upload_resource(
 
     def to_cdn(path: Path) -> IOResult[Path, Problem]:
         def once() -> IOResult[None, Problem]:
-            return cdn.upload_file(ref, path)
+            return cdn.upload_file(big_ref, path)
 
         return run_with(retrier, f"upload of the big part of {ref}", once).map(lambda _: path)
 
@@ -250,6 +254,7 @@ def _with_big_part(
     opener = started.unwrap()
     header = opener.header
     expected = opener.big_digest
+    big_ref = ref.at(header.file_id.hex())
     filled: list[int] = []
 
     meter = Meter()
@@ -257,7 +262,7 @@ def _with_big_part(
     def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
         filled.append(ranges[0][0] if ranges else expected.length)
         log.info("fetching %d range(s) of the big part of %s from the CDN", len(ranges), ref)
-        return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
+        return cdn.download_ranges(big_ref, ranges, meter.around(sink)).map(lambda _: None)
 
     def open_into(big_path: Path, temp: Path) -> IOResult[None, Problem]:
         return pipeline.open_with(

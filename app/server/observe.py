@@ -28,7 +28,10 @@ EVENTS: Final = {
     "login_failures": ("splitvault_login_failures_total", "Logins refused for a wrong password."),
     "throttled": ("splitvault_logins_throttled_total", "Logins refused by the throttle (429)."),
     "rejected_tokens": ("splitvault_tokens_rejected_total", "Requests with an unusable token."),
-    "denied_by_grant": ("splitvault_denied_by_grant_total", "Requests refused for lack of a grant."),
+    "denied_by_grant": (
+        "splitvault_denied_by_grant_total",
+        "Requests refused: no grant.",
+    ),
     "downloads": ("splitvault_envelopes_served_total", "Small-part envelopes served."),
 }
 

@@ -38,12 +38,16 @@ def _model(path: Path, marker: bytes) -> bytes:
 
 
 def _big_object(stack: Stack, ref: ResourceRef) -> bytes:
-    body: bytes = stack.moto.s3_client().get_object(Bucket=stack.bucket, Key=ref.key)["Body"].read()
+    body: bytes = (
+        stack.moto.s3_client()
+        .get_object(Bucket=stack.bucket, Key=stack.big_key(ref))["Body"]
+        .read()
+    )
     return body
 
 
 def _put_big_object(stack: Stack, ref: ResourceRef, data: bytes) -> None:
-    stack.moto.s3_client().put_object(Bucket=stack.bucket, Key=ref.key, Body=data)
+    stack.moto.s3_client().put_object(Bucket=stack.bucket, Key=stack.big_key(ref), Body=data)
 
 
 def _refused_cold_download(stack: Stack, tmp_path: Path, attempt: str) -> None:

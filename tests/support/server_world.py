@@ -23,8 +23,8 @@ from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.sql_store import SqlStore
 from splitvault.app.server.accounts import StoreOrDir
 from splitvault.app.server.api import ServerStats, add_user, create_app, grant, set_cdn_config
-from splitvault.domain import wire
 from splitvault.app.server.runner import RunningServer
+from splitvault.domain import wire
 from splitvault.domain.retry import RetryPolicy
 from tests.fakes import FakeClock, FakeRandom, FakeSleep, ServerClock
 from tests.support.faults import FaultInjector
@@ -52,6 +52,8 @@ def grant_test_accounts(where: StoreOrDir) -> None:
     assert is_successful(grant(where, UPLOADER, TEST_FOLDERS, read=True, write=True))
     for email in (DOWNLOADER, OTHER_DOWNLOADER):
         assert is_successful(grant(where, email, TEST_FOLDERS, read=True, write=False))
+
+
 PASSWORD = "correct horse battery staple"
 
 CDN_CONFIG = {

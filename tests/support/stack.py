@@ -164,6 +164,10 @@ class Stack:
         assert current is not None, f"no small part for {ref}"
         return current.small_part
 
+    def big_key(self, ref: ResourceRef) -> str:
+        """The object key of the current version's big part (the key names the version)."""
+        return ref.at(version_of(self.small_part(ref))).key
+
     def fragment(self, version: str) -> bytes | None:
         """The key fragment the server holds for ``version``, or ``None``."""
         return value(self.store.get_fragment(version))
