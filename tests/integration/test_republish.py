@@ -1,0 +1,135 @@
+"""Re-publishing a resource while others download it, through the real server and moto S3.
+
+A big part's object key names its version (``folder/name/<file_id>.big``), so a re-publish writes
+beside the current version and the API's switch of the small part is the commit point. Shown here:
+a loop re-publishing while 8 processes download from cold caches and 8 from a warm one ends with
+zero failures and every output equal to one of the published versions; and a re-publish killed
+between the CDN write and the API write leaves the published version downloadable from a cold
+cache, with the new big part an orphan beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from splitvault.domain.ref import ResourceRef
+from tests.integration.test_crash import UPLOAD_POINTS, World, after_bytes, run_and_kill
+from tests.support import worker
+from tests.support.fault_proxy import FaultProxy
+from tests.support.results import value
+from tests.support.stack import (
+    DOWNLOADER,
+    PASSWORD,
+    UPLOADER,
+    Stack,
+    download,
+    upload,
+    write_model,
+)
+
+pytestmark = pytest.mark.slow
+
+REF = ResourceRef("models", "republished.bin")
+SIZE = 96 * 1024
+PROCESSES = 8  # of each kind: cold caches, and one shared warm cache
+DOWNLOADS_EACH = 3
+MAX_PUBLISHES = 40  # a bound on the loop, should the downloaders hang
+
+
+def _publish(stack: Stack, source: Path, seed: int, published: set[str]) -> None:
+    data = write_model(source, SIZE + seed * 4099, seed=seed)
+    # Recorded before the upload: a downloader may see the new version the moment it commits.
+    published.add(hashlib.sha256(data).hexdigest())
+    value(upload(stack.client(UPLOADER, cache=source.parent / "up-cache"), REF, source))
+
+
+def test_republishing_while_sixteen_processes_download(stack: Stack, tmp_path: Path) -> None:
+    published: set[str] = set()
+    source = tmp_path / "src" / "model.bin"
+    _publish(stack, source, 0, published)
+    warm = tmp_path / "warm-cache"
+    value(download(stack.client(DOWNLOADER, cache=warm), REF, tmp_path / "warm.bin"))
+    spec = {
+        "op": "download-loop",
+        "api_url": stack.url,
+        "email": DOWNLOADER,
+        "password": PASSWORD,
+        "machine": "machine-a",
+        "folder": REF.folder,
+        "name": REF.name,
+        "count": DOWNLOADS_EACH,
+    }
+    processes = [
+        worker.start(
+            {
+                **spec,
+                "cold": cold,
+                "cache": str(tmp_path / f"cold-{index}" if cold else warm),
+                "path": str(tmp_path / f"out-{cold}-{index}.bin"),
+            }
+        )
+        for cold in (True, False)
+        for index in range(PROCESSES)
+    ]
+    publishes = 0
+    try:
+        while any(p.poll() is None for p in processes) and publishes < MAX_PUBLISHES:
+            publishes += 1
+            _publish(stack, source, publishes, published)
+        results = [worker.outcome(process, timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)
+
+    failures = [failure for result in results for failure in result.get("failures", ["no"])]
+    digests = [digest for result in results for digest in result.get("digests", [])]
+    print(
+        f"[re-publish race] {publishes} publishes, {len(digests)} downloads, "
+        f"{len(set(digests))} versions seen, {len(failures)} failures"
+    )
+    assert failures == []
+    assert len(digests) == 2 * PROCESSES * DOWNLOADS_EACH
+    assert set(digests) <= published  # zero wrong bytes: every output is a published version
+    assert publishes >= 2, "the downloads ended before a re-publish: no race was run"
+
+
+@pytest.fixture
+def world(stack: Stack, s3_proxy: FaultProxy, api_proxy: FaultProxy, tmp_path: Path) -> World:
+    """A stack with both proxies in front (the kill points hold traffic there)."""
+    return World(stack, s3_proxy, api_proxy, tmp_path / "cache", tmp_path / "out" / "model.bin")
+
+
+@pytest.mark.parametrize(
+    "point", ["s3-stalls-mid-upload", "api-holds-the-commit", "after-100-kB-up"]
+)
+def test_a_killed_republish_leaves_the_published_version_downloadable(
+    world: World, tmp_path: Path, point: str
+) -> None:
+    stack = world.stack
+    source = tmp_path / "src" / "model.bin"
+    first = write_model(source, 2 * SIZE, seed=1)
+    value(upload(stack.client(UPLOADER, cache=tmp_path / "up-cache"), REF, source))
+    current = stack.small_part(REF)
+    current_key = stack.big_key(REF)
+    write_model(source, 3 << 20, seed=2)  # past the 1 MiB where the S3 stall is armed
+
+    points = {**UPLOAD_POINTS, "after-100-kB-up": after_bytes("up", 100_000)}
+    killed_spec = {**world.spec("upload", UPLOADER, source), "name": REF.name}
+    run_and_kill(world, killed_spec, points[point])
+
+    assert stack.small_part(REF) == current  # the commit point was never reached
+    keys = {
+        item["Key"]
+        for item in stack.moto.s3_client()
+        .list_objects_v2(Bucket=stack.bucket, Prefix=f"{REF.folder}/{REF.name}/")
+        .get("Contents", [])
+    }
+    assert current_key in keys  # the published version's big part was not touched
+    out = tmp_path / "cold-out.bin"
+    value(download(stack.client(DOWNLOADER, cache=tmp_path / "cold"), REF, out))
+    assert out.read_bytes() == first
