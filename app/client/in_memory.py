@@ -41,7 +41,11 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.retrying import Meter, run_with
-from splitvault.app.client.usecases import open_small_part
+from splitvault.app.client.usecases import (
+    open_small_part,
+    sign_small_part,
+    trusted_small_part,
+)
 from splitvault.domain import digest, keys, legacy
 from splitvault.domain.errors import (
     ConfigInvalid,
@@ -102,7 +106,8 @@ def _storage(what: str, error: OSError, action: str = "write") -> StorageFailed:
 
 def _small_part(client: Client, ref: ResourceRef) -> IOResult[bytes, Problem]:
     envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
-    return envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
+    opened = envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
+    return opened.bind(lambda small: trusted_small_part(ref, small, client.config.publisher_keys))
 
 
 def _verified_entry(
@@ -632,7 +637,8 @@ def upload_from_memory(
 
     def commit(path: Path) -> IOResult[MemoryUpload, Problem]:
         small = small_parts[-1]
-        stored: IOResult[None, Problem] = client.api.upload_small_part(ref, small)
+        signed = sign_small_part(client.signing_key, small)
+        stored: IOResult[None, Problem] = client.api.upload_small_part(ref, signed)
         return stored.map(
             lambda _: MemoryUpload(ref, len(view), len(small), sealer.layout.big_length, path)
         )

@@ -40,7 +40,7 @@ from splitvault.app.server.accounts import (
 from splitvault.app.server.observe import ServerStats
 from splitvault.app.server.refusals import Refusal, store_refusal
 from splitvault.app.server.throttle import LoginThrottle
-from splitvault.domain import keys, wire
+from splitvault.domain import keys, signature, wire
 from splitvault.domain.config import cdn_config_from_mapping
 from splitvault.domain.format_v1 import parse_header
 from splitvault.domain.ports import Account, ResourceVersion, ServerStore, StoreFailure
@@ -237,8 +237,42 @@ def _ref(folder: object, name: object) -> ResourceRef:
     return parsed.unwrap()
 
 
+PUBLISHER_KEY_SETTING: Final = "publisher-key:"
+
+
+def check_publisher(state: ServerState, principal: Principal, small_part: bytes) -> None:
+    """Refuse a signed small part unless it verifies under the uploader's recorded key.
+
+    The key is recorded on the account's first signed upload (trust on first use; an
+    administrator removes the setting to rotate it); every later upload must be signed by it.
+    This is what the server vouches for: a download's signer is the publisher it accepted.
+    Unsigned parts (the original client's, older uploads) are stored as they are; clients that
+    pin publisher keys refuse them.
+    """
+    part = signature.split_signed(small_part)
+    if part is None:
+        return
+    parsed = parse_header(part.inner)
+    if isinstance(parsed, Failure):
+        raise Refusal(400, "BadRequest", "the signed small part holds no valid v1 header")
+    if signature.signed_public(part, parsed.unwrap()[1]) is None:
+        raise Refusal(400, "BadSignature", "the publisher signature does not verify")
+    name = PUBLISHER_KEY_SETTING + principal.email
+    recorded = stored(state.store.setting_or_create(name, part.public))
+    if recorded != part.public:
+        raise Refusal(
+            403,
+            "UntrustedPublisher",
+            f"this account publishes with key {signature.key_id(recorded)}, not "
+            f"{signature.key_id(part.public)}; sign with it, or ask an administrator to rotate it",
+        )
+
+
 def version_of(small_part: bytes) -> str:
     """A small part's version: its header's file id, or (a legacy part) a digest of its bytes."""
+    part = signature.split_signed(small_part)
+    if part is not None:
+        small_part = part.inner
     parsed = parse_header(small_part)
     if isinstance(parsed, Success):
         file_id: bytes = parsed.unwrap()[0].file_id
@@ -277,6 +311,7 @@ async def upload_resource(state: ServerState, request: Request) -> Response:
         data = await upload.read()
     if not data:
         raise Refusal(400, "BadRequest", "a small part is never empty")
+    await run_in_threadpool(check_publisher, state, principal, data)
     version = ResourceVersion(
         folder=ref.folder,
         name=ref.name,

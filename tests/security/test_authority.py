@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from splitvault.app.client.errors import UntrustedPublisherError
 from splitvault.app.server.accounts import add_user, grant
-from splitvault.domain import wire
-from splitvault.domain.errors import AccessDenied
+from splitvault.domain import signature, wire
+from splitvault.domain.errors import AccessDenied, CorruptResource, PartMismatch, UntrustedPublisher
+from splitvault.domain.format_v1 import parse_header, seal_bytes
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
 from tests.support.moto_server import MotoS3
@@ -160,3 +162,119 @@ def test_a_second_fragment_for_a_version_is_a_409_until_an_admin_replaces_it(
     assert stack.fragment("v-once") == b"\x01" * 32
     ok(stack.store.put_fragment("v-once", b"\x02" * 32, replace=True))
     assert stack.fragment("v-once") == b"\x02" * 32
+
+
+# --- publisher signatures ---------------------------------------------------------------------
+
+PUBLISHER_SEED = bytes(range(32))
+ROGUE_SEED = bytes(range(1, 33))
+SIGNED_REF = ResourceRef("models", "signed.onnx")
+
+
+def _seed_file(directory: Path, name: str, seed: bytes) -> Path:
+    path = directory / f"{name}.ed25519"
+    path.write_text(seed.hex())
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def signed(stack: Stack, tmp_path: Path) -> tuple[Stack, bytes, Path]:
+    """A fresh stack where the uploader published SIGNED_REF signed with PUBLISHER_SEED."""
+    key_file = _seed_file(tmp_path, "publisher", PUBLISHER_SEED)
+    plaintext = write_model(tmp_path / "src.bin", 250_000, seed=3)
+    writer = stack.client(UPLOADER, signing_key_file=key_file, cache=tmp_path / "up")
+    ok(upload(writer, SIGNED_REF, tmp_path / "src.bin"))
+    ok(add_user(stack.store, ROGUE, PASSWORD, "uploader"))
+    ok(grant(stack.store, ROGUE, [SIGNED_REF.folder], read=True, write=True))
+    return stack, plaintext, tmp_path
+
+
+def _pins() -> tuple[bytes, ...]:
+    return (signature.PublisherKey.from_seed(PUBLISHER_SEED).public,)
+
+
+def test_a_signed_upload_downloads_against_the_pinned_key(
+    signed: tuple[Stack, bytes, Path],
+) -> None:
+    stack, plaintext, root = signed
+    assert signature.is_signed(stack.small_part(SIGNED_REF))
+    out = root / "out.bin"
+    reader = stack.client(DOWNLOADER, pinned=_pins(), cache=root / "pinned")
+    ok(download(reader, SIGNED_REF, out))
+    assert out.read_bytes() == plaintext
+
+
+def test_a_rogue_with_write_but_not_pinned_is_untrusted(signed: tuple[Stack, bytes, Path]) -> None:
+    """The rogue may write the folder and signs with its own key: the server records and vouches
+    for that key, but a client that pins the publisher's refuses it and writes nothing."""
+    stack, _, root = signed
+    rogue_key = _seed_file(root, "rogue", ROGUE_SEED)
+    write_model(root / "trojan.bin", 250_000, seed=66)
+    rogue = stack.client(ROGUE, signing_key_file=rogue_key, cache=root / "rogue")
+    ok(upload(rogue, SIGNED_REF, root / "trojan.bin"))
+    out = root / "out.bin"
+    pinned = stack.client(DOWNLOADER, pinned=_pins(), cache=root / "pinned")
+    refused = failure(download(pinned, SIGNED_REF, out))
+    assert isinstance(refused, UntrustedPublisher), refused
+    assert not out.exists()
+    assert list((root / "pinned").rglob("*.big")) == []  # not a byte of the big part fetched
+    assert UntrustedPublisherError.exit_code == 11
+    # Without pins the client trusts the server's vouching: the rogue's key is the one recorded.
+    ok(download(stack.client(DOWNLOADER, cache=root / "unpinned"), SIGNED_REF, out))
+
+
+def test_an_uploader_cannot_switch_signing_keys(signed: tuple[Stack, bytes, Path]) -> None:
+    """The server records the first key an account signs with and refuses any other."""
+    stack, _, root = signed
+    before = stack.small_part(SIGNED_REF)
+    other = _seed_file(root, "other", ROGUE_SEED)
+    writer = stack.client(UPLOADER, signing_key_file=other, cache=root / "other")
+    refused = failure(upload(writer, SIGNED_REF, root / "src.bin"))
+    assert isinstance(refused, AccessDenied), refused
+    assert stack.small_part(SIGNED_REF) == before
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_flipped_bit_in_the_signature_is_refused(
+    signed: tuple[Stack, bytes, Path], pinned: bool
+) -> None:
+    stack, _, root = signed
+    small = bytearray(stack.small_part(SIGNED_REF))
+    small[len(signature.SIGNED_MAGIC) + signature.PUBLIC_KEY_BYTES + 5] ^= 0x10
+    stack.put_small_part(SIGNED_REF, bytes(small))
+    out = root / "out.bin"
+    reader = stack.client(DOWNLOADER, pinned=_pins() if pinned else (), cache=root / "c")
+    refused = failure(download(reader, SIGNED_REF, out))
+    assert isinstance(refused, UntrustedPublisher), refused
+    assert not out.exists()
+
+
+def test_a_downloader_holding_the_data_key_cannot_plant_content(
+    signed: tuple[Stack, bytes, Path],
+) -> None:
+    """A downloader opens the small part, takes the data key, seals altered content under it
+    (same file id, so the same object key) and plants the big part: the signed header's digest
+    refuses it. Planting its own small part too: unsigned, so a pinning client refuses that."""
+    stack, plaintext, root = signed
+    part = signature.split_signed(stack.small_part(SIGNED_REF))
+    assert part is not None
+    header, _ = parse_header(part.inner).unwrap()
+    assert not header.wrapped
+    evil = bytes(b ^ 0x5A for b in plaintext)
+    forged_small, forged_big = seal_bytes(
+        SIGNED_REF, evil, dek=header.dek_field, file_id=header.file_id
+    ).unwrap()
+    key = stack.big_key(SIGNED_REF)
+    stack.moto.s3_client().put_object(Bucket=stack.bucket, Key=key, Body=forged_big)
+    out = root / "out.bin"
+    reader = stack.client(DOWNLOADER, pinned=_pins(), cache=root / "c1")
+    refused = failure(download(reader, SIGNED_REF, out))
+    assert isinstance(refused, PartMismatch | CorruptResource), refused
+    assert not out.exists()
+    stack.put_small_part(SIGNED_REF, forged_small)
+    refused = failure(
+        download(stack.client(DOWNLOADER, pinned=_pins(), cache=root / "c2"), SIGNED_REF, out)
+    )
+    assert isinstance(refused, UntrustedPublisher), refused
+    assert not out.exists()
