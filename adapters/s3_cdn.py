@@ -372,19 +372,32 @@ class S3Cdn:
         bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule is the backstop for keys that
         are never uploaded again. Listing needs ``s3:ListBucketMultipartUploads``; without it
         this logs and aborts nothing. Returns how many were aborted.
+
+        For a versioned ref the uploads of every version of the resource count (a killed
+        re-publish left its parts under its own version's key, which nobody uploads again).
         """
         bucket, key = self._layout.locate(ref)
+        versions_prefix = None
+        if ref.version is not None:
+            versions_prefix = self._layout.locate(ref.unversioned)[1].removesuffix(".big") + "/"
+        prefix = versions_prefix or key
         aborted = 0
         try:
             pages = self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=bucket, Prefix=key
+                Bucket=bucket, Prefix=prefix
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if upload.get("Key") != key or upload.get("Initiated", before) >= before:
+                    theirs = upload.get("Key", "")
+                    ours = theirs == key or (
+                        versions_prefix is not None
+                        and theirs.startswith(versions_prefix)
+                        and "/" not in theirs[len(versions_prefix) :]
+                    )
+                    if not ours or upload.get("Initiated", before) >= before:
                         continue
                     self._client.abort_multipart_upload(
-                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                        Bucket=bucket, Key=theirs, UploadId=upload["UploadId"]
                     )
                     aborted += 1
         except (ClientError, BotoCoreError) as error:

@@ -434,7 +434,9 @@ def _public_keys(value: object, field: str) -> Result[tuple[bytes, ...], ConfigI
     """A list of Ed25519 public keys in hex (YAML list, or comma-separated text)."""
     items: object = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
-        return Failure(ConfigInvalid(field, f"expected a list of hex keys, got {_type_name(value)}"))
+        return Failure(
+            ConfigInvalid(field, f"expected a list of hex keys, got {_type_name(value)}")
+        )
     keys: list[bytes] = []
     for item in items:
         text = item.strip() if isinstance(item, str) else ""

@@ -51,8 +51,8 @@ from splitvault.domain.errors import AccessDenied, ConfigInvalid, Problem
 from splitvault.domain.legacy import parse_shared_key
 from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
-from splitvault.domain.signature import PublisherKey
 from splitvault.domain.retry import RetryPolicy
+from splitvault.domain.signature import PublisherKey
 
 log = logging.getLogger("splitvault.bootstrap")
 T = TypeVar("T")
@@ -283,7 +283,9 @@ def read_signing_key(path: Path | None) -> IOResult[PublisherKey | None, Problem
             seed = b""
     if len(seed) != signature.SEED_BYTES:
         return IOFailure(
-            ConfigInvalid(field, f"{path} must hold a 32-byte Ed25519 seed, raw or as 64 hex digits")
+            ConfigInvalid(
+                field, f"{path} must hold a 32-byte Ed25519 seed, raw or as 64 hex digits"
+            )
         )
     return IOSuccess(PublisherKey.from_seed(seed))
 

@@ -201,7 +201,7 @@ def sign_small_part(key: signature.PublisherKey | None, small: bytes) -> bytes:
     if key is None:
         return small
     parsed = parse_header(small)
-    assert isinstance(parsed, Success), "we just sealed this small part"  # noqa: S101
+    assert isinstance(parsed, Success), "we just sealed this small part"
     return signature.sign_small_part(key, small, parsed.unwrap()[1])
 
 

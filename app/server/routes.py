@@ -301,6 +301,9 @@ async def upload_resource(state: ServerState, request: Request) -> Response:
         raise Refusal(
             403, "ReservedFolder", f"the {wire.CONFIG_FOLDER!r} folder is managed by the server"
         )
+    problem = check_name("folder", folder)
+    if problem is not None:
+        raise Refusal(400, "InvalidName", problem.describe())
     # Checked before the body is read: a rogue uploader changes nothing and costs little.
     await run_in_threadpool(require_grant, state, principal, folder, "write")
     async with request.form(max_files=1, max_fields=8) as form:

@@ -43,6 +43,7 @@ TEST_FOLDERS = (
     "data",
     "nothing-here",
     "odd folder %",
+    "configs",
     wire.FRAGMENTS_GRANT_FOLDER,
 )
 
