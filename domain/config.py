@@ -444,7 +444,7 @@ def _public_keys(value: object, field: str) -> Result[tuple[bytes, ...], ConfigI
             key = bytes.fromhex(text)
         except ValueError:
             key = b""
-        if len(key) != 32:  # noqa: PLR2004 - an Ed25519 public key
+        if len(key) != 32:  # an Ed25519 public key
             return Failure(ConfigInvalid(field, "each key must be 64 hex digits (32 bytes)"))
         keys.append(key)
     return Success(tuple(keys))
