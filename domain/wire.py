@@ -19,6 +19,11 @@ RESOURCES: Final = "resources"
 GET: Final = "get"
 LIST: Final = "list"
 KEYS: Final = "keys"
+# ``POST resources/versions/{folder}`` ({file_name}) lists the kept versions (read grant);
+# ``POST resources/rollback/{folder}`` ({file_name, version}) makes a kept one current (write).
+VERSIONS: Final = "versions"
+ROLLBACK: Final = "rollback"
+FIELD_VERSIONS: Final = "versions"
 HEALTH_PATH: Final = "/healthz"
 READY_PATH: Final = "/readyz"
 METRICS_PATH: Final = "/metrics"

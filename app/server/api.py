@@ -134,6 +134,8 @@ def create_app(
             route(f"/{wire.LOGIN}", routes.login, ["POST"]),
             route(f"{resources}/{wire.GET}/{{folder}}", routes.get_resource, ["POST"]),
             route(f"{resources}/{wire.LIST}/{{folder}}", routes.list_resources, ["GET"]),
+            route(f"{resources}/{wire.VERSIONS}/{{folder}}", routes.list_versions, ["POST"]),
+            route(f"{resources}/{wire.ROLLBACK}/{{folder}}", routes.rollback, ["POST"]),
             route(f"{resources}/{{folder}}", routes.upload_resource, ["POST"]),
             route(f"/{wire.KEYS}", routes.latest_key_fragment, ["GET"]),
             route(f"/{wire.KEYS}/{{version}}", routes.key_fragment, ["GET", "PUT"]),

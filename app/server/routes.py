@@ -388,6 +388,59 @@ async def list_resources(state: ServerState, request: Request) -> Response:
     return JSONResponse({wire.FIELD_FILES: await run_in_threadpool(names)})
 
 
+async def list_versions(state: ServerState, request: Request) -> Response:
+    """The kept versions of one resource, newest (current) first."""
+    principal = await run_in_threadpool(state.authenticate, request)
+    body = await _json_object(request)
+    ref = _ref(request.path_params["folder"], body.get(wire.FIELD_FILE_NAME))
+
+    def kept() -> list[dict[str, object]]:
+        require_grant(state, principal, ref.folder, "read")
+        current = stored(state.store.current(ref.folder, ref.name))
+        return [
+            {
+                wire.FIELD_VERSION: kept.version,
+                "publisher": kept.publisher,
+                "created_at": kept.created_at,
+                "current": current is not None and kept.version == current.version,
+            }
+            for kept in stored(state.store.versions(ref.folder, ref.name))
+        ]
+
+    versions = await run_in_threadpool(kept)
+    if not versions:
+        raise Refusal(404, "NotFound", f"{ref} does not exist")
+    return JSONResponse({wire.FIELD_VERSIONS: versions}, headers={"Cache-Control": "no-store"})
+
+
+async def rollback(state: ServerState, request: Request) -> Response:
+    """Make a kept version current again: the same commit point as a publish, no new bytes.
+
+    Its big part is still on the CDN (``gc`` never deletes one a kept version references), so
+    cold caches fetch it and warm ones still hold its entry.
+    """
+    principal = await run_in_threadpool(state.authenticate, request)
+    body = await _json_object(request)
+    ref = _ref(request.path_params["folder"], body.get(wire.FIELD_FILE_NAME))
+    wanted = _text_field(body, wire.FIELD_VERSION, 64)
+
+    def work() -> None:
+        require_grant(state, principal, ref.folder, "write")
+        kept = stored(state.store.versions(ref.folder, ref.name))
+        found = next((each for each in kept if each.version == wanted), None)
+        if found is None:
+            raise Refusal(
+                404,
+                "NotFound",
+                f"{ref} keeps no version {wanted}; list them with splitvault ls --versions",
+            )
+        stored(state.store.publish(found))
+
+    await run_in_threadpool(work)
+    log.info("rolled %s back to version %s", ref, wanted)
+    return JSONResponse({wire.FIELD_NAME: ref.name, wire.FIELD_VERSION: wanted})
+
+
 async def latest_key_fragment(state: ServerState, request: Request) -> Response:
     """``GET /keys``: the latest registered fragment, its version in a header (the original's
     no-version ``download_key_fragment(url, token)``)."""

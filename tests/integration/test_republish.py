@@ -133,3 +133,34 @@ def test_a_killed_republish_leaves_the_published_version_downloadable(
     out = tmp_path / "cold-out.bin"
     value(download(stack.client(DOWNLOADER, cache=tmp_path / "cold"), REF, out))
     assert out.read_bytes() == first
+
+
+def test_rollback_restores_an_earlier_version_for_cold_and_warm_caches(
+    stack: Stack, tmp_path: Path
+) -> None:
+    source = tmp_path / "src" / "model.bin"
+    writer = stack.client(UPLOADER, cache=tmp_path / "up-cache")
+    first = write_model(source, SIZE, seed=11)
+    value(upload(writer, REF, source))
+    first_version = value(writer.api.versions(REF))[0]["version"]
+    warm = stack.client(DOWNLOADER, cache=tmp_path / "warm")
+    value(download(warm, REF, tmp_path / "w1.bin"))
+    second = write_model(source, SIZE + 1, seed=12)
+    value(upload(writer, REF, source))
+    value(download(warm, REF, tmp_path / "w2.bin"))
+    assert (tmp_path / "w2.bin").read_bytes() == second
+
+    kept = value(warm.api.versions(REF))
+    assert [each["current"] for each in kept] == [True, False]
+    assert kept[1]["version"] == first_version
+    refused = warm.api.rollback(REF, str(first_version))  # a reader may not roll back
+    assert "AccessDenied" in str(refused) and "may not write" in str(refused)
+    value(writer.api.rollback(REF, str(first_version)))
+
+    assert value(warm.api.versions(REF))[0]["version"] == first_version
+    value(download(warm, REF, tmp_path / "w3.bin"))
+    assert (tmp_path / "w3.bin").read_bytes() == first
+    cold = stack.client(DOWNLOADER, cache=tmp_path / "cold")
+    report = value(download(cold, REF, tmp_path / "c.bin"))
+    assert not report.cache_hit
+    assert (tmp_path / "c.bin").read_bytes() == first
