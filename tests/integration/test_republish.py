@@ -10,11 +10,13 @@ cache, with the new big part an orphan beside it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
 import pytest
 
+from splitvault.app.cli.admin import resources_gc
 from splitvault.domain.ref import ResourceRef
 from tests.integration.test_crash import UPLOAD_POINTS, World, after_bytes, run_and_kill
 from tests.support import worker
@@ -132,6 +134,22 @@ def test_a_killed_republish_leaves_the_published_version_downloadable(
     assert current_key in keys  # the published version's big part was not touched
     out = tmp_path / "cold-out.bin"
     value(download(stack.client(DOWNLOADER, cache=tmp_path / "cold"), REF, out))
+    assert out.read_bytes() == first
+
+    # gc: the orphan (and any unfinished multipart upload) goes, the published version stays.
+    def listed() -> set[str]:
+        page = stack.moto.s3_client().list_objects_v2(Bucket=stack.bucket)
+        return {item["Key"] for item in page.get("Contents", [])}
+
+    orphans = listed() - {current_key}
+    if point == "api-holds-the-commit":
+        assert orphans, "the kill came after the CDN write: its big part should be an orphan"
+    report = resources_gc(argparse.Namespace(yes=True, min_age=0.0), stack.store)
+    assert report["big_parts_removed"] == len(orphans)
+    assert listed() == {current_key}
+    uploads = stack.moto.s3_client().list_multipart_uploads(Bucket=stack.bucket)
+    assert uploads.get("Uploads", []) == []
+    value(download(stack.client(DOWNLOADER, cache=tmp_path / "cold-2"), REF, out))
     assert out.read_bytes() == first
 
 
