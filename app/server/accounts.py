@@ -24,7 +24,7 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.app.server.stores import CDN_SETTING, open_data_dir
+from splitvault.app.server.stores import CDN_SETTING, kept_versions, open_data_dir
 from splitvault.domain import keys, wire
 from splitvault.domain.config import cdn_config_from_mapping, cdn_config_to_mapping
 from splitvault.domain.errors import ConfigInvalid, Conflict, NotFound, StorageFailed
@@ -48,7 +48,7 @@ def _opened(where: StoreOrDir) -> Iterator[IOResult[ServerStore, StoreFailure]]:
     if not isinstance(where, Path):
         yield IOSuccess(where)
         return
-    opened = open_data_dir(where)
+    opened = open_data_dir(where, keep_versions=kept_versions())
     try:
         yield opened
     finally:
