@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from splitvault.app.cli.admin import resources_gc
+from splitvault.app.cli.main import main
 from splitvault.domain.ref import ResourceRef
 from tests.integration.test_crash import UPLOAD_POINTS, World, after_bytes, run_and_kill
 from tests.support import worker
@@ -182,3 +184,32 @@ def test_rollback_restores_an_earlier_version_for_cold_and_warm_caches(
     report = value(download(cold, REF, tmp_path / "c.bin"))
     assert not report.cache_hit
     assert (tmp_path / "c.bin").read_bytes() == first
+
+
+def test_the_cli_lists_versions_and_rolls_back(
+    stack: Stack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "src" / "model.bin"
+    writer = stack.client(UPLOADER, cache=tmp_path / "up-cache")
+    first = write_model(source, SIZE, seed=21)
+    value(upload(writer, REF, source))
+    write_model(source, SIZE, seed=22)
+    value(upload(writer, REF, source))
+    monkeypatch.setenv("SPLITVAULT_EMAIL", UPLOADER)
+    monkeypatch.setenv("SPLITVAULT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("SPLITVAULT_CACHE_DIR", str(tmp_path / "cli-cache"))
+    monkeypatch.setenv("SPLITVAULT_CONFIG_DIR", str(tmp_path / "no-config"))
+    flags = ["--api-url", stack.url]
+    capsys.readouterr()
+    assert main(["--json", "ls", str(REF), "--versions", *flags]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [each["current"] for each in listed["versions"]] == [True, False]
+    older = listed["versions"][1]["version"]
+    assert main(["rollback", str(REF), "--to", older, *flags]) == 0
+    assert main(["rollback", str(REF), "--to", "f" * 32, *flags]) != 0  # not a kept version
+    out = tmp_path / "after.bin"
+    value(download(stack.client(DOWNLOADER, cache=tmp_path / "cold"), REF, out))
+    assert out.read_bytes() == first
