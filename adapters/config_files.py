@@ -117,7 +117,9 @@ def _expand_home(value: object, environ: Mapping[str, str]) -> object:
     return value
 
 
-_PATH_FIELDS = frozenset({"cache_dir", "cdn_dir", "ca_bundle", "publisher_key_file"})
+_PATH_FIELDS = frozenset(
+    {"cache_dir", "cdn_dir", "ca_bundle", "publisher_key_file", "publisher_signing_key_file"}
+)
 
 
 def _read_config_file(path: Path) -> IOResult[dict[str, object], ConfigInvalid]:

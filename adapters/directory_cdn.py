@@ -1,7 +1,8 @@
 """A directory acting as the CDN bucket, behind the ``Cdn`` port: for air-gapped and NFS setups.
 
-Object ``ref.key`` (``folder/name.big``) is the file ``{root}/folder/name.big``. Uploads go through
-``atomic_path`` (temp file, fsync, rename, fsync of the directory), so a reader never sees a partial
+Object ``ref.key`` (``folder/name/<version>.big``, or ``folder/name.big`` for an unversioned
+ref) is that file under the root. Uploads go through ``atomic_path`` (temp file, fsync, rename,
+fsync of the directory), so a reader never sees a partial
 object. Every path is resolved and checked to stay under the root, even though refs are validated
 already: a symlinked folder must not turn the CDN into a way to read or write elsewhere.
 """

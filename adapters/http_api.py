@@ -376,6 +376,37 @@ class HttpResourceApi:
             lambda answer: _expect(what, str(ref), answer, 200, answer.body)
         )
 
+    def versions(self, ref: ResourceRef) -> IOResult[tuple[dict[str, object], ...], ApiFailure]:
+        """The kept versions of ``ref``, newest first: version, publisher, created_at, current."""
+        what = f"versions of {ref}"
+        url = self._url(wire.RESOURCES, wire.VERSIONS, ref.folder)
+        payload = {wire.FIELD_FILE_NAME: ref.name}
+
+        def parse(answer: _Answer) -> IOResult[tuple[dict[str, object], ...], ApiFailure]:
+            if answer.status != 200:
+                return IOFailure(_failure_for(what, str(ref), answer))
+            try:
+                data = json.loads(answer.body)
+            except (ValueError, UnicodeDecodeError):
+                data = None
+            kept = data.get(wire.FIELD_VERSIONS) if isinstance(data, dict) else None
+            if not isinstance(kept, list) or not all(isinstance(each, dict) for each in kept):
+                return IOFailure(RemoteError(what, 200, "the answer is not {'versions': [...]}"))
+            return IOSuccess(tuple(kept))
+
+        return self._exchange(
+            what, lambda: self._client.build_request("POST", url, json=payload)
+        ).bind(parse)
+
+    def rollback(self, ref: ResourceRef, version: str) -> IOResult[None, ApiFailure]:
+        """Make the kept ``version`` of ``ref`` current again (write grant)."""
+        what = f"rollback of {ref} to {version}"
+        url = self._url(wire.RESOURCES, wire.ROLLBACK, ref.folder)
+        payload = {wire.FIELD_FILE_NAME: ref.name, wire.FIELD_VERSION: version}
+        return self._exchange(
+            what, lambda: self._client.build_request("POST", url, json=payload)
+        ).bind(lambda answer: _expect(what, str(ref), answer, 200, None))
+
     def download_cdn_config(self, fingerprint: str) -> IOResult[bytes, ApiFailure]:
         """``config/cdn.yaml`` for this user's role, as a transport envelope."""
         return self.download_small_part(CONFIG_REF, fingerprint)

@@ -168,6 +168,20 @@ class _ProgressSubscriber(BaseSubscriber):
         self._progress(bytes_transferred)
 
 
+def _versioned_ref(key: str) -> ResourceRef | None:
+    """The ref of a ``folder/name/<version>.big`` key, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[2].endswith(".big"):
+        return None
+    parsed = ResourceRef.parse(parts[0], parts[1])
+    if isinstance(parsed, Failure):
+        return None
+    try:
+        return parsed.unwrap().at(parts[2].removesuffix(".big"))
+    except ValueError:
+        return None
+
+
 def _client_error_failure(error: ClientError, what: str) -> CdnFailure:
     details: Any = error.response
     code = str(details.get("Error", {}).get("Code", ""))
@@ -363,6 +377,58 @@ class S3Cdn:
         self.abort_stale_uploads(ref, before=started)
         return IOSuccess(None)
 
+    def versioned_objects(self) -> IOResult[tuple[tuple[ResourceRef, float], ...], CdnFailure]:
+        """Every versioned big part in the shared bucket with its last-modified time (epoch s).
+
+        Only ``SharedBucket`` keys ``folder/name/<version>.big`` count; anything else (the
+        original's ``folder/name.big``, foreign objects) is never listed, so never collected.
+        """
+        if not isinstance(self._layout, SharedBucket):
+            return IOSuccess(())
+        found: list[tuple[ResourceRef, float]] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._layout.bucket
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    ref = _versioned_ref(item.get("Key", ""))
+                    if ref is not None:
+                        found.append((ref, item["LastModified"].timestamp()))
+        except (ClientError, BotoCoreError) as error:
+            return IOFailure(self._failure(error, f"listing of bucket {self._layout.bucket}"))
+        return IOSuccess(tuple(found))
+
+    def delete(self, ref: ResourceRef) -> IOResult[None, CdnFailure]:
+        """Delete the object of ``ref`` (a versioned big part ``gc`` found unreferenced)."""
+        bucket, key = self._layout.locate(ref)
+        try:
+            self._client.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:
+            return IOFailure(self._failure(error, self._what(ref)))
+        return IOSuccess(None)
+
+    def abort_unfinished(self, *, before: datetime) -> IOResult[int, CdnFailure]:
+        """Abort every multipart upload of a versioned big part begun before ``before``."""
+        if not isinstance(self._layout, SharedBucket):
+            return IOSuccess(0)
+        bucket = self._layout.bucket
+        aborted = 0
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    key = upload.get("Key", "")
+                    if _versioned_ref(key) is None or upload.get("Initiated", before) >= before:
+                        continue
+                    self._client.abort_multipart_upload(
+                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        except (ClientError, BotoCoreError) as error:
+            return IOFailure(self._failure(error, f"multipart uploads of bucket {bucket}"))
+        return IOSuccess(aborted)
+
     def abort_stale_uploads(self, ref: ResourceRef, *, before: datetime) -> int:
         """Abort the unfinished multipart uploads of ``ref``'s key begun before ``before``.
 
@@ -372,19 +438,32 @@ class S3Cdn:
         bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule is the backstop for keys that
         are never uploaded again. Listing needs ``s3:ListBucketMultipartUploads``; without it
         this logs and aborts nothing. Returns how many were aborted.
+
+        For a versioned ref the uploads of every version of the resource count (a killed
+        re-publish left its parts under its own version's key, which nobody uploads again).
         """
         bucket, key = self._layout.locate(ref)
+        versions_prefix = None
+        if ref.version is not None:
+            versions_prefix = self._layout.locate(ref.unversioned)[1].removesuffix(".big") + "/"
+        prefix = versions_prefix or key
         aborted = 0
         try:
             pages = self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=bucket, Prefix=key
+                Bucket=bucket, Prefix=prefix
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if upload.get("Key") != key or upload.get("Initiated", before) >= before:
+                    theirs = upload.get("Key", "")
+                    ours = theirs == key or (
+                        versions_prefix is not None
+                        and theirs.startswith(versions_prefix)
+                        and "/" not in theirs[len(versions_prefix) :]
+                    )
+                    if not ours or upload.get("Initiated", before) >= before:
                         continue
                     self._client.abort_multipart_upload(
-                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                        Bucket=bucket, Key=theirs, UploadId=upload["UploadId"]
                     )
                     aborted += 1
         except (ClientError, BotoCoreError) as error:

@@ -321,6 +321,10 @@ class ClientConfig:
         connect_timeout, read_timeout: seconds, for the API and the CDN.
         workers: parallel transfers and crypto threads.
         publisher_key_file: file holding the publisher key that wraps data keys, if used.
+        publisher_signing_key_file: file holding this publisher's Ed25519 seed (32 bytes, raw or
+            64 hex digits); every upload is signed with it.
+        publisher_keys: pinned publisher public keys (64 hex digits each); when any is pinned,
+            every download must be signed by one of them, whatever the server vouches for.
         cache_max_bytes: the bound on the bytes the cache holds (``None``: no bound); least
             recently used entries are evicted past it, never one in use. A whole number of
             bytes or a size such as ``20GiB``.
@@ -338,6 +342,8 @@ class ClientConfig:
     workers: int = 4
     publisher_key_file: Path | None = None
     cache_max_bytes: int | None = None
+    publisher_signing_key_file: Path | None = None
+    publisher_keys: tuple[bytes, ...] = ()
 
 
 CLIENT_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ClientConfig))
@@ -424,6 +430,26 @@ def _byte_size(value: object, field: str) -> Result[int, ConfigInvalid]:
     return Success(number)
 
 
+def _public_keys(value: object, field: str) -> Result[tuple[bytes, ...], ConfigInvalid]:
+    """A list of Ed25519 public keys in hex (YAML list, or comma-separated text)."""
+    items: object = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return Failure(
+            ConfigInvalid(field, f"expected a list of hex keys, got {_type_name(value)}")
+        )
+    keys: list[bytes] = []
+    for item in items:
+        text = item.strip() if isinstance(item, str) else ""
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:  # an Ed25519 public key
+            return Failure(ConfigInvalid(field, "each key must be 64 hex digits (32 bytes)"))
+        keys.append(key)
+    return Success(tuple(keys))
+
+
 _Parser = Callable[[object, str], Result[object, ConfigInvalid]]
 _CLIENT_PARSERS: dict[str, _Parser] = {
     "cache_dir": _path,
@@ -438,6 +464,8 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "workers": _workers,
     "publisher_key_file": _path,
     "cache_max_bytes": _byte_size,
+    "publisher_signing_key_file": _path,
+    "publisher_keys": _public_keys,
 }
 
 

@@ -69,6 +69,11 @@ class ResourceRef:
 
     folder: str = attrs.field(validator=_validate)
     name: str = attrs.field(validator=_validate)
+    # The big part's version (the header's file id, hex) when the ref names one object of it:
+    # versioned object keys let a re-publish write beside the current version, never over it.
+    version: str | None = attrs.field(
+        default=None, kw_only=True, validator=attrs.validators.optional(_validate)
+    )
 
     @classmethod
     def parse(cls, folder: object, name: object) -> Result[ResourceRef, InvalidRef]:
@@ -80,9 +85,21 @@ class ResourceRef:
         assert isinstance(name, str)
         return Success(cls(folder, name))
 
+    def at(self, version: str) -> ResourceRef:
+        """This resource's big part of ``version``: its object key names the version."""
+        return ResourceRef(self.folder, self.name, version=version)
+
+    @property
+    def unversioned(self) -> ResourceRef:
+        """The resource itself (what the API and the cache are keyed by)."""
+        return ResourceRef(self.folder, self.name)
+
     @property
     def key(self) -> str:
-        """The object key and relative path of the big part: ``folder/name.big``."""
+        """The object key and relative path of the big part: ``folder/name/<version>.big`` for
+        a version, ``folder/name.big`` (the original's key) without one."""
+        if self.version is not None:
+            return f"{self.folder}/{self.name}/{self.version}.big"
         return f"{self.folder}/{self.name}.big"
 
     def __str__(self) -> str:

@@ -114,3 +114,57 @@ def verify(
     return Failure(
         UntrustedPublisher(what, f"the signature does not verify under key {key_id(vouched)}")
     )
+
+
+# --- the signed small part ----------------------------------------------------------------------
+#
+# A signed small part is ``SIGNED_MAGIC || public key (32) || signature (64) || v1 small part``.
+# The v1 bytes stay as they are (so their KAT and parser are unchanged); the signature covers the
+# v1 header and the head after it (``statement``), and the public key names the signer, whom the
+# server vouches for by accepting the upload only under the key it recorded for that account.
+
+SIGNED_MAGIC: Final = b"SVSIG2\x00\x00"
+SIGNED_PREFIX_BYTES: Final = len(SIGNED_MAGIC) + PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+
+
+@attrs.frozen
+class SignedPart:
+    """A signed small part taken apart: who claims to have signed, the signature, the v1 bytes."""
+
+    public: bytes
+    signature: bytes
+    inner: bytes = attrs.field(repr=False)
+
+
+def is_signed(small_part: bytes) -> bool:
+    """Whether ``small_part`` carries the signed framing."""
+    return small_part[: len(SIGNED_MAGIC)] == SIGNED_MAGIC
+
+
+def split_signed(small_part: bytes) -> SignedPart | None:
+    """The parts of a signed small part, or ``None`` when it is not one (or too short)."""
+    if not is_signed(small_part) or len(small_part) <= SIGNED_PREFIX_BYTES:
+        return None
+    start = len(SIGNED_MAGIC)
+    return SignedPart(
+        public=small_part[start : start + PUBLIC_KEY_BYTES],
+        signature=small_part[start + PUBLIC_KEY_BYTES : SIGNED_PREFIX_BYTES],
+        inner=small_part[SIGNED_PREFIX_BYTES:],
+    )
+
+
+def part_statement(inner: bytes, header_length: int) -> bytes:
+    """The statement of a v1 small part whose header is ``header_length`` bytes long."""
+    return statement(inner[:header_length], inner[header_length:])
+
+
+def sign_small_part(key: PublisherKey, inner: bytes, header_length: int) -> bytes:
+    """The signed framing of the v1 small part ``inner``."""
+    signature = sign(key, part_statement(inner, header_length))
+    return SIGNED_MAGIC + key.public + signature + inner
+
+
+def signed_public(part: SignedPart, header_length: int) -> bytes | None:
+    """The signer's key when the signature verifies under the key the part names, else None."""
+    message = part_statement(part.inner, header_length)
+    return part.public if _verifies(part.public, part.signature, message) else None

@@ -19,9 +19,18 @@ RESOURCES: Final = "resources"
 GET: Final = "get"
 LIST: Final = "list"
 KEYS: Final = "keys"
+# ``POST resources/versions/{folder}`` ({file_name}) lists the kept versions (read grant);
+# ``POST resources/rollback/{folder}`` ({file_name, version}) makes a kept one current (write).
+VERSIONS: Final = "versions"
+ROLLBACK: Final = "rollback"
+FIELD_VERSIONS: Final = "versions"
 HEALTH_PATH: Final = "/healthz"
 READY_PATH: Final = "/readyz"
 METRICS_PATH: Final = "/metrics"
+
+# Key fragments are one namespace keyed by version (the original protocol names no folder), so
+# their grant is on this pseudo-folder: read to fetch a fragment, write to register one.
+FRAGMENTS_GRANT_FOLDER: Final = "keys"
 
 # ``GET keys`` (no version) answers the latest registered fragment and names it in this header.
 LATEST_VERSION_HEADER: Final = "X-Splitvault-Version"

@@ -11,6 +11,7 @@ dumping a stored record.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 from returns.io import IOResult
 from returns.pipeline import is_successful
+from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.errors import to_exception
@@ -28,6 +30,7 @@ from splitvault.domain.ports import ROLES, Device, Grant, ResourceVersion, Serve
 Report = dict[str, Any]
 Command = Callable[[str, Callable[[argparse.Namespace], Report], str], argparse.ArgumentParser]
 T = TypeVar("T")
+log = logging.getLogger("splitvault.admin")
 
 
 def _ok(result: IOResult[T, Problem]) -> T:
@@ -346,10 +349,63 @@ def resources_rm(args: argparse.Namespace, store: ServerStore) -> Report:
 
 
 def resources_gc(args: argparse.Namespace, store: ServerStore) -> Report:
-    """Delete versions no resource keeps (beyond the last N, or of removed resources)."""
-    _confirm(args, "collecting unreferenced versions")
+    """Delete versions no resource keeps, their big parts, and old unfinished uploads."""
+    _confirm(args, "collecting unreferenced versions and big parts")
     removed = _ok(store.collect_garbage())
-    return {"versions_removed": removed, "text": f"collected {removed} unreferenced versions"}
+    swept = _sweep_cdn(store, min_age=float(args.min_age))
+    return {
+        "versions_removed": removed,
+        **swept,
+        "text": f"collected {removed} unreferenced versions, {swept['big_parts_removed']} big "
+        f"parts no kept version references and {swept['uploads_aborted']} unfinished uploads",
+    }
+
+
+def _sweep_cdn(store: ServerStore, *, min_age: float) -> dict[str, int]:
+    """Delete big parts that no kept version references, older than ``min_age`` seconds.
+
+    Never one a kept version references (the current one and the last N before it, which is
+    what rollback and downloads in flight need). ``min_age`` spares a publish in progress: its
+    big part is on the CDN before its small part reaches the API (the commit point). Only the
+    shared bucket's versioned keys are considered; the original's layout is left alone.
+    """
+    from datetime import UTC, datetime
+
+    from splitvault.adapters.s3_cdn import S3Cdn
+    from splitvault.app.server.accounts import cdn_config
+    from splitvault.domain.config import cdn_config_from_mapping
+
+    stored_config = _ok(cdn_config(store))
+    if stored_config is None:
+        return {"big_parts_removed": 0, "uploads_aborted": 0}
+    parsed = cdn_config_from_mapping(stored_config)
+    if isinstance(parsed, Failure):
+        raise to_exception(parsed.failure())
+    built = S3Cdn.from_config(parsed.unwrap(), write=True)
+    if isinstance(built, Failure):
+        # No write keys in the CDN config: the bucket is someone else's to sweep.
+        log.warning("not sweeping the CDN: %s", built.failure().describe())
+        return {"big_parts_removed": 0, "uploads_aborted": 0}
+    cdn = built.unwrap()
+    try:
+        now = time.time()
+        objects = _ok(cdn.versioned_objects())
+        kept: dict[tuple[str, str], set[str]] = {}
+        removed = 0
+        for ref, modified in objects:
+            place = (ref.folder, ref.name)
+            if place not in kept:
+                versions = _ok(store.versions(ref.folder, ref.name))
+                kept[place] = {version.version for version in versions}
+            if ref.version in kept[place] or now - modified < min_age:
+                continue
+            _ok(cdn.delete(ref))
+            removed += 1
+        cutoff = datetime.fromtimestamp(now - min_age, tz=UTC)
+        aborted = _ok(cdn.abort_unfinished(before=cutoff))
+    finally:
+        cdn.close()
+    return {"big_parts_removed": removed, "uploads_aborted": aborted}
 
 
 # --- the parser -----------------------------------------------------------------------------------
@@ -422,7 +478,13 @@ def register(command: Command) -> None:
     p = leaf(resources, "rm", resources_rm, destructive=True)
     p.add_argument("folder")
     p.add_argument("name")
-    leaf(resources, "gc", resources_gc, destructive=True)
+    p = leaf(resources, "gc", resources_gc, destructive=True)
+    p.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        help="seconds an unreferenced big part or unfinished upload must be old (default 3600)",
+    )
 
 
 def _no_group(_args: argparse.Namespace) -> Report:

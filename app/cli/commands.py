@@ -212,9 +212,53 @@ def download(args: argparse.Namespace) -> Report:
     }
 
 
+def _folder_and_name(text: str) -> Any:
+    from splitvault.domain.ref import ResourceRef
+
+    folder, _, name = text.partition("/")
+    parsed = ResourceRef.parse(folder, name)
+    if isinstance(parsed, Failure):
+        raise to_exception(parsed.failure())
+    return parsed.unwrap()
+
+
+def list_versions(args: argparse.Namespace) -> Report:
+    """``splitvault ls FOLDER/NAME --versions``: the kept versions, newest (current) first."""
+    ref = _folder_and_name(args.folder)
+    client = _client(args)
+    try:
+        kept = unwrap_or_raise(client.api.versions(ref))
+    finally:
+        client.close()
+    lines = [
+        f"{each.get('version')}  {'current ' if each.get('current') else '        '}"
+        f"{each.get('publisher')}"
+        for each in kept
+    ]
+    return {"ref": str(ref), "versions": list(kept), "text": "\n".join(lines)}
+
+
+def rollback(args: argparse.Namespace) -> Report:
+    """``splitvault rollback FOLDER/NAME --to VERSION``."""
+    ref = _folder_and_name(args.resource)
+    client = _client(args)
+    try:
+        unwrap_or_raise(client.api.rollback(ref, args.version))
+    finally:
+        client.close()
+    return {
+        "ref": str(ref),
+        "version": args.version,
+        "text": f"{ref} is at version {args.version} again",
+    }
+
+
 def list_folder(args: argparse.Namespace) -> Report:
     """``splitvault ls``: the names in a folder."""
     from splitvault.domain.ref import parse_folder
+
+    if args.versions:
+        return list_versions(args)
 
     parsed = parse_folder(args.folder)
     if isinstance(parsed, Failure):

@@ -99,8 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     client_flags(p)
 
-    p = command("ls", "list_folder", "list the resources of a folder")
-    p.add_argument("folder")
+    p = command("ls", "list_folder", "list the resources of a folder (or one's versions)")
+    p.add_argument("folder", help="FOLDER, or FOLDER/NAME with --versions")
+    p.add_argument("--versions", action="store_true", help="the kept versions of FOLDER/NAME")
+    client_flags(p)
+
+    p = command("rollback", "rollback", "make a kept version of FOLDER/NAME current again")
+    p.add_argument("resource", help="FOLDER/NAME")
+    p.add_argument("--to", required=True, dest="version", help="a version from ls --versions")
     client_flags(p)
 
     p = command("login", "login", "check the credentials against the API")

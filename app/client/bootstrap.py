@@ -45,12 +45,14 @@ from splitvault.app.client.usecases import (
     open_small_part,
     upload_resource,
 )
+from splitvault.domain import signature
 from splitvault.domain.config import ClientConfig
 from splitvault.domain.errors import AccessDenied, ConfigInvalid, Problem
 from splitvault.domain.legacy import parse_shared_key
 from splitvault.domain.ports import Cache, Cdn, Clock, Hardware, Random, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
+from splitvault.domain.signature import PublisherKey
 
 log = logging.getLogger("splitvault.bootstrap")
 T = TypeVar("T")
@@ -80,6 +82,7 @@ class Client:
         cdn: Cdn | None,
         publisher_key: bytes | None,
         retrier: Retrier,
+        signing_key: PublisherKey | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -88,6 +91,7 @@ class Client:
         self.random = random
         self.clock = clock
         self.publisher_key = publisher_key
+        self.signing_key = signing_key
         self.retrier = retrier
         self._fixed_cdn = cdn
         self._cdns: dict[bool, Cdn] = {}
@@ -159,6 +163,7 @@ class Client:
                 cache=self.cache,
                 random=self.random,
                 publisher_key=self.publisher_key,
+                signing_key=self.signing_key,
                 workers=self.config.workers,
                 progress=progress,
                 retrier=self.retrier,
@@ -180,6 +185,7 @@ class Client:
             fingerprint=self.fingerprint,
             transport_key=self.transport_key,
             publisher_key=self.publisher_key,
+            pinned=self.config.publisher_keys,
             workers=self.config.workers,
             progress=progress,
             retrier=self.retrier,
@@ -260,6 +266,30 @@ def read_publisher_key(path: Path | None) -> IOResult[bytes | None, Problem]:
     return IOSuccess(parsed.unwrap())
 
 
+def read_signing_key(path: Path | None) -> IOResult[PublisherKey | None, Problem]:
+    """This publisher's Ed25519 key from its seed file (32 raw bytes or 64 hex digits)."""
+    field = "publisher_signing_key_file"
+    if path is None:
+        return IOSuccess(None)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return IOFailure(ConfigInvalid(field, f"cannot read {path}: {error.strerror}"))
+    seed = data
+    if len(data) != signature.SEED_BYTES:
+        try:
+            seed = bytes.fromhex(data.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            seed = b""
+    if len(seed) != signature.SEED_BYTES:
+        return IOFailure(
+            ConfigInvalid(
+                field, f"{path} must hold a 32-byte Ed25519 seed, raw or as 64 hex digits"
+            )
+        )
+    return IOSuccess(PublisherKey.from_seed(seed))
+
+
 def bootstrap(
     config: ClientConfig,
     *,
@@ -314,7 +344,9 @@ def bootstrap(
         else FileCache.open(config.cache_dir, max_bytes=config.cache_max_bytes)
     )
 
-    def make(the_cache: Cache, publisher_key: bytes | None) -> Client:
+    def make(
+        the_cache: Cache, publisher_key: bytes | None, signing_key: PublisherKey | None
+    ) -> Client:
         return Client(
             config=config,
             api=built_api,
@@ -325,10 +357,13 @@ def bootstrap(
             cdn=cdn,
             publisher_key=publisher_key,
             retrier=Retrier(policy, the_clock, the_random, the_sleep),
+            signing_key=signing_key,
         )
 
     return cache_result.bind(
-        lambda the_cache: read_publisher_key(config.publisher_key_file).map(
-            lambda key: make(the_cache, key)
+        lambda the_cache: read_publisher_key(config.publisher_key_file).bind(
+            lambda key: read_signing_key(config.publisher_signing_key_file).map(
+                lambda signing: make(the_cache, key, signing)
+            )
         )
     )

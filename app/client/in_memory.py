@@ -41,7 +41,11 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.retrying import Meter, run_with
-from splitvault.app.client.usecases import open_small_part
+from splitvault.app.client.usecases import (
+    open_small_part,
+    sign_small_part,
+    trusted_small_part,
+)
 from splitvault.domain import digest, keys, legacy
 from splitvault.domain.errors import (
     ConfigInvalid,
@@ -102,20 +106,26 @@ def _storage(what: str, error: OSError, action: str = "write") -> StorageFailed:
 
 def _small_part(client: Client, ref: ResourceRef) -> IOResult[bytes, Problem]:
     envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
-    return envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
+    opened = envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
+    return opened.bind(lambda small: trusted_small_part(ref, small, client.config.publisher_keys))
 
 
 def _verified_entry(
-    client: Client, ref: ResourceRef, expected: BigPartDigest, filled: list[int]
+    client: Client, ref: ResourceRef, opener: Opener, filled: list[int]
 ) -> IOResult[Path, Problem]:
     """The cache entry of ``ref``'s big part, filled (resuming) from the CDN when needed."""
+
+    expected = opener.big_digest
+    expected_version = opener.header.file_id.hex()
 
     def on_cdn(cdn: Cdn) -> IOResult[Path, Problem]:
         meter = Meter()
 
         def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
             filled.append(ranges[0][0] if ranges else expected.length)
-            return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
+            # The big part's object is the version's (the header's file id).
+            big_ref = ref.at(expected_version)
+            return cdn.download_ranges(big_ref, ranges, meter.around(sink)).map(lambda _: None)
 
         def use(path: Path) -> IOResult[Path, Problem]:
             return IOSuccess(path)  # opened by the caller right after (not pinned meanwhile)
@@ -371,7 +381,7 @@ def _v1_into_memory(
     filled: list[int] = []
 
     def attempt() -> IOResult[MemoryLoad, Problem]:
-        return _verified_entry(client, ref, opener.big_digest, filled).bind(
+        return _verified_entry(client, ref, opener, filled).bind(
             lambda path: open_v1_into_memory(opener, path, workers).map(
                 lambda data: MemoryLoad(data, legacy=False, cache_hit=not filled)
             )
@@ -509,7 +519,7 @@ def open_reader(
                 )
             )
         return _opener(small, ref, key).bind(
-            lambda opener: _verified_entry(client, ref, opener.big_digest, []).bind(
+            lambda opener: _verified_entry(client, ref, opener, []).bind(
                 lambda path: _reader_over(opener, path, ref)
             )
         )
@@ -592,12 +602,13 @@ def upload_from_memory(
     """Seal ``plaintext`` (v1, its data key wrapped under ``publisher_key`` when given, else the
     client's) and store it: big part into the cache and to the CDN, then the small part."""
     view = memoryview(plaintext).cast("B")
+    file_id = client.random.token_bytes(16)
     key = publisher_key if publisher_key is not None else client.publisher_key
     started = Sealer.start(
         ref,
         len(view),
         dek=client.random.token_bytes(keys.KEY_BYTES),
-        file_id=client.random.token_bytes(16),
+        file_id=file_id,
         chunk_size=chunk_size,
         publisher_key=key,
         wrap_nonce=client.random.token_bytes(keys.NONCE_BYTES) if key else None,
@@ -619,14 +630,15 @@ def upload_from_memory(
             return run_with(
                 client.retrier,
                 f"upload of the big part of {ref}",
-                lambda: cdn.upload_file(ref, path),
+                lambda: cdn.upload_file(ref.at(file_id.hex()), path),
             ).map(lambda _: path)
 
         return client.with_cdn(True, on_cdn)
 
     def commit(path: Path) -> IOResult[MemoryUpload, Problem]:
         small = small_parts[-1]
-        stored: IOResult[None, Problem] = client.api.upload_small_part(ref, small)
+        signed = sign_small_part(client.signing_key, small)
+        stored: IOResult[None, Problem] = client.api.upload_small_part(ref, signed)
         return stored.map(
             lambda _: MemoryUpload(ref, len(view), len(small), sealer.layout.big_length, path)
         )

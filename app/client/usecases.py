@@ -27,15 +27,21 @@ from typing import Protocol, TypeVar
 import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
-from returns.result import Failure
+from returns.result import Failure, Success
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.adapters.atomic_file import write_atomically as write_atomically  # noqa: PLC0414 - re-exported for callers
 from splitvault.app.client import pipeline
 from splitvault.app.client.retrying import Meter, Retrier, run_with
-from splitvault.domain import keys
-from splitvault.domain.errors import CorruptResource, NotFound, PartMismatch, Problem
-from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, Opener
+from splitvault.domain import keys, signature
+from splitvault.domain.errors import (
+    CorruptResource,
+    NotFound,
+    PartMismatch,
+    Problem,
+    UntrustedPublisher,
+)
+from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, Opener, parse_header
 from splitvault.domain.ports import BigPartDigest, Cache, Cdn, Random, RangeSink, ResourceApi, Span
 from splitvault.domain.ref import ResourceRef
 
@@ -128,6 +134,7 @@ def upload_resource(
     cache: Cache,
     random: Random,
     publisher_key: bytes | None = None,
+    signing_key: signature.PublisherKey | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
     progress: Progress | None = None,
@@ -140,6 +147,10 @@ def upload_resource(
     if not source.is_file():
         return IOFailure(NotFound(f"the file {source}"))
     sealed: list[pipeline.SealedParts] = []
+    file_id = random.token_bytes(16)
+    # The new big part goes beside the current one (its key names the version), so downloads of
+    # the current version are untouched until the API switches the small part (the commit point).
+    big_ref = ref.at(file_id.hex())
 
     def produce(temp: Path) -> IOResult[BigPartDigest, Problem]:
         result = pipeline.seal_file(
@@ -147,7 +158,7 @@ def upload_resource(
             temp,
             ref=ref,
             dek=random.token_bytes(keys.KEY_BYTES),
-            file_id=random.token_bytes(16),
+            file_id=file_id,
             chunk_size=chunk_size,
             publisher_key=publisher_key,
             wrap_nonce=random.token_bytes(keys.NONCE_BYTES) if publisher_key else None,
@@ -174,16 +185,54 @@ def upload_resource(
 
     def to_cdn(path: Path) -> IOResult[Path, Problem]:
         def once() -> IOResult[None, Problem]:
-            return cdn.upload_file(ref, path)
+            return cdn.upload_file(big_ref, path)
 
         return run_with(retrier, f"upload of the big part of {ref}", once).map(lambda _: path)
 
-    return (
-        cache.store(ref, produce)
-        .bind(to_cdn)
-        .bind(lambda path: api.upload_small_part(ref, sealed[-1].small_part).map(lambda _: path))
-        .map(report)
+    def commit(path: Path) -> IOResult[Path, Problem]:
+        small = sign_small_part(signing_key, sealed[-1].small_part)
+        return api.upload_small_part(ref, small).map(lambda _: path)
+
+    return cache.store(ref, produce).bind(to_cdn).bind(commit).map(report)
+
+
+def sign_small_part(key: signature.PublisherKey | None, small: bytes) -> bytes:
+    """The signed framing of a freshly sealed v1 small part (unchanged without a key)."""
+    if key is None:
+        return small
+    parsed = parse_header(small)
+    assert isinstance(parsed, Success), "we just sealed this small part"
+    return signature.sign_small_part(key, small, parsed.unwrap()[1])
+
+
+def trusted_small_part(
+    ref: ResourceRef, small: bytes, pinned: Sequence[bytes]
+) -> IOResult[bytes, Problem]:
+    """The v1 small part inside a signed one, once its signature is trusted.
+
+    With keys pinned, the signer must be one of them (a compromised server or bucket cannot
+    substitute content). Without pins, the key the part names must verify it: the server
+    vouched for that key by accepting the upload only under the key it recorded for the
+    uploader. Unsigned parts are refused when anything is pinned, and otherwise accepted (parts
+    published before signatures, and the original client's) with a warning.
+    """
+    part = signature.split_signed(small)
+    if part is None:
+        if pinned:
+            return IOFailure(UntrustedPublisher(str(ref), "it carries no publisher signature"))
+        log.warning("%s carries no publisher signature; pin publisher_keys to refuse it", ref)
+        return IOSuccess(small)
+    parsed = parse_header(part.inner)
+    if isinstance(parsed, Failure):
+        return IOFailure(parsed.failure())
+    message = signature.part_statement(part.inner, parsed.unwrap()[1])
+    checked = signature.verify(
+        str(ref), part.signature, message, pinned=pinned, vouched=part.public
     )
+    if isinstance(checked, Failure):
+        return IOFailure(checked.failure())
+    log.info("%s is signed by publisher key %s", ref, signature.key_id(checked.unwrap()))
+    return IOSuccess(part.inner)
 
 
 def open_small_part(
@@ -206,16 +255,20 @@ def download_resource(
     fingerprint: str,
     transport_key: bytes,
     publisher_key: bytes | None = None,
+    pinned: Sequence[bytes] = (),
     workers: int | None = None,
     progress: Progress | None = None,
     retrier: Retrier | None = None,
 ) -> IOResult[DownloadReport, Problem]:
     """Fetch and open one resource into ``out``; nothing is left at ``out`` on failure.
 
+    The publisher's signature is checked (``trusted_small_part``) before any big-part byte moves.
+
     ``retrier`` retries the big part's download, resuming each time (one attempt without it).
     """
     envelope: IOResult[bytes, Problem] = api.download_small_part(ref, fingerprint)
-    return envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key)).bind(
+    opened = envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key))
+    return opened.bind(lambda small: trusted_small_part(ref, small, pinned)).bind(
         lambda small: _with_big_part(
             ref,
             small,
@@ -250,6 +303,7 @@ def _with_big_part(
     opener = started.unwrap()
     header = opener.header
     expected = opener.big_digest
+    big_ref = ref.at(header.file_id.hex())
     filled: list[int] = []
 
     meter = Meter()
@@ -257,7 +311,7 @@ def _with_big_part(
     def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
         filled.append(ranges[0][0] if ranges else expected.length)
         log.info("fetching %d range(s) of the big part of %s from the CDN", len(ranges), ref)
-        return cdn.download_ranges(ref, ranges, meter.around(sink)).map(lambda _: None)
+        return cdn.download_ranges(big_ref, ranges, meter.around(sink)).map(lambda _: None)
 
     def open_into(big_path: Path, temp: Path) -> IOResult[None, Problem]:
         return pipeline.open_with(

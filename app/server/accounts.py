@@ -13,7 +13,7 @@ import contextlib
 import json
 import secrets
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,11 +24,11 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.app.server.stores import CDN_SETTING, open_data_dir
+from splitvault.app.server.stores import CDN_SETTING, kept_versions, open_data_dir
 from splitvault.domain import keys, wire
 from splitvault.domain.config import cdn_config_from_mapping, cdn_config_to_mapping
 from splitvault.domain.errors import ConfigInvalid, Conflict, NotFound, StorageFailed
-from splitvault.domain.ports import ROLES, Account, ServerStore, StoreFailure
+from splitvault.domain.ports import ROLES, Account, Grant, ServerStore, StoreFailure
 
 ROLE_UPLOADER: Final = "uploader"
 ROLE_DOWNLOADER: Final = "downloader"
@@ -48,7 +48,7 @@ def _opened(where: StoreOrDir) -> Iterator[IOResult[ServerStore, StoreFailure]]:
     if not isinstance(where, Path):
         yield IOSuccess(where)
         return
-    opened = open_data_dir(where)
+    opened = open_data_dir(where, keep_versions=kept_versions())
     try:
         yield opened
     finally:
@@ -138,6 +138,28 @@ def _put_user(
         return store.put_account(changed)
 
     return store.get_account(email).bind(replace)
+
+
+def grant(
+    where: StoreOrDir, email: str, folders: Iterable[str], *, read: bool, write: bool
+) -> IOResult[None, AccountFailure]:
+    """Give the account ``read`` and/or ``write`` on each folder (replacing its grant there).
+
+    Access is denied by default; this is how the demo, the test stacks and an operator's script
+    grant explicitly (the admin CLI's ``grants add`` is the same write).
+    """
+    canonical = canonical_email(email)
+    chosen = tuple(folders)
+
+    def put_all(store: ServerStore) -> IOResult[None, StoreFailure]:
+        for folder in chosen:
+            done = store.put_grant(Grant(canonical, folder, read=read, write=write))
+            if not is_successful(done):
+                return done
+        return IOSuccess(None)
+
+    with _opened(where) as opened:
+        return opened.bind(put_all)
 
 
 def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[None, AccountFailure]:

@@ -28,6 +28,10 @@ EVENTS: Final = {
     "login_failures": ("splitvault_login_failures_total", "Logins refused for a wrong password."),
     "throttled": ("splitvault_logins_throttled_total", "Logins refused by the throttle (429)."),
     "rejected_tokens": ("splitvault_tokens_rejected_total", "Requests with an unusable token."),
+    "denied_by_grant": (
+        "splitvault_denied_by_grant_total",
+        "Requests refused: no grant.",
+    ),
     "downloads": ("splitvault_envelopes_served_total", "Small-part envelopes served."),
 }
 
@@ -40,6 +44,7 @@ class ServerStats:
     login_failures: int = 0
     throttled: int = 0
     rejected_tokens: int = 0
+    denied_by_grant: int = 0
     downloads: int = 0
     registry: CollectorRegistry = attrs.field(factory=CollectorRegistry, repr=False, eq=False)
     _counters: dict[str, Counter] = attrs.field(factory=dict, repr=False, eq=False)

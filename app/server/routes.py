@@ -40,7 +40,7 @@ from splitvault.app.server.accounts import (
 from splitvault.app.server.observe import ServerStats
 from splitvault.app.server.refusals import Refusal, store_refusal
 from splitvault.app.server.throttle import LoginThrottle
-from splitvault.domain import keys, wire
+from splitvault.domain import keys, signature, wire
 from splitvault.domain.config import cdn_config_from_mapping
 from splitvault.domain.format_v1 import parse_header
 from splitvault.domain.ports import Account, ResourceVersion, ServerStore, StoreFailure
@@ -210,6 +210,26 @@ def _require_writer(principal: Principal, action: str) -> None:
         raise Refusal(403, "Forbidden", f"the {principal.role} role may not {action}")
 
 
+def require_grant(state: ServerState, principal: Principal, folder: str, right: str) -> None:
+    """Refuse (403) unless the account holds ``right`` (``read`` or ``write``) on ``folder``.
+
+    Deny by default: no grant, no access. The role caps what a grant gives, so a downloader with
+    a write grant still cannot write. Runs in the thread pool (a store read).
+    """
+    if right == "write":
+        _require_writer(principal, f"write to {folder!r}")
+    grants = stored(state.store.list_grants(principal.email))
+    held = next((grant for grant in grants if grant.folder == folder), None)
+    if held is None or not (held.write if right == "write" else held.read):
+        state.stats.count("denied_by_grant")
+        raise Refusal(
+            403,
+            "Forbidden",
+            f"this account has no {right} grant on {folder!r}; ask an administrator "
+            f"(splitvault admin grants add EMAIL {folder} --{right})",
+        )
+
+
 def _ref(folder: object, name: object) -> ResourceRef:
     parsed = ResourceRef.parse(folder, name)
     if isinstance(parsed, Failure):
@@ -217,8 +237,42 @@ def _ref(folder: object, name: object) -> ResourceRef:
     return parsed.unwrap()
 
 
+PUBLISHER_KEY_SETTING: Final = "publisher-key:"
+
+
+def check_publisher(state: ServerState, principal: Principal, small_part: bytes) -> None:
+    """Refuse a signed small part unless it verifies under the uploader's recorded key.
+
+    The key is recorded on the account's first signed upload (trust on first use; an
+    administrator removes the setting to rotate it); every later upload must be signed by it.
+    This is what the server vouches for: a download's signer is the publisher it accepted.
+    Unsigned parts (the original client's, older uploads) are stored as they are; clients that
+    pin publisher keys refuse them.
+    """
+    part = signature.split_signed(small_part)
+    if part is None:
+        return
+    parsed = parse_header(part.inner)
+    if isinstance(parsed, Failure):
+        raise Refusal(400, "BadRequest", "the signed small part holds no valid v1 header")
+    if signature.signed_public(part, parsed.unwrap()[1]) is None:
+        raise Refusal(400, "BadSignature", "the publisher signature does not verify")
+    name = PUBLISHER_KEY_SETTING + principal.email
+    recorded = stored(state.store.setting_or_create(name, part.public))
+    if recorded != part.public:
+        raise Refusal(
+            403,
+            "UntrustedPublisher",
+            f"this account publishes with key {signature.key_id(recorded)}, not "
+            f"{signature.key_id(part.public)}; sign with it, or ask an administrator to rotate it",
+        )
+
+
 def version_of(small_part: bytes) -> str:
     """A small part's version: its header's file id, or (a legacy part) a digest of its bytes."""
+    part = signature.split_signed(small_part)
+    if part is not None:
+        small_part = part.inner
     parsed = parse_header(small_part)
     if isinstance(parsed, Success):
         file_id: bytes = parsed.unwrap()[0].file_id
@@ -247,6 +301,11 @@ async def upload_resource(state: ServerState, request: Request) -> Response:
         raise Refusal(
             403, "ReservedFolder", f"the {wire.CONFIG_FOLDER!r} folder is managed by the server"
         )
+    problem = check_name("folder", folder)
+    if problem is not None:
+        raise Refusal(400, "InvalidName", problem.describe())
+    # Checked before the body is read: a rogue uploader changes nothing and costs little.
+    await run_in_threadpool(require_grant, state, principal, folder, "write")
     async with request.form(max_files=1, max_fields=8) as form:
         upload = form.get(wire.UPLOAD_FILE_FIELD)
         if not isinstance(upload, UploadFile):
@@ -255,6 +314,7 @@ async def upload_resource(state: ServerState, request: Request) -> Response:
         data = await upload.read()
     if not data:
         raise Refusal(400, "BadRequest", "a small part is never empty")
+    await run_in_threadpool(check_publisher, state, principal, data)
     version = ResourceVersion(
         folder=ref.folder,
         name=ref.name,
@@ -279,6 +339,9 @@ async def get_resource(state: ServerState, request: Request) -> Response:
         raise Refusal(400, "BadRequest", f"{wire.FIELD_FINGERPRINT!r} must be printable text")
 
     def work() -> bytes:
+        # Every account may fetch the CDN config (the role picks its keys); the rest needs read.
+        if ref.folder != wire.CONFIG_FOLDER:
+            require_grant(state, principal, ref.folder, "read")
         # The download password is checked like a login: throttled, against the stored hash.
         account = state.check_password(principal.email, password)
         state.check_fingerprint(account, fingerprint)
@@ -309,7 +372,7 @@ def _load_small_part(state: ServerState, ref: ResourceRef, role: str) -> bytes:
 
 
 async def list_resources(state: ServerState, request: Request) -> Response:
-    await run_in_threadpool(state.authenticate, request)
+    principal = await run_in_threadpool(state.authenticate, request)
     parsed = parse_folder(request.path_params["folder"])
     if isinstance(parsed, Failure):
         raise Refusal(400, "InvalidName", parsed.failure().describe())
@@ -319,15 +382,70 @@ async def list_resources(state: ServerState, request: Request) -> Response:
         if folder == wire.CONFIG_FOLDER:
             exists = stored(cdn_config(state.store)) is not None
             return [wire.CDN_CONFIG_NAME] if exists else []
+        require_grant(state, principal, folder, "read")
         return list(stored(state.store.names(folder)))
 
     return JSONResponse({wire.FIELD_FILES: await run_in_threadpool(names)})
 
 
+async def list_versions(state: ServerState, request: Request) -> Response:
+    """The kept versions of one resource, newest (current) first."""
+    principal = await run_in_threadpool(state.authenticate, request)
+    body = await _json_object(request)
+    ref = _ref(request.path_params["folder"], body.get(wire.FIELD_FILE_NAME))
+
+    def kept() -> list[dict[str, object]]:
+        require_grant(state, principal, ref.folder, "read")
+        current = stored(state.store.current(ref.folder, ref.name))
+        return [
+            {
+                wire.FIELD_VERSION: kept.version,
+                "publisher": kept.publisher,
+                "created_at": kept.created_at,
+                "current": current is not None and kept.version == current.version,
+            }
+            for kept in stored(state.store.versions(ref.folder, ref.name))
+        ]
+
+    versions = await run_in_threadpool(kept)
+    if not versions:
+        raise Refusal(404, "NotFound", f"{ref} does not exist")
+    return JSONResponse({wire.FIELD_VERSIONS: versions}, headers={"Cache-Control": "no-store"})
+
+
+async def rollback(state: ServerState, request: Request) -> Response:
+    """Make a kept version current again: the same commit point as a publish, no new bytes.
+
+    Its big part is still on the CDN (``gc`` never deletes one a kept version references), so
+    cold caches fetch it and warm ones still hold its entry.
+    """
+    principal = await run_in_threadpool(state.authenticate, request)
+    body = await _json_object(request)
+    ref = _ref(request.path_params["folder"], body.get(wire.FIELD_FILE_NAME))
+    wanted = _text_field(body, wire.FIELD_VERSION, 64)
+
+    def work() -> None:
+        require_grant(state, principal, ref.folder, "write")
+        kept = stored(state.store.versions(ref.folder, ref.name))
+        found = next((each for each in kept if each.version == wanted), None)
+        if found is None:
+            raise Refusal(
+                404,
+                "NotFound",
+                f"{ref} keeps no version {wanted}; list them with splitvault ls --versions",
+            )
+        stored(state.store.publish(found))
+
+    await run_in_threadpool(work)
+    log.info("rolled %s back to version %s", ref, wanted)
+    return JSONResponse({wire.FIELD_NAME: ref.name, wire.FIELD_VERSION: wanted})
+
+
 async def latest_key_fragment(state: ServerState, request: Request) -> Response:
     """``GET /keys``: the latest registered fragment, its version in a header (the original's
     no-version ``download_key_fragment(url, token)``)."""
-    await run_in_threadpool(state.authenticate, request)
+    principal = await run_in_threadpool(state.authenticate, request)
+    await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "read")
     found = await run_in_threadpool(lambda: stored(state.store.latest_fragment()))
     if found is None:
         raise Refusal(404, "NotFound", "no key fragment is registered yet")
@@ -346,13 +464,16 @@ async def key_fragment(state: ServerState, request: Request) -> Response:
     if problem is not None:
         raise Refusal(400, "InvalidName", problem.describe())
     if request.method == "GET":
+        await run_in_threadpool(
+            require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "read"
+        )
         fragment = await run_in_threadpool(lambda: stored(state.store.get_fragment(version)))
         if fragment is None:
             raise Refusal(404, "NotFound", f"no key fragment for version {version}")
         return Response(
             fragment, media_type="application/octet-stream", headers={"Cache-Control": "no-store"}
         )
-    _require_writer(principal, "register key fragments")
+    await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "write")
     fragment = await request.body()
     if not fragment:
         raise Refusal(400, "BadRequest", "a key fragment is never empty")

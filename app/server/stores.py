@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -37,10 +38,32 @@ SIGNING_KEY_SETTING: Final = "jwt_signing_key"
 LEGACY_PUBLISHER: Final = "imported"
 
 
+# How many versions of each resource the store keeps (the server and the admin CLI alike, so a
+# gc never prunes what the server is configured to keep).
+ENV_KEEP_VERSIONS: Final = "SPLITVAULT_KEEP_VERSIONS"
+DEFAULT_KEEP_VERSIONS: Final = 3
+
+
+def kept_versions() -> int:
+    """``SPLITVAULT_KEEP_VERSIONS`` (at least 1), else the default of 3."""
+    raw = os.environ.get(ENV_KEEP_VERSIONS, "")
+    if not raw:
+        return DEFAULT_KEEP_VERSIONS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{ENV_KEEP_VERSIONS} must be a whole number of at least 1")
+    return int(raw)
+
+
 def open_store(
-    data_dir: Path | None = None, database_url: str | None = None, *, keep_versions: int = 3
+    data_dir: Path | None = None,
+    database_url: str | None = None,
+    *,
+    keep_versions: int | None = None,
 ) -> IOResult[ServerStore, StoreFailure]:
-    """PostgreSQL when ``database_url`` is given, else the SQLite store under ``data_dir``."""
+    """PostgreSQL when ``database_url`` is given, else the SQLite store under ``data_dir``;
+    keeping ``keep_versions`` versions of each resource (default: ``kept_versions()``)."""
+    if keep_versions is None:
+        keep_versions = kept_versions()
     if database_url:
         return PostgresStore.open(database_url, keep_versions=keep_versions).map(_as_store)
     if data_dir is None:

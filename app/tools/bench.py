@@ -457,7 +457,7 @@ class _OnlineWorld:
         import boto3
         from moto.server import ThreadedMotoServer
 
-        from splitvault.app.server.api import add_user, create_app, set_cdn_config
+        from splitvault.app.server.api import add_user, create_app, grant, set_cdn_config
         from splitvault.app.server.runner import RunningServer
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
@@ -481,6 +481,8 @@ class _OnlineWorld:
         self._password = os.urandom(12).hex()
         _unwrap(add_user(data, self.UPLOADER, self._password, "uploader"))
         _unwrap(add_user(data, self.DOWNLOADER, self._password, "downloader"))
+        _unwrap(grant(data, self.UPLOADER, [_BENCH_REF.folder], read=True, write=True))
+        _unwrap(grant(data, self.DOWNLOADER, [_BENCH_REF.folder], read=True, write=False))
         self._server = RunningServer(create_app(data))
         self._server.start()
         stack.callback(self._server.stop)

@@ -26,10 +26,11 @@ from splitvault.app.client import pipeline
 from splitvault.app.client.bootstrap import Client, bootstrap
 from splitvault.app.client.errors import unwrap_or_raise
 from splitvault.app.client.usecases import write_atomically
-from splitvault.app.server.api import add_user, create_app, set_cdn_config
+from splitvault.app.server.api import add_user, create_app, grant, set_cdn_config
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.config import ClientConfig
 from splitvault.domain.ref import ResourceRef
+from splitvault.domain.signature import PublisherKey
 
 MiB = 1 << 20
 
@@ -126,8 +127,24 @@ def _moto_s3() -> Iterator[str]:
         server.stop()
 
 
-def _client(url: str, email: str, password: str, cache: Path, machine: str) -> Client:
-    config = ClientConfig(cache_dir=cache, api_url=url, email=email, password=password)
+def _client(
+    url: str,
+    email: str,
+    password: str,
+    cache: Path,
+    machine: str,
+    *,
+    signing_key_file: Path | None = None,
+    pinned: tuple[bytes, ...] = (),
+) -> Client:
+    config = ClientConfig(
+        cache_dir=cache,
+        api_url=url,
+        email=email,
+        password=password,
+        publisher_signing_key_file=signing_key_file,
+        publisher_keys=pinned,
+    )
     return unwrap_or_raise(bootstrap(config, hardware=FixedHardware(machine)))
 
 
@@ -165,9 +182,17 @@ def _online(root: Path, size: int) -> dict[str, Any]:
         unwrap_or_raise(
             add_user(data, "infer@example.com", passwords["infer@example.com"], "downloader")
         )
+        # Deny by default: the trainer may publish to models, the inference machine may read it.
+        unwrap_or_raise(grant(data, "trainer@example.com", ["models"], read=True, write=True))
+        unwrap_or_raise(grant(data, "infer@example.com", ["models"], read=True, write=False))
         model = root / "model.safetensors"
         expected = generate_model(model, size)
         ref = ResourceRef("models", "model.safetensors")
+        # The trainer signs every upload with its Ed25519 key (a seed file only it can read).
+        seed = os.urandom(32)
+        signing_key_file = root / "trainer.ed25519"
+        signing_key_file.write_bytes(seed)
+        signing_key_file.chmod(0o600)
         with RunningServer(create_app(data)) as server:
             lines.append(f"reference API server  {server.url}   S3 (moto) {endpoint}")
             trainer = _client(
@@ -176,6 +201,7 @@ def _online(root: Path, size: int) -> dict[str, Any]:
                 passwords["trainer@example.com"],
                 root / "trainer-cache",
                 "training-box",
+                signing_key_file=signing_key_file,
             )
             started = time.perf_counter()
             uploaded = unwrap_or_raise(trainer.upload(ref, model))
@@ -191,6 +217,8 @@ def _online(root: Path, size: int) -> dict[str, Any]:
                 passwords["infer@example.com"],
                 root / "inference-cache",
                 "inference-box",
+                # The inference machine trusts the trainer's key only, whatever the server says.
+                pinned=(PublisherKey.from_seed(seed).public,),
             )
             timings: list[tuple[str, float, bool]] = []
             for label in ("cold cache", "warm cache"):
@@ -208,11 +236,14 @@ def _online(root: Path, size: int) -> dict[str, Any]:
                     raise SystemExit("\n".join(lines))
             infer.close()
             small_path = f"{data / 'splitvault.db'} ({ref.folder}/{ref.name})"
-            head = s3.head_object(Bucket="models", Key=ref.key)
+            # The big part's key names its version: folder/name/<file id>.big.
+            listed = s3.list_objects_v2(Bucket="models", Prefix=f"{ref.folder}/{ref.name}/")
+            big_key = listed["Contents"][0]["Key"]
+            head = s3.head_object(Bucket="models", Key=big_key)
             lines += [
                 "where the parts live:",
                 f"  small part  {uploaded.small_bytes:>12} B  API server store  {small_path}",
-                f"  big part    {head['ContentLength']:>12} B  S3 s3://models/{ref.key}",
+                f"  big part    {head['ContentLength']:>12} B  S3 s3://models/{big_key}",
                 f"  big part    {uploaded.big_bytes:>12} B  downloader cache  "
                 f"{FileCache(root / 'inference-cache').entry_path(ref)}",
                 "no single place holds a usable copy: the small part carries the key material "

@@ -92,3 +92,30 @@ def test_the_readme_vector_from_the_written_spec() -> None:
         "810e66a02e9fb100a0f94639e0203e4b0716ed2c4c869cd04a7e6158a4956e04"
     )
     assert s.key_id(PUBLISHER.public) == "3f38cb0ba3ca9598"
+
+
+def test_the_signed_small_part_framing_known_answer() -> None:
+    """README "Publisher signatures": the framing of inner = "header" || "head" (header 6 bytes)
+    is the magic, the public key and the known-answer signature, then the inner bytes."""
+    key = s.PublisherKey.from_seed(bytes(range(32)))
+    framed = s.sign_small_part(key, b"headerhead", 6)
+    expected_signature = bytes.fromhex(
+        "b80c5d17429199554d198c6d5aff204cafc4438e9d5dd890d1d7cc0bbc152904"
+        "810e66a02e9fb100a0f94639e0203e4b0716ed2c4c869cd04a7e6158a4956e04"
+    )
+    assert framed == b"SVSIG2\x00\x00" + key.public + expected_signature + b"headerhead"
+    part = s.split_signed(framed)
+    assert part is not None
+    assert (part.public, part.signature, part.inner) == (
+        key.public,
+        expected_signature,
+        b"headerhead",
+    )
+    assert s.signed_public(part, 6) == key.public
+    assert s.signed_public(part, 5) is None  # the header boundary is signed too
+
+
+def test_unsigned_or_truncated_parts_are_not_taken_for_signed_ones() -> None:
+    assert s.split_signed(b"SPLITVLT" + bytes(200)) is None
+    assert s.split_signed(s.SIGNED_MAGIC + bytes(s.PUBLIC_KEY_BYTES + s.SIGNATURE_BYTES)) is None
+    assert not s.is_signed(b"")

@@ -109,3 +109,16 @@ def test_subkeys_are_independent() -> None:
     assert len(values) == 4
     assert "chunk_key" not in repr(sub) or bytes(32).hex() not in repr(sub)
     assert sub.chunk_key.hex() not in repr(sub)
+
+
+def test_a_versioned_ref_names_its_version_in_the_object_key() -> None:
+    """Each version's big part has its own key, so a re-publish never overwrites the current one;
+    the ref's text (the envelope's context, messages) and the original's key stay as they were."""
+    ref = ResourceRef("models", "m.onnx")
+    versioned = ref.at("00112233445566778899aabbccddeeff")
+    assert versioned.key == "models/m.onnx/00112233445566778899aabbccddeeff.big"
+    assert ref.key == "models/m.onnx.big"
+    assert str(versioned) == str(ref) == "models/m.onnx"
+    assert versioned.unversioned == ref
+    with pytest.raises(ValueError):
+        ref.at("../escape")

@@ -43,7 +43,7 @@ THREADS = 16
 
 def big_part_gets(proxy: FaultProxy, stack: Stack, ref: ResourceRef) -> int:
     """How many GETs of ``ref``'s big part went through the S3 proxy."""
-    return proxy.requests_matching("GET", f"/{stack.bucket}/{ref.key}")
+    return proxy.requests_matching("GET", f"/{stack.bucket}/{stack.big_key(ref)}")
 
 
 def test_sixteen_threads_share_one_client(

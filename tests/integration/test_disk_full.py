@@ -159,7 +159,7 @@ def test_a_full_cache_fails_the_download_at_once(
     problem = failure(download(reader, REF, out))
 
     assert isinstance(problem, StorageFailed)
-    assert s3_proxy.requests_matching("GET", f"/{stack.bucket}/{REF.key}") == 1
+    assert s3_proxy.requests_matching("GET", f"/{stack.bucket}/{stack.big_key(REF)}") == 1
     assert not out.exists()
     assert not FileCache(cache).entry_path(REF).exists()
     assert sorted(os.listdir(cache / REF.folder / REF.name)) == [".lock"]  # no partial left

@@ -63,7 +63,11 @@ def test_small_part_on_the_server_never_holds_plaintext(stack: Stack, tmp_path: 
     plaintext = model(tmp_path / "model.onnx", 64 * 1024)
     ok(upload(stack.client(UPLOADER), REF, tmp_path / "model.onnx"))
     small = stack.small_part(REF)
-    big = stack.moto.s3_client().get_object(Bucket=stack.bucket, Key=REF.key)["Body"].read()
+    big = (
+        stack.moto.s3_client()
+        .get_object(Bucket=stack.bucket, Key=stack.big_key(REF))["Body"]
+        .read()
+    )
     assert 0 < len(small) <= 4096
     for start in range(0, 8192, 16):
         window = plaintext[start : start + 16]

@@ -16,6 +16,7 @@ from splitvault.app.client.errors import (
     InvalidNameError,
     NotFoundError,
 )
+from splitvault.domain.ref import ResourceRef
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
 
 
@@ -100,9 +101,10 @@ def test_tampered_download_raises_integrity_error(stack: Stack, tmp_path: Path) 
     with client(stack, UPLOADER, tmp_path) as up:
         up.upload_resource_file(tmp_path / "m.bin", "m.bin", "models")
     s3 = stack.moto.s3_client()
-    body = bytearray(s3.get_object(Bucket=stack.bucket, Key="models/m.bin.big")["Body"].read())
+    key = stack.big_key(ResourceRef("models", "m.bin"))
+    body = bytearray(s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read())
     body[100] ^= 0xFF
-    s3.put_object(Bucket=stack.bucket, Key="models/m.bin.big", Body=bytes(body))
+    s3.put_object(Bucket=stack.bucket, Key=key, Body=bytes(body))
     with client(stack, DOWNLOADER, tmp_path) as down, pytest.raises(IntegrityError):
         down.download_resource_file("m.bin", "models", tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()

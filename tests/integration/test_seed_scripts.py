@@ -34,7 +34,7 @@ from splitvault.app.client.errors import (
     InvalidNameError,
     NotFoundError,
 )
-from splitvault.app.server.api import set_cdn_config
+from splitvault.app.server.api import grant, set_cdn_config
 from splitvault.domain.config import S3Keys
 from splitvault.domain.legacy import seal_legacy_bytes
 from splitvault.domain.ref import ResourceRef
@@ -46,6 +46,7 @@ from tests.support.dockerd import (  # noqa: F401 - `dockerd` is a fixture pytes
     list_images,
     remove_images,
 )
+from tests.support.results import value
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
 
 SHARED_KEY = bytes(range(32))  # the original's one resource key, as scripts held it (hex)
@@ -82,6 +83,8 @@ def _original_layout(stack: Stack) -> tuple[str, S3Keys, S3Keys]:
     """A folder whose bucket is its own name (the original layout), with IAM key pairs."""
     folder = f"orig-{uuid.uuid4().hex[:10]}"
     stack.moto.s3_client().create_bucket(Bucket=folder)
+    value(grant(stack.store, UPLOADER, [folder], read=True, write=True))
+    value(grant(stack.store, DOWNLOADER, [folder], read=True, write=False))
     return (
         folder,
         stack.moto.create_keys("downloader", READ, folder),

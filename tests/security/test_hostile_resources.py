@@ -223,8 +223,8 @@ def test_a_lying_api_cannot_make_a_download_allocate_or_write(tmp_path: Path, sm
     envelope = keys.seal_envelope(transport_key, os.urandom(12), small, str(REF))
     _, big = sealed()
     cdn_root = tmp_path / "cdn"
-    (cdn_root / REF.folder).mkdir(parents=True)
-    (cdn_root / REF.key).write_bytes(big)
+    (cdn_root / REF.at(FILE_ID.hex()).key).parent.mkdir(parents=True)
+    (cdn_root / REF.at(FILE_ID.hex()).key).write_bytes(big)
     cache = ok(FileCache.open(tmp_path / "cache"))
     out = tmp_path / "out" / "model.onnx"
 

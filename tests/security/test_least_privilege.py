@@ -101,14 +101,16 @@ def test_a_downloaders_cdn_keys_cannot_write_under_iam(stack: Stack, tmp_path: P
         writable=True,  # lie to the adapter: the bucket must still refuse
     )
     with stack.moto.enforce_iam():
-        body = client.get_object(Bucket=stack.bucket, Key=REF.key)["Body"].read()
+        body = client.get_object(Bucket=stack.bucket, Key=stack.big_key(REF))["Body"].read()
         assert len(body) > 0
         denied = {
-            _denied(lambda: client.put_object(Bucket=stack.bucket, Key=REF.key, Body=b"x")),
+            _denied(
+                lambda: client.put_object(Bucket=stack.bucket, Key=stack.big_key(REF), Body=b"x")
+            ),
             _denied(
                 lambda: client.put_object(Bucket=stack.bucket, Key="models/new.big", Body=b"x")
             ),
-            _denied(lambda: client.delete_object(Bucket=stack.bucket, Key=REF.key)),
+            _denied(lambda: client.delete_object(Bucket=stack.bucket, Key=stack.big_key(REF))),
             _denied(
                 lambda: client.create_multipart_upload(Bucket=stack.bucket, Key="models/mp.big")
             ),

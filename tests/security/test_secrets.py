@@ -177,7 +177,10 @@ def _run_flow(stack: Stack, tmp_path: Path, flow: Flow) -> tuple[Client, Client]
         )
         flow.keep(read_only, downloader_only, CDNManager(downloader_only))
         flow.expect_raise(lambda: read_only.upload("models", "evil.onnx.big", model.read_bytes()))
-        assert read_only.download(REF.folder, f"{REF.name}.big", dest=tmp_path / "raw.big")
+        # A raw object at the original's key (our big parts sit under their version's key).
+        raw = f"{REF.folder}/{REF.name}.raw.big"
+        stack.moto.s3_client().put_object(Bucket=stack.bucket, Key=raw, Body=b"raw object")
+        assert read_only.download(REF.folder, f"{REF.name}.raw.big", dest=tmp_path / "raw.big")
 
     # Images: seal with the uploader's client, unlock with the downloader's.
     sealer, loader = (

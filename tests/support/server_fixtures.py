@@ -26,7 +26,13 @@ from splitvault.adapters.postgres_store import PostgresStore
 from splitvault.app.server.accounts import add_user, set_cdn_config
 from splitvault.app.server.runner import RunningServer
 from tests.support.results import value
-from tests.support.server_world import AppSlot, ServerWorld, running_world, slot_server
+from tests.support.server_world import (
+    AppSlot,
+    ServerWorld,
+    grant_test_accounts,
+    running_world,
+    slot_server,
+)
 from tests.support.stack import (
     DOWNLOADER,
     OTHER_DOWNLOADER,
@@ -156,6 +162,7 @@ def prepare_database(stack: Stack, url: str) -> None:
             (OTHER_DOWNLOADER, "downloader"),
         ):
             value(add_user(store, email, PASSWORD, role))
+        grant_test_accounts(store)
         value(
             set_cdn_config(
                 store,

@@ -21,8 +21,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.sql_store import SqlStore
-from splitvault.app.server.api import ServerStats, add_user, create_app, set_cdn_config
+from splitvault.app.server.accounts import StoreOrDir
+from splitvault.app.server.api import ServerStats, add_user, create_app, grant, set_cdn_config
 from splitvault.app.server.runner import RunningServer
+from splitvault.domain import wire
 from splitvault.domain.retry import RetryPolicy
 from tests.fakes import FakeClock, FakeRandom, FakeSleep, ServerClock
 from tests.support.faults import FaultInjector
@@ -30,6 +32,29 @@ from tests.support.faults import FaultInjector
 UPLOADER = "uploader@example.com"
 DOWNLOADER = "downloader@example.com"
 OTHER_DOWNLOADER = "other@example.com"
+# Access is denied by default: the test accounts are granted these folders explicitly (the key
+# fragments' pseudo-folder among them). A test of grants makes its own accounts.
+TEST_FOLDERS = (
+    "models",
+    "images",
+    "bench",
+    "m",
+    "x",
+    "data",
+    "nothing-here",
+    "odd folder %",
+    "configs",
+    wire.FRAGMENTS_GRANT_FOLDER,
+)
+
+
+def grant_test_accounts(where: StoreOrDir) -> None:
+    """The uploader reads and writes the test folders; the downloaders read them."""
+    assert is_successful(grant(where, UPLOADER, TEST_FOLDERS, read=True, write=True))
+    for email in (DOWNLOADER, OTHER_DOWNLOADER):
+        assert is_successful(grant(where, email, TEST_FOLDERS, read=True, write=False))
+
+
 PASSWORD = "correct horse battery staple"
 
 CDN_CONFIG = {
@@ -53,6 +78,7 @@ def make_template(directory: Path) -> Path:
         (OTHER_DOWNLOADER, "downloader"),
     ):
         assert is_successful(add_user(directory, email, PASSWORD, role))
+    grant_test_accounts(directory)
     assert is_successful(set_cdn_config(directory, CDN_CONFIG))
     return directory
 

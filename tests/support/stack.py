@@ -91,6 +91,8 @@ class Stack:
         api_url: str | None = None,
         read_timeout: float = 60.0,
         connect_timeout: float = 10.0,
+        signing_key_file: Path | None = None,
+        pinned: tuple[bytes, ...] = (),
     ) -> Client:
         """A client for ``email`` on the simulated ``machine`` with its own cache.
 
@@ -106,6 +108,8 @@ class Stack:
             password=password,
             read_timeout=read_timeout,
             connect_timeout=connect_timeout,
+            publisher_signing_key_file=signing_key_file,
+            publisher_keys=pinned,
         )
         the_sleep = sleep or (lambda _seconds: None)
         api = HttpResourceApi(
@@ -163,6 +167,10 @@ class Stack:
         current = value(self.store.current(ref.folder, ref.name))
         assert current is not None, f"no small part for {ref}"
         return current.small_part
+
+    def big_key(self, ref: ResourceRef) -> str:
+        """The object key of the current version's big part (the key names the version)."""
+        return ref.at(version_of(self.small_part(ref))).key
 
     def fragment(self, version: str) -> bytes | None:
         """The key fragment the server holds for ``version``, or ``None``."""

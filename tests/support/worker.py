@@ -95,6 +95,31 @@ def _operate(
     )
 
 
+def download_loop(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
+    """Download the resource ``count`` times, each into a fresh cache when ``cold``.
+
+    Failures are counted, not fatal: a race test wants every outcome. The report lists the
+    SHA-256 of each output, so the test can check the bytes against every version published.
+    """
+    import hashlib
+
+    from returns.io import IOSuccess
+
+    digests: list[str] = []
+    failures: list[str] = []
+    out = Path(spec["path"])
+    for index in range(int(spec["count"])):
+        cache = Path(spec["cache"]) / str(index) if spec["cold"] else Path(spec["cache"])
+        result = run({**spec, "op": "download", "cache": str(cache)})
+        if is_successful(result):
+            digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+            out.unlink()
+        else:
+            problem = unsafe_perform_io(result.failure())
+            failures.append(f"{type(problem).__name__}: {problem.describe()}")
+    return IOSuccess({"digests": digests, "failures": failures})
+
+
 def churn(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
     """Fetch random entries of a bounded cache shared with other processes, holding each.
 
@@ -150,7 +175,8 @@ def churn(spec: dict[str, Any]) -> IOResult[dict[str, Any], Problem]:
 def main(argv: list[str]) -> int:
     """Run the spec in ``argv[1]``; print the outcome as JSON."""
     spec = json.loads(argv[1])
-    result = churn(spec) if spec.get("op") == "churn" else run(spec)
+    operations = {"churn": churn, "download-loop": download_loop}
+    result = operations.get(spec.get("op", ""), run)(spec)
     if is_successful(result):
         print(json.dumps({"ok": True, **unsafe_perform_io(result.unwrap())}), flush=True)
         return 0

@@ -31,6 +31,7 @@ from splitvault.app.server.accounts import add_user, verify_password
 from tests.support.postgres import PostgresCluster
 from tests.support.results import value
 from tests.support.server_fixtures import serve_process
+from tests.support.server_world import grant_test_accounts
 
 UPLOADER = "uploader@example.com"
 DOWNLOADER = "downloader@example.com"
@@ -71,6 +72,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     with chosen.open() as store:
         value(add_user(store, UPLOADER, PASSWORD, "uploader"))
         value(add_user(store, DOWNLOADER, PASSWORD, "downloader"))
+        grant_test_accounts(store)
     yield chosen
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from splitvault.app.server.accounts import add_user
+from splitvault.app.server.accounts import add_user, grant
 from tests.support.certs import tls_files
 from tests.support.results import value
 from tests.support.server_fixtures import serve_process, trust
@@ -25,6 +25,7 @@ def data(tmp_path: Path) -> Path:
     """A data directory with one uploader."""
     directory = tmp_path / "data"
     value(add_user(directory, EMAIL, PASSWORD, "uploader"))
+    value(grant(directory, EMAIL, ["secret-folder-name", "keys"], read=True, write=True))
     return directory
 
 
