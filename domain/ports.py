@@ -170,10 +170,8 @@ class ResourceApi(Protocol):
         """Store a small part (the commit point of an upload)."""
         ...
 
-    def download_small_part(
-        self, ref: ResourceRef, fingerprint: str
-    ) -> IOResult[bytes, ApiFailure]:
-        """The small part, as the transport envelope sealed for this user and machine."""
+    def download_small_part(self, ref: ResourceRef) -> IOResult[bytes, ApiFailure]:
+        """The small part, opened from the envelope the API sealed to this device."""
         ...
 
     def list_folder(self, folder: str) -> IOResult[tuple[str, ...], ApiFailure]:

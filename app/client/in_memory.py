@@ -41,7 +41,6 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.retrying import Meter, run_with
-from splitvault.app.client.usecases import open_small_part
 from splitvault.domain import digest, keys, legacy
 from splitvault.domain.errors import (
     ConfigInvalid,
@@ -101,8 +100,8 @@ def _storage(what: str, error: OSError, action: str = "write") -> StorageFailed:
 
 
 def _small_part(client: Client, ref: ResourceRef) -> IOResult[bytes, Problem]:
-    envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
-    return envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
+    small_part: IOResult[bytes, Problem] = client.api.download_small_part(ref)
+    return small_part
 
 
 def _verified_entry(

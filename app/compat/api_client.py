@@ -42,7 +42,6 @@ from splitvault.app.client.in_memory import (
 from splitvault.app.client.usecases import (
     DownloadReport,
     UploadReport,
-    open_small_part,
     upload_resource,
 )
 from splitvault.cdn_manager import download_bytes, ref_for, upload_bytes
@@ -170,10 +169,8 @@ class ApiClient:
         """A file stored with ``upload_file``, opened from its transport envelope."""
         client = self._session()
         ref = _ref(folder, filename)
-        envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
-        return unwrap_or_raise(
-            envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
-        )
+        small_part: IOResult[bytes, Problem] = client.api.download_small_part(ref)
+        return unwrap_or_raise(small_part)
 
     def load_big_small_resource(
         self, resource_name: str, folder: str, key: str | bytes | None = None

@@ -3,7 +3,7 @@
 These are the operations behind ``splitvault admin`` and the Python helpers tests and the demo use
 (``add_user``, ``set_cdn_config``, ``reset_binding``). Each takes a ``ServerStore`` or a data
 directory (then the embedded SQLite store in it is opened for the call). Passwords are hashed with
-Argon2id at the transport key's cost and a random salt; hashes and S3 secrets never leave through
+Argon2id at the device key's cost and a random salt; hashes and S3 secrets never leave through
 a repr, a log line or an exception message.
 """
 
@@ -28,7 +28,7 @@ from splitvault.app.server.stores import CDN_SETTING, open_data_dir
 from splitvault.domain import keys, wire
 from splitvault.domain.config import cdn_config_from_mapping, cdn_config_to_mapping
 from splitvault.domain.errors import ConfigInvalid, Conflict, NotFound, StorageFailed
-from splitvault.domain.ports import ROLES, Account, ServerStore, StoreFailure
+from splitvault.domain.ports import ROLES, Account, Device, ServerStore, StoreFailure
 
 ROLE_UPLOADER: Final = "uploader"
 ROLE_DOWNLOADER: Final = "downloader"
@@ -57,7 +57,7 @@ def _opened(where: StoreOrDir) -> Iterator[IOResult[ServerStore, StoreFailure]]:
 
 
 def canonical_email(email: str) -> str:
-    """The key a user is stored under: NFKC, trimmed, case-folded (as the transport salt does)."""
+    """The key a user is stored under: NFKC, trimmed, case-folded (so each user is one account)."""
     return unicodedata.normalize("NFKC", email.strip()).casefold()
 
 
@@ -66,7 +66,7 @@ def _normalised_password(password: str) -> bytes:
 
 
 def hash_password(password: str) -> str:
-    """An Argon2id PHC string with the transport key's cost parameters and a random salt."""
+    """An Argon2id PHC string with the password key's cost parameters and a random salt."""
     kdf = Argon2id(
         salt=secrets.token_bytes(16),
         length=keys.KEY_BYTES,
@@ -167,18 +167,23 @@ def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[No
 
 
 def reset_binding(where: StoreOrDir, email: str) -> IOResult[bool, StoreFailure]:
-    """Forget the hardware fingerprint bound to a user (ending its sessions); ``True`` when one
-    was recorded, ``False`` when none was or the account does not exist."""
+    """Revoke every enrolled device of a user (ending its sessions), so that the next device to
+    enrol is the account's first and is let in; ``True`` when one was enrolled, ``False`` when
+    none was or the account does not exist. (A revoked device comes back only through
+    ``splitvault admin devices approve``.)"""
     canonical = canonical_email(email)
     with _opened(where) as opened:
 
         def reset(store: ServerStore) -> IOResult[bool, StoreFailure]:
-            def clear(account: Account | None) -> IOResult[bool, StoreFailure]:
-                if account is None or account.fingerprint is None:
-                    return IOSuccess(False)
-                return store.bind_fingerprint(canonical, None).map(lambda _: True)
+            def revoke(devices: tuple[Device, ...]) -> IOResult[bool, StoreFailure]:
+                live = [d for d in devices if d.status != "revoked"]
+                for device in live:
+                    revoked = store.set_device_status(device.device_id, "revoked")
+                    if not is_successful(revoked):
+                        return revoked.map(lambda _: False)
+                return IOSuccess(bool(live))
 
-            return store.get_account(canonical).bind(clear)
+            return store.list_devices(canonical).bind(revoke)
 
         return opened.bind(reset)
 

@@ -19,7 +19,9 @@ from returns.pipeline import is_successful
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.adapters.sql_store import SqlStore
 from splitvault.app.server.api import ServerStats, add_user, create_app, set_cdn_config
 from splitvault.app.server.runner import RunningServer
@@ -116,13 +118,17 @@ class ServerWorld:
         password: str = PASSWORD,
         *,
         policy: RetryPolicy = FAST_RETRIES,
+        machine: str = "machine",
+        device_secret: bytes | None = None,
         **kwargs: object,
     ) -> HttpResourceApi:
-        """A client of this server sharing the world's fake clock and sleep."""
+        """A client of this server on the simulated ``machine``, sharing the world's fake clock
+        and sleep."""
         api = HttpResourceApi(
             self.url,
             email,
             password,
+            device=DeviceIdentity(password, FixedHardware(machine), device_secret),
             policy=policy,
             clock=self.clock,
             random=FakeRandom(),
