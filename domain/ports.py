@@ -28,12 +28,25 @@ from splitvault.domain.errors import (
     StorageFailed,
     TimedOut,
     Transient,
+    UnsupportedFormat,
+    WrongKey,
 )
 from splitvault.domain.ref import ResourceRef
 
 CdnFailure = NotFound | AccessDenied | Transient | TimedOut | RemoteError | StorageFailed
+# WrongKey, CorruptResource, UnsupportedFormat: an answer sealed to another device, altered on
+# the way, or of another protocol (the API adapters open what the server seals to this device).
 ApiFailure = (
-    NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
+    NotFound
+    | AccessDenied
+    | AuthFailed
+    | HardwareMismatch
+    | Transient
+    | TimedOut
+    | RemoteError
+    | WrongKey
+    | CorruptResource
+    | UnsupportedFormat
 )
 CacheFailure = StorageFailed | PartMismatch | CorruptResource
 T = TypeVar("T")

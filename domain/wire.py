@@ -50,10 +50,11 @@ FIELD_MESSAGE: Final = "Message"
 UPLOAD_FILE_FIELD: Final = "file"
 
 # Error codes a client may act on (the server sends others too; they are informational).
+# 409 at enrolment: the account has its limit of devices (by default one: the original client's
+# binding to the first machine, and its error code).
 ERROR_HARDWARE_MISMATCH: Final = "HardwareMismatch"
 ERROR_DEVICE_PENDING: Final = "DevicePending"  # 409: enrolled, waiting for an operator
 ERROR_DEVICE_REVOKED: Final = "DeviceRevoked"  # 403 at enrolment, 401 on a token
-ERROR_DEVICE_LIMIT: Final = "DeviceLimit"  # 409: the account has its maximum of devices
 ERROR_NOT_ENROLLED: Final = "DeviceNotEnrolled"  # 401: a login token used beyond enrolment
 ERROR_FRAGMENT_EXISTS: Final = "FragmentExists"
 ERROR_TOO_MANY_ATTEMPTS: Final = "TooManyAttempts"

@@ -91,7 +91,7 @@ def create_app(
     login_attempts: int = 5,
     login_window: float = 300.0,
     address_attempts: int = 20,
-    device_limit: int = 3,
+    device_limit: int = 1,
     approve_devices: bool = False,
 ) -> Starlette:
     """The reference resource API as an ASGI app.

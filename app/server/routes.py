@@ -62,9 +62,10 @@ ENROLMENT_TOKEN_LIFETIME: Final = 300.0
 @attrs.frozen
 class DevicePolicy:
     """Who may add a device to an account that has one: ``approve`` keeps further devices
-    pending until an operator approves them; otherwise up to ``limit`` devices are active."""
+    pending until an operator approves them; otherwise up to ``limit`` devices are active.
+    The default, one, is the original client's "per user and per hardware" binding."""
 
-    limit: int = 3
+    limit: int = 1
     approve: bool = False
 
 
@@ -203,9 +204,10 @@ class ServerState:
             if live and not self.devices.approve and len(active) >= self.devices.limit:
                 raise Refusal(
                     409,
-                    wire.ERROR_DEVICE_LIMIT,
-                    f"this account already has {len(active)} devices, its limit; ask an operator "
-                    "to revoke one (splitvault admin devices revoke ID)",
+                    wire.ERROR_HARDWARE_MISMATCH,
+                    f"this account is enrolled on {len(active)} other machine(s), its limit; ask "
+                    "an operator to revoke one (splitvault admin devices revoke ID) or reset "
+                    "the binding (splitvault admin users reset-binding EMAIL)",
                 )
             status = "pending" if live and self.devices.approve else "active"
             fresh = Device(device_id, principal.email, public_key, tag, status, self.now())
