@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
-from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.adapters.sql_store import SqlStore
+from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.app.server.api import ServerStats, add_user, create_app, set_cdn_config
 from splitvault.app.server.runner import RunningServer
 from splitvault.domain.retry import RetryPolicy
@@ -118,7 +118,7 @@ class ServerWorld:
         password: str = PASSWORD,
         *,
         policy: RetryPolicy = FAST_RETRIES,
-        machine: str = "machine",
+        machine: str = "machine-a",
         device_secret: bytes | None = None,
         **kwargs: object,
     ) -> HttpResourceApi:
