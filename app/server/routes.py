@@ -205,9 +205,9 @@ class ServerState:
                 raise Refusal(
                     409,
                     wire.ERROR_HARDWARE_MISMATCH,
-                    f"this account is enrolled on {len(active)} other machine(s), its limit; ask "
-                    "an operator to revoke one (splitvault admin devices revoke ID) or reset "
-                    "the binding (splitvault admin users reset-binding EMAIL)",
+                    f"this account is enrolled on another machine (a limit of {self.devices.limit}"
+                    " device(s)); ask an operator to revoke it (splitvault admin devices revoke "
+                    "ID) or to reset the binding (splitvault admin users reset-binding EMAIL)",
                 )
             status = "pending" if live and self.devices.approve else "active"
             fresh = Device(device_id, principal.email, public_key, tag, status, self.now())
