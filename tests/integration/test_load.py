@@ -6,10 +6,10 @@ download pays for its login (Argon2id once on each side: the server's password c
 password key for its device key) and enrolment, and is reported apart. After it, every second
 download is cold (a fresh cache, so the big part comes from S3 through a ranged GET); the others
 are warm (the client's cache: the API's HPKE envelope and the decryption; no Argon2id runs on the
-download path any more). The run lasts a bounded time (at least two downloads per client); every output is
-checked byte for byte (SHA-256) and no error is allowed. Latencies (p50, p99), downloads per second
-and request counts are printed and written to ``load.json`` in the test's directory: they are
-figures to read, not assertions.
+download path any more). The run lasts a bounded time (at least two downloads per client); every
+output is checked byte for byte (SHA-256) and no error is allowed. Latencies (p50, p99), downloads
+per second and request counts are printed and written to ``load.json`` in the test's directory:
+they are figures to read, not assertions.
 
 It runs twice: against the in-process server on SQLite, and against two ``splitvault serve``
 processes sharing one PostgreSQL, the clients spread over both (half on each). There the servers
