@@ -107,7 +107,9 @@ def add_user(
 ) -> IOResult[None, AccountFailure]:
     """Create a user, or replace its password and role (its hardware binding is kept).
 
-    Replacing the password of an existing account ends its sessions (the generation is bumped).
+    Replacing the password of an existing account ends its sessions (the generation is bumped)
+    and revokes its devices: their keys were derived from the old password, so the machine
+    enrols afresh (as the account's first device) at its next login.
     Fails with ``ConfigInvalid`` naming the field for a bad e-mail, empty password or unknown
     role, and ``StorageFailed`` when the store cannot be written.
     """
@@ -135,13 +137,17 @@ def _put_user(
             password_hash=password_hash,
             generation=previous.generation + 1,
         )
-        return store.put_account(changed)
+        return store.put_account(changed).bind(
+            lambda _: _revoke_devices(store, email).map(lambda _revoked: None)
+        )
 
     return store.get_account(email).bind(replace)
 
 
 def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[None, AccountFailure]:
-    """Set a new password for an existing account; its sessions end. ``NotFound`` without it."""
+    """Set a new password for an existing account; its sessions end and its devices are revoked
+    (their keys came from the old password; the machine enrols afresh). ``NotFound`` without
+    it."""
     canonical = canonical_email(email)
     problem = check_password(password)
     if problem is not None:
@@ -159,7 +165,7 @@ def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[No
                         password_hash=password_hash,
                         generation=previous.generation + 1,
                     )
-                )
+                ).bind(lambda _: _revoke_devices(store, canonical).map(lambda _revoked: None))
 
             return store.get_account(canonical).bind(put)
 
@@ -173,19 +179,22 @@ def reset_binding(where: StoreOrDir, email: str) -> IOResult[bool, StoreFailure]
     ``splitvault admin devices approve``.)"""
     canonical = canonical_email(email)
     with _opened(where) as opened:
+        return opened.bind(lambda store: _revoke_devices(store, canonical))
 
-        def reset(store: ServerStore) -> IOResult[bool, StoreFailure]:
-            def revoke(devices: tuple[Device, ...]) -> IOResult[bool, StoreFailure]:
-                live = [d for d in devices if d.status != "revoked"]
-                for device in live:
-                    revoked = store.set_device_status(device.device_id, "revoked")
-                    if not is_successful(revoked):
-                        return revoked.map(lambda _: False)
-                return IOSuccess(bool(live))
 
-            return store.list_devices(canonical).bind(revoke)
+def _revoke_devices(store: ServerStore, email: str) -> IOResult[bool, StoreFailure]:
+    """Revoke every live device of ``email`` (each revocation bumps the generation); ``True``
+    when there was one."""
 
-        return opened.bind(reset)
+    def revoke(devices: tuple[Device, ...]) -> IOResult[bool, StoreFailure]:
+        live = [d for d in devices if d.status != "revoked"]
+        for device in live:
+            revoked = store.set_device_status(device.device_id, "revoked")
+            if not is_successful(revoked):
+                return revoked.map(lambda _: False)
+        return IOSuccess(bool(live))
+
+    return store.list_devices(email).bind(revoke)
 
 
 # --- the CDN config ----------------------------------------------------------------------------
