@@ -146,14 +146,21 @@ def running_world(
     served: tuple[RunningServer, AppSlot],
     *,
     token_lifetime: float = 900.0,
+    **app_options: object,
 ) -> Iterator[ServerWorld]:
-    """Copy the template, put a new app in the slot, close every client at the end."""
+    """Copy the template, put a new app in the slot, close every client at the end;
+    ``app_options`` go to ``create_app`` (the device policy, say)."""
     server, slot = served
     data_dir = tmp_path / "server-data"
     shutil.copytree(template, data_dir)
     clock = FakeClock()
     server_clock = ServerClock(clock.wall())
-    app = create_app(data_dir, token_lifetime=token_lifetime, now=server_clock)
+    app = create_app(
+        data_dir,
+        token_lifetime=token_lifetime,
+        now=server_clock,
+        **app_options,  # type: ignore[arg-type]
+    )
     faults = FaultInjector(app)
     slot.app = faults
     world = ServerWorld(data_dir, app, faults, server, server_clock, clock, FakeSleep(clock))
