@@ -196,10 +196,12 @@ class ServerState:
     def enrol(self, principal: Principal, public_key: bytes, tag: bytes) -> Device:
         """The device for ``public_key``, enrolled now when new (by the account's policy)."""
         device_id = envelopes.device_id(public_key)
-        known = self.device_of(principal.email, device_id)
+        # One read for both questions: a second read could see this very device, enrolled by a
+        # concurrent login of the same machine, and count it against the limit.
+        devices = stored(self.store.list_devices(principal.email))
+        known = next((d for d in devices if d.device_id == device_id), None)
         if known is None:
-            others = stored(self.store.list_devices(principal.email))
-            live = [d for d in others if d.status in ("active", "pending")]
+            live = [d for d in devices if d.status in ("active", "pending")]
             active = [d for d in live if d.status == "active"]
             if live and not self.devices.approve and len(active) >= self.devices.limit:
                 raise Refusal(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +167,27 @@ def test_100_wrong_passwords_from_one_address_lock_nobody_else_out(world: Server
     fresh = world.client(DOWNLOADER)
     value(fresh.login())
     assert value(fresh.download_small_part(REF)) == b"the small part"
+
+
+def test_concurrent_logins_of_one_machine_are_one_device(world: ServerWorld) -> None:
+    """Eight logins of the same machine at once all enrol (the same device, never counted
+    against the account's limit of one): one device in the store."""
+    with httpx.Client(base_url=world.url, timeout=30) as http:
+        login = login_answer(http, DOWNLOADER, PASSWORD).json()
+    key = derive(PASSWORD, bytes.fromhex(login["salt"]), "machine-a")
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def enrol_once() -> None:
+        with httpx.Client(base_url=world.url, timeout=30) as http:
+            token = login_answer(http, DOWNLOADER, PASSWORD).json()["token"]
+            barrier.wait(timeout=30)
+            statuses.append(enrol(http, token, key).status_code)
+
+    threads = [threading.Thread(target=enrol_once) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses == [200] * 8
+    assert [d.device_id for d in value(world.store.list_devices(DOWNLOADER))] == [key.device_id]
