@@ -33,6 +33,7 @@ from splitvault.domain.config import (
     env_name,
 )
 from splitvault.domain.errors import ConfigInvalid
+from splitvault.domain.ports import Random
 
 log = logging.getLogger("splitvault.config_files")
 
@@ -118,7 +119,14 @@ def _expand_home(value: object, environ: Mapping[str, str]) -> object:
 
 
 _PATH_FIELDS = frozenset(
-    {"cache_dir", "cdn_dir", "ca_bundle", "publisher_key_file", "publisher_signing_key_file"}
+    {
+        "cache_dir",
+        "cdn_dir",
+        "ca_bundle",
+        "publisher_key_file",
+        "publisher_signing_key_file",
+        "device_secret_file",
+    }
 )
 
 
@@ -201,3 +209,66 @@ def load_client_config(
         return IOResult.from_result(client_config_from_mapping(expanded, sources=sources))
 
     return _read_config_file(config_path).bind(merge)
+
+
+# --- the device secret ---------------------------------------------------------------------------
+
+DEVICE_SECRET_BYTES = 32
+
+
+def load_device_secret(path: Path | None, random: Random) -> IOResult[bytes | None, ConfigInvalid]:
+    """The device secret in ``path`` (``None`` when none is configured), created when absent.
+
+    A new secret is 32 random bytes written 0600 with ``O_EXCL`` (two processes starting at once
+    cannot each write their own: the loser reads the winner's) and fsynced before it is used,
+    since a key derived from a secret that a crash then loses would lock this machine out.
+    An existing file must be exactly 32 bytes and not readable by group or others.
+    """
+    if path is None:
+        return IOSuccess(None)
+    field = "device_secret_file"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return _read_device_secret(path)
+    except OSError as error:
+        return IOFailure(ConfigInvalid(field, f"cannot create {path}: {error.strerror}"))
+    secret = random.token_bytes(DEVICE_SECRET_BYTES)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secret)
+            handle.flush()
+            os.fsync(handle.fileno())
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(parent)
+        finally:
+            os.close(parent)
+    except OSError as error:
+        path.unlink(missing_ok=True)  # never leave a short secret behind
+        return IOFailure(ConfigInvalid(field, f"cannot write {path}: {error.strerror}"))
+    log.info("created a device secret in %s", path)
+    return IOSuccess(secret)
+
+
+def _read_device_secret(path: Path) -> IOResult[bytes | None, ConfigInvalid]:
+    field = "device_secret_file"
+    try:
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read(DEVICE_SECRET_BYTES + 1)
+    except OSError as error:
+        return IOFailure(ConfigInvalid(field, f"cannot read {path}: {error.strerror}"))
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return IOFailure(
+            ConfigInvalid(field, f"{path} is readable by others; chmod 600 it (it is a key)")
+        )
+    if len(data) != DEVICE_SECRET_BYTES:
+        return IOFailure(
+            ConfigInvalid(
+                field,
+                f"{path} holds {len(data)} bytes, not {DEVICE_SECRET_BYTES}; restore it from a "
+                "backup, or delete it (this machine then enrols as a new device)",
+            )
+        )
+    return IOSuccess(data)

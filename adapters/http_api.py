@@ -1,7 +1,7 @@
 """The resource API over HTTP (httpx): ``ResourceApi`` and ``KeyFragments``, with login and retries.
 
 ``HttpResourceApi`` speaks the wire protocol of ``app.server.api``: ``POST /login``, multipart
-upload to ``POST /resources/{folder}``, ``POST /resources/get/{folder}`` for the transport envelope,
+upload to ``POST /resources/{folder}``, ``POST /resources/get/{folder}`` for the HPKE envelope,
 ``GET /resources/list/{folder}`` and ``GET|PUT /keys/{version}``. Tokens are handled by
 ``LoginTokenAuth``, an ``httpx.Auth`` flow: it logs in on first use, refreshes before the token's
 lifetime runs out (``domain.token``), re-logs in once on 401/403 and does all of that under one lock
@@ -9,7 +9,7 @@ so that many threads sharing a client log in once. Transient failures (connect/r
 timeouts, 408/429/5xx) are retried as ``domain.retry.decide`` says, within a time budget.
 
 Every request this adapter makes is safe to repeat, which is why all of them are retried: login and
-listing are reads, a download only records the machine binding (the same value again), and an
+listing are reads, enrolling the same device again finds it enrolled, and an
 upload of a small part or a key fragment overwrites the object with the same bytes (PUT-like).
 httpx types never leave this module: every method returns an ``IOResult`` whose failure is one of
 ``domain.ports.ApiFailure``. Passwords and tokens are never logged and never appear in a repr.
@@ -36,9 +36,11 @@ from returns.result import Failure
 
 from splitvault.domain import wire
 from splitvault.domain.config import ApiCredentials
+from splitvault.domain.device import DeviceKey, Kind, Sealed, open_delivered
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
+    ConfigInvalid,
     HardwareMismatch,
     NotFound,
     RemoteError,
@@ -70,6 +72,11 @@ MAX_SMALL_BODY_BYTES: Final = wire.MAX_SMALL_BODY_BYTES
 MAX_MESSAGE_CHARS: Final = wire.MAX_MESSAGE_CHARS
 CONFIG_REF: Final = wire.CONFIG_REF
 
+# What the client enrols, from the salt ``/login`` answers: the device key pair and the keyed
+# fingerprint tag (``domain.device``). The composition root derives both (Argon2id once).
+Enrolment = tuple[DeviceKey, str]
+DeviceDeriver = Callable[[bytes], Enrolment]
+
 
 class LoginRefused(Exception):
     """Raised out of the auth flow when a login did not yield a token.
@@ -87,6 +94,9 @@ class LoginRefused(Exception):
 class LoginTokenAuth(httpx.Auth):
     """Bearer tokens from ``POST /login``, for a sync ``httpx.Client`` shared by many threads.
 
+    A login is two requests: ``POST /login`` (the password; answers an enrolment token and the
+    account's salt) then ``POST /devices`` (the device public key derived from the salt and a
+    keyed fingerprint tag; answers the device token every other request carries).
     The flow logs in when there is no token or ``domain.token`` says it is due for refresh, sends
     the request, and on 401/403 logs in once more and resends (unless the 403 came with a token
     fetched by this very flow: that is a role problem, not a stale session). All token work is
@@ -96,6 +106,8 @@ class LoginTokenAuth(httpx.Auth):
     Args:
         login_url: the absolute URL of ``/login``.
         email, password: the account's credentials.
+        device: derives the device key and fingerprint tag from the login's salt.
+        devices_url: the absolute URL of ``/devices``.
         clock: the monotonic clock times refreshes; the wall clock is only a fallback.
         timeout: the login request's timeouts (requests built outside a client carry none).
     """
@@ -109,8 +121,14 @@ class LoginTokenAuth(httpx.Auth):
         password: str,
         clock: Clock,
         timeout: httpx.Timeout,
+        *,
+        device: DeviceDeriver,
+        devices_url: httpx.URL,
     ) -> None:
         self._login_url = login_url
+        self._devices_url = devices_url
+        self._derive = device
+        self._device: DeviceKey | None = None
         self._timeout = timeout
         self._credentials = ApiCredentials(str(login_url), email, password)
         self._clock = clock
@@ -136,8 +154,36 @@ class LoginTokenAuth(httpx.Auth):
             headers={"Accept-Encoding": "identity"},
         )
 
-    def accept_login(self, response: httpx.Response) -> None:
-        """Install the token from a login answer, or raise ``LoginRefused``. Caller holds lock."""
+    def accept_login(self, response: httpx.Response) -> tuple[str, bytes]:
+        """The enrolment token and salt of a login answer, or raise ``LoginRefused``."""
+        body = _read_login_answer(response)
+        status = response.status_code
+        if status == 200 and body is not None:
+            token = _json_field(body, wire.FIELD_TOKEN)
+            salt = _json_field(body, wire.FIELD_SALT) or ""
+            if token and len(salt) == 32:
+                try:
+                    return token, bytes.fromhex(salt)
+                except ValueError:
+                    pass
+            raise LoginRefused(RemoteError("login", status, "the answer carried no token or salt"))
+        raise _refusal("login", status, body, response, self._clock)
+
+    def enrol_request(self, login: tuple[str, bytes]) -> httpx.Request:
+        """The ``POST /devices`` request for the device the login's salt yields."""
+        token, salt = login
+        key, tag = self._derive(salt)
+        self._device = key
+        return httpx.Request(
+            "POST",
+            self._devices_url,
+            extensions={"timeout": self._timeout.as_dict()},
+            json={wire.FIELD_PUBLIC_KEY: key.public.hex(), wire.FIELD_FINGERPRINT_TAG: tag},
+            headers={"Accept-Encoding": "identity", "Authorization": f"Bearer {token}"},
+        )
+
+    def accept_enrolment(self, response: httpx.Response) -> None:
+        """Install the device token of an enrolment answer, or raise ``LoginRefused``."""
         body = _read_login_answer(response)
         status = response.status_code
         if status == 200 and body is not None:
@@ -155,20 +201,16 @@ class LoginTokenAuth(httpx.Auth):
                     self._timing.refresh_at - self._timing.received_at,
                 )
                 return
-            raise LoginRefused(RemoteError("login", status, "the answer carried no token"))
-        message = _error_message(body)
-        if status == 401:
-            raise LoginRefused(AuthFailed(f"the server refused the login: {message}", 401))
-        if status == 403:
-            raise LoginRefused(AccessDenied("login", message))
-        outcome = HttpStatus(
-            status, parse_retry_after(response.headers.get("retry-after"), self._clock.wall())
-        )
-        if is_transient(outcome):
-            raise LoginRefused(
-                Transient("login", f"HTTP {status}: {message}", outcome.retry_after), outcome
-            )
-        raise LoginRefused(RemoteError("login", status, message))
+            raise LoginRefused(RemoteError("device enrolment", status, "no token in the answer"))
+        raise _refusal("device enrolment", status, body, response, self._clock)
+
+    def device_key(self) -> DeviceKey | None:
+        """The device key of the current session (``None`` before the first login)."""
+        return self._device
+
+    def _login_flow(self) -> Generator[httpx.Request, httpx.Response, None]:
+        login = self.accept_login((yield self.login_request()))
+        self.accept_enrolment((yield self.enrol_request(login)))
 
     def token(self) -> str | None:
         """The current bearer token, or None when a login is due (never log it)."""
@@ -176,9 +218,9 @@ class LoginTokenAuth(httpx.Auth):
             return None if self._due() else self._token
 
     def install(self, response: httpx.Response) -> None:
-        """Accept a login answer fetched outside a flow (explicit ``login()``)."""
+        """Accept an enrolment answer fetched outside a flow (explicit ``login()``)."""
         with self._lock:
-            self.accept_login(response)
+            self.accept_enrolment(response)
 
     def _due(self) -> bool:
         return (
@@ -195,7 +237,7 @@ class LoginTokenAuth(httpx.Auth):
         fresh = False
         with self._lock:
             if self._due():
-                self.accept_login((yield self.login_request()))
+                yield from self._login_flow()
                 fresh = True
             token = self._token
         request.headers["Authorization"] = f"Bearer {token}"
@@ -206,7 +248,7 @@ class LoginTokenAuth(httpx.Auth):
             return  # a token from a moment ago: the role is wrong, a new login changes nothing
         with self._lock:
             if self._token == token:  # nobody else has renewed it while we waited
-                self.accept_login((yield self.login_request()))
+                yield from self._login_flow()
             token = self._token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
@@ -225,6 +267,8 @@ class _Answer:
 
     status: int
     body: bytes
+    device: str = ""  # of a sealed answer: the device and version its envelope binds
+    version: str = ""
 
 
 @attrs.frozen
@@ -244,9 +288,11 @@ class HttpResourceApi:
     Implements ``ResourceApi`` and ``KeyFragments``. Thread-safe: share one instance.
 
     Args:
-        base_url: where the API lives, e.g. ``https://api.example.com``.
-        email, password: the account (the password is also sent with downloads, as the protocol
-            requires, so the server can seal the transport envelope for it).
+        base_url: where the API lives, e.g. ``https://api.example.com``; plain ``http://`` only
+            to loopback unless ``allow_insecure_http`` (``ValueError`` otherwise: check with
+            ``insecure_http_problem`` first).
+        email, password: the account (the password goes to ``/login`` only).
+        device: derives this machine's device key and fingerprint tag from the account's salt.
         ca_bundle: a PEM file of CA certificates to trust instead of the system's.
         timeout: seconds for reads, writes and pool waits; ``connect_timeout`` for connecting.
         policy: how hard to retry transient failures.
@@ -265,6 +311,8 @@ class HttpResourceApi:
         email: str,
         password: str,
         *,
+        device: DeviceDeriver,
+        allow_insecure_http: bool = False,
         ca_bundle: Path | None = None,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
@@ -275,10 +323,13 @@ class HttpResourceApi:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._base_url = httpx.URL(base_url.rstrip("/") + "/")
+        problem = insecure_http_problem(base_url, allow_insecure_http)
+        if problem is not None:
+            raise ValueError(problem.describe())
         if self._base_url.scheme == "http" and not _is_loopback(self._base_url.host):
             log.warning(
-                "the API at %s is plain HTTP to another host: the password and the machine's "
-                "fingerprint cross the network in the clear; use https://",
+                "the API at %s is plain HTTP to another host, as allowed: the login's password "
+                "and the tokens cross the network in the clear",
                 self._base_url,
             )
         self._email = email
@@ -294,7 +345,13 @@ class HttpResourceApi:
             verify = ssl.create_default_context(cafile=str(ca_bundle))
         timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self._auth = LoginTokenAuth(
-            self._base_url.join(wire.LOGIN), email, password, clock, timeouts
+            self._base_url.join(wire.LOGIN),
+            email,
+            password,
+            clock,
+            timeouts,
+            device=device,
+            devices_url=self._base_url.join(wire.DEVICES),
         )
         self._client = httpx.Client(
             verify=verify,
@@ -315,14 +372,31 @@ class HttpResourceApi:
     # -- the ports ---------------------------------------------------------------------------
 
     def login(self) -> IOResult[None, ApiFailure]:
-        """Log in now, checking the credentials; the token is kept for later requests."""
+        """Log in and enrol now, checking the credentials; the token is kept for later."""
+        got: list[tuple[str, bytes]] = []
 
         def accept(answer: httpx.Response) -> None:
+            got.append(self._auth.accept_login(answer))
+
+        def enrolled(answer: httpx.Response) -> None:
             self._auth.install(answer)
 
-        return self._exchange(
-            "login", self._auth.login_request, authenticated=False, on_login=accept
-        ).map(lambda _answer: None)
+        return (
+            self._exchange("login", self._auth.login_request, authenticated=False, on_login=accept)
+            .bind(
+                lambda _: self._exchange(
+                    "device enrolment",
+                    lambda: self._auth.enrol_request(got[-1]),
+                    authenticated=False,
+                    on_login=enrolled,
+                )
+            )
+            .map(lambda _answer: None)
+        )
+
+    def device_key(self) -> DeviceKey | None:
+        """This session's device key (``None`` before the first login; never log it)."""
+        return self._auth.device_key()
 
     def session_token(self) -> IOResult[str, ApiFailure]:
         """This session's bearer token, logging in first when there is none or it is due.
@@ -357,23 +431,20 @@ class HttpResourceApi:
             lambda answer: _expect(what, str(ref), answer, 201, None)
         )
 
-    def download_small_part(
-        self, ref: ResourceRef, fingerprint: str
-    ) -> IOResult[bytes, ApiFailure]:
-        """The small part sealed in the transport envelope for this user and ``fingerprint``."""
+    def download_small_part(self, ref: ResourceRef) -> IOResult[bytes, ApiFailure]:
+        """The small part, opened from the HPKE envelope the API sealed to this device."""
         what = f"download of {ref}"
         url = self._url(wire.RESOURCES, wire.GET, ref.folder)
-        payload = {
-            wire.FIELD_FILE_NAME: ref.name,
-            wire.FIELD_PASSWORD: self._password,
-            wire.FIELD_FINGERPRINT: fingerprint,
-        }
+        payload = {wire.FIELD_FILE_NAME: ref.name}
+        kind: Kind = "cdn-config" if ref == CONFIG_REF else "small-part"
 
         def build() -> httpx.Request:
             return self._client.build_request("POST", url, json=payload)
 
-        return self._exchange(what, build, body_cap=MAX_ENVELOPE_BYTES).bind(
-            lambda answer: _expect(what, str(ref), answer, 200, answer.body)
+        return (
+            self._exchange(what, build, body_cap=MAX_ENVELOPE_BYTES)
+            .bind(lambda answer: _expect(what, str(ref), answer, 200, answer))
+            .bind(lambda answer: self._open(answer, kind, str(ref)))
         )
 
     def versions(self, ref: ResourceRef) -> IOResult[tuple[dict[str, object], ...], ApiFailure]:
@@ -407,9 +478,20 @@ class HttpResourceApi:
             what, lambda: self._client.build_request("POST", url, json=payload)
         ).bind(lambda answer: _expect(what, str(ref), answer, 200, None))
 
-    def download_cdn_config(self, fingerprint: str) -> IOResult[bytes, ApiFailure]:
-        """``config/cdn.yaml`` for this user's role, as a transport envelope."""
-        return self.download_small_part(CONFIG_REF, fingerprint)
+    def download_cdn_config(self) -> IOResult[bytes, ApiFailure]:
+        """``config/cdn.yaml`` for this user's role."""
+        return self.download_small_part(CONFIG_REF)
+
+    def _open(self, answer: _Answer, kind: Kind, subject: str) -> IOResult[bytes, ApiFailure]:
+        key = self._auth.device_key()
+        if key is None:
+            return IOFailure(RemoteError(subject, answer.status, "a sealed answer before a login"))
+        opened = open_delivered(
+            Sealed(answer.body, answer.device, answer.version), key, kind, subject
+        )
+        if isinstance(opened, Failure):
+            return IOFailure(opened.failure())
+        return IOSuccess(opened.unwrap())
 
     def list_folder(self, folder: str) -> IOResult[tuple[str, ...], ApiFailure]:
         """Names of the resources in ``folder``, sorted.
@@ -431,9 +513,13 @@ class HttpResourceApi:
         """The key fragment of an image archive version."""
         what = f"key fragment {version}"
         url = self._url(wire.KEYS, _checked_version(version))
-        return self._exchange(
-            what, lambda: self._client.build_request("GET", url), body_cap=MAX_FRAGMENT_BYTES
-        ).bind(lambda answer: _expect(what, what, answer, 200, answer.body))
+        return (
+            self._exchange(
+                what, lambda: self._client.build_request("GET", url), body_cap=MAX_ENVELOPE_BYTES
+            )
+            .bind(lambda answer: _expect(what, what, answer, 200, answer))
+            .bind(lambda answer: self._open(answer, "key-fragment", version))
+        )
 
     def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
         """Register the key fragment of a version (uploader role)."""
@@ -558,7 +644,13 @@ class HttpResourceApi:
                 outcome,
                 Transient(what, f"HTTP {status}: {_error_message(body)}", outcome.retry_after),
             )
-        return _Answer(status, body)
+        headers = response.headers
+        return _Answer(
+            status,
+            body,
+            _clean(headers.get(wire.DEVICE_HEADER, "")),
+            _clean(headers.get(wire.VERSION_HEADER, "")),
+        )
 
     def _transport_failure(self, what: str, exc: httpx.HTTPError) -> _Retryable | _Final:
         if isinstance(exc, httpx.TimeoutException):
@@ -592,6 +684,40 @@ class HttpResourceApi:
 
 
 # --- helpers: pure functions over answers --------------------------------------------------------
+
+
+def insecure_http_problem(base_url: str, allowed: bool) -> ConfigInvalid | None:
+    """Why ``base_url`` may not be used, or ``None``: plain HTTP beyond loopback exposes the
+    login's password and every token to anyone on the path."""
+    url = httpx.URL(base_url)
+    if url.scheme == "http" and not _is_loopback(url.host) and not allowed:
+        return ConfigInvalid(
+            "api_url",
+            f"is plain http:// to {url.host}, which would send the password and tokens in the "
+            "clear; use https://, or allow it with allow_insecure_http / --insecure-http",
+        )
+    return None
+
+
+def _refusal(
+    what: str, status: int, body: bytes | None, response: httpx.Response, clock: Clock
+) -> LoginRefused:
+    """The refusal a failed login or enrolment answer stands for (transient ones retried)."""
+    message = _error_message(body)
+    if status == 401:
+        return LoginRefused(AuthFailed(f"the server refused the {what}: {message}", 401))
+    if status == 403:
+        return LoginRefused(AccessDenied(what, message))
+    if status == 409:
+        return LoginRefused(HardwareMismatch(_error_code(body or b""), message))
+    outcome = HttpStatus(
+        status, parse_retry_after(response.headers.get("retry-after"), clock.wall())
+    )
+    if is_transient(outcome):
+        return LoginRefused(
+            Transient(what, f"HTTP {status}: {message}", outcome.retry_after), outcome
+        )
+    return LoginRefused(RemoteError(what, status, message))
 
 
 def _step_for(refused: LoginRefused) -> _Retryable | _Final:

@@ -1,11 +1,12 @@
 """The ``KeyFragments`` port over the resource API's ``/keys/{version}`` with a bearer token.
 
-``GET /keys/{version}`` answers the raw fragment (``application/octet-stream``); ``PUT`` stores
-one (uploader role); ``GET /keys`` answers the latest registered one, naming its version in
-``X-Splitvault-Version``. This adapter is the plain, token-holding client the original
-``download_key_fragment(url, token)`` needs: it makes one request per call and does not retry or
-log in again (the full resource API client does both). Errors map onto the API failures of
-``domain.errors``; the token and the fragment never reach a log line or a failure value.
+``GET /keys/{version}`` answers the fragment sealed with HPKE to the token's device (protocol 2,
+``domain.device``; the device and version in ``X-Splitvault-Device``/``X-Splitvault-Version``),
+which this adapter opens with the device key it is given; ``PUT`` stores one (uploader role);
+``GET /keys`` answers the latest registered one. This adapter is the plain, token-holding client
+the original ``download_key_fragment(url, token)`` needs: it makes one request per call and does
+not retry or log in again (the full resource API client does both). Errors map onto the API
+failures of ``domain.errors``; the token and the fragment never reach a log line or a failure value.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from urllib.parse import quote
 import attrs
 import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
+from returns.result import Failure
 
 from splitvault.domain import wire
+from splitvault.domain.device import DeviceKey, Sealed, open_delivered
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
@@ -27,6 +30,7 @@ from splitvault.domain.errors import (
     RemoteError,
     TimedOut,
     Transient,
+    WrongKey,
 )
 from splitvault.domain.ports import ApiFailure
 from splitvault.domain.retry import TRANSIENT_STATUSES
@@ -45,6 +49,7 @@ class _Answer:
     body: bytes = attrs.field(repr=False)
     retry_after: float | None
     version: str | None = None
+    device: str = ""
 
 
 def _error_body(answer: _Answer) -> tuple[str, str]:
@@ -75,7 +80,10 @@ class HttpKeyFragments:
 
     Args:
         base_url: the resource API's root URL.
-        token: a JWT from ``/login`` (kept out of every repr and message).
+        token: a device token from ``/login`` and ``/devices`` (kept out of every repr and
+            message).
+        device: the device key the token's session enrolled; without it a fetched fragment
+            cannot be opened (``WrongKey``).
         timeout: seconds per request.
         transport: an httpx transport to use instead of the network (tests, proxies).
 
@@ -90,11 +98,13 @@ class HttpKeyFragments:
         base_url: str,
         token: str,
         *,
+        device: DeviceKey | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._token = token
+        self._device = device
         self._timeout = timeout
         self._transport = transport
 
@@ -131,6 +141,7 @@ class HttpKeyFragments:
                         bytes(body),
                         _retry_after(response),
                         response.headers.get(LATEST_VERSION_HEADER),
+                        response.headers.get(wire.DEVICE_HEADER, "")[:64],
                     )
                 )
         except httpx.TimeoutException:
@@ -156,6 +167,20 @@ class HttpKeyFragments:
             return Transient(what, f"HTTP {status}: {message}", answer.retry_after)
         return RemoteError(what, status, message)
 
+    def _open(self, answer: _Answer, version: str) -> IOResult[bytes, ApiFailure]:
+        if self._device is None:
+            return IOFailure(
+                WrongKey(
+                    f"the key fragment of version {version} (sealed to device "
+                    f"{answer.device!r}; this client was given no device key)"
+                )
+            )
+        sealed = Sealed(answer.body, answer.device, version)
+        opened = open_delivered(sealed, self._device, "key-fragment", version)
+        if isinstance(opened, Failure):
+            return IOFailure(opened.failure())
+        return IOSuccess(opened.unwrap())
+
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
         """``GET /keys/{version}``: the fragment that unlocks the version's archive."""
         what = f"GET /keys/{version}"
@@ -166,7 +191,7 @@ class HttpKeyFragments:
             if not answer.body:
                 return IOFailure(RemoteError(what, answer.status, "an empty fragment"))
             log.info("fetched the key fragment of version %s", version)
-            return IOSuccess(answer.body)
+            return self._open(answer, version)
 
         return self._request("GET", version).bind(outcome)
 
@@ -179,8 +204,9 @@ class HttpKeyFragments:
                 return IOFailure(self._failure(what, "(latest)", answer))
             if not answer.body or not answer.version:
                 return IOFailure(RemoteError(what, answer.status, "no fragment or no version"))
-            log.info("fetched the key fragment of the latest version, %s", answer.version)
-            return IOSuccess((answer.version, answer.body))
+            latest = answer.version
+            log.info("fetched the key fragment of the latest version, %s", latest)
+            return self._open(answer, latest).map(lambda fragment: (latest, fragment))
 
         return self._request("GET", None).bind(outcome)
 

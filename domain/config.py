@@ -328,6 +328,12 @@ class ClientConfig:
         cache_max_bytes: the bound on the bytes the cache holds (``None``: no bound); least
             recently used entries are evicted past it, never one in use. A whole number of
             bytes or a size such as ``20GiB``.
+        device_secret_file: a file of 32 random bytes (created 0600 when absent) mixed into the
+            device key, so that the password and a copied fingerprint value are not enough to
+            open what the API seals to this machine (``None``: the key is derived from those two
+            alone, as the original client's "per user and per hardware").
+        allow_insecure_http: allow ``http://`` to an API that is not on loopback (the password
+            and tokens then cross the network in the clear).
     """
 
     cache_dir: Path
@@ -344,6 +350,8 @@ class ClientConfig:
     cache_max_bytes: int | None = None
     publisher_signing_key_file: Path | None = None
     publisher_keys: tuple[bytes, ...] = ()
+    device_secret_file: Path | None = None
+    allow_insecure_http: bool = False
 
 
 CLIENT_FIELDS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ClientConfig))
@@ -450,6 +458,18 @@ def _public_keys(value: object, field: str) -> Result[tuple[bytes, ...], ConfigI
     return Success(tuple(keys))
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(value: object, field: str) -> Result[bool, ConfigInvalid]:
+    if isinstance(value, bool):
+        return Success(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return Success(value.strip().lower() in _TRUE)
+    return Failure(ConfigInvalid(field, "expected true or false"))
+
+
 _Parser = Callable[[object, str], Result[object, ConfigInvalid]]
 _CLIENT_PARSERS: dict[str, _Parser] = {
     "cache_dir": _path,
@@ -466,6 +486,8 @@ _CLIENT_PARSERS: dict[str, _Parser] = {
     "cache_max_bytes": _byte_size,
     "publisher_signing_key_file": _path,
     "publisher_keys": _public_keys,
+    "device_secret_file": _path,
+    "allow_insecure_http": _flag,
 }
 
 

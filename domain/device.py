@@ -167,3 +167,31 @@ def open_envelope(
             WrongKey("the envelope (sealed to another device, resource or version, or altered)")
         )
     return Success(opened)
+
+
+@attrs.frozen
+class Sealed:
+    """An envelope as the API delivers it: the bytes, and the device and version its ``info``
+    binds (from the answer's headers; a wrong value there only makes the envelope not open)."""
+
+    envelope: bytes = attrs.field(repr=False)
+    device: str
+    version: str
+
+
+def open_delivered(
+    sealed: Sealed, key: DeviceKey, kind: Kind, subject: str
+) -> Result[bytes, WrongKey | CorruptResource | UnsupportedFormat]:
+    """Open what the API sealed for ``key``'s device as ``kind`` of ``subject``.
+
+    An envelope addressed to another device is ``WrongKey`` before any decryption is tried.
+    """
+    if sealed.device != key.device_id:
+        return Failure(
+            WrongKey(
+                f"the envelope (sealed to device {sealed.device[:32]!r}, this machine is "
+                f"{key.device_id}): log in again from this machine"
+            )
+        )
+    info = envelope_info(kind, key.device_id, subject, sealed.version)
+    return open_envelope(sealed.envelope, key.private, info)

@@ -113,16 +113,14 @@ class AuthFailed:
 
 @attrs.frozen
 class HardwareMismatch:
-    """The API refused this machine: the account is bound to another hardware fingerprint."""
+    """The API refused this machine's device (409): over the account's device limit, pending an
+    operator's approval; the server's message says which and what to do."""
 
     error_code: str
     message: str
 
     def describe(self) -> str:
-        return (
-            f"this machine's fingerprint differs from the one bound to the account "
-            f"({self.error_code}: {self.message}); ask an administrator to reset the binding"
-        )
+        return f"the API refused this machine ({self.error_code}): {self.message}"
 
 
 @attrs.frozen

@@ -1,8 +1,7 @@
-"""Key derivation and the transport envelope.
+"""Key derivation for resources, and the parameters the device keys share.
 
-- The **transport key** protects a small part on its way from the API to one user on one machine:
-  Argon2id over the NFKC-normalised password, salted by the case-folded e-mail, then HKDF-SHA256
-  with the machine's hardware fingerprint in ``info``. Client and server derive the same key.
+- What travels from the API to a machine is sealed with HPKE to that machine's device key
+  (``domain.device``, protocol 2); the Argon2id cost parameters below are the password key's.
 - The **data key** (DEK) of a resource is 32 random bytes chosen by the caller; HKDF turns it into
   independent subkeys for chunk encryption, the header MAC and the key commitment.
 - A **publisher key** can wrap the DEK (AES-256-GCM, file id as associated data) so that a leaked
@@ -14,13 +13,11 @@ Randomness (DEK, nonces) is always passed in.
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from returns.result import Failure, Result, Success
 
@@ -39,59 +36,6 @@ ARGON2_LANES = 1
 def hkdf(ikm: bytes, info: bytes, *, salt: bytes | None = None, length: int = KEY_BYTES) -> bytes:
     """HKDF-SHA256 of ``ikm`` for one purpose (``info``)."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
-
-
-def email_salt(email: str) -> bytes:
-    """The Argon2id salt for a user: 16 bytes of SHA-256 over the case-folded, trimmed e-mail."""
-    canonical = unicodedata.normalize("NFKC", email.strip()).casefold()
-    return hashlib.sha256(b"splitvault/v1/email-salt\x00" + canonical.encode()).digest()[:16]
-
-
-def password_key(password: str, email: str) -> bytes:
-    """Argon2id(NFKC(password), email_salt(email)): the costly, fingerprint-free half."""
-    normalised = unicodedata.normalize("NFKC", password).encode()
-    kdf = Argon2id(
-        salt=email_salt(email),
-        length=KEY_BYTES,
-        iterations=ARGON2_ITERATIONS,
-        lanes=ARGON2_LANES,
-        memory_cost=ARGON2_MEMORY_KIB,
-    )
-    return kdf.derive(normalised)
-
-
-def transport_key_from_password_key(password_key_bytes: bytes, fingerprint: str) -> bytes:
-    """HKDF the Argon2id output with the hardware fingerprint: binds the key to one machine."""
-    return hkdf(password_key_bytes, b"splitvault/v1/transport\x00" + fingerprint.encode())
-
-
-def transport_key(password: str, email: str, fingerprint: str) -> bytes:
-    """The key a small part travels under, for one user on one machine."""
-    return transport_key_from_password_key(password_key(password, email), fingerprint)
-
-
-def _transport_aad(context: str) -> bytes:
-    return b"splitvault/v1/transport-envelope\x00" + context.encode()
-
-
-def seal_envelope(key: bytes, nonce: bytes, plaintext: bytes, context: str) -> bytes:
-    """``nonce || AES-256-GCM(key, nonce, plaintext, aad=context)``; the caller draws the nonce."""
-    if len(nonce) != NONCE_BYTES:
-        raise ValueError("envelope nonce must be 12 bytes")
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, _transport_aad(context))
-
-
-def open_envelope(key: bytes, envelope: bytes, context: str) -> Result[bytes, WrongKey]:
-    """Undo ``seal_envelope``; a wrong key, another context or any change is ``WrongKey``."""
-    if len(envelope) < NONCE_BYTES + TAG_BYTES:
-        return Failure(WrongKey("the transport envelope (too short to be one)"))
-    nonce, body = envelope[:NONCE_BYTES], envelope[NONCE_BYTES:]
-    try:
-        return Success(AESGCM(key).decrypt(nonce, body, _transport_aad(context)))
-    except InvalidTag:
-        return Failure(
-            WrongKey("the transport envelope (password, e-mail or machine fingerprint differ)")
-        )
 
 
 @attrs.frozen

@@ -28,12 +28,25 @@ from splitvault.domain.errors import (
     StorageFailed,
     TimedOut,
     Transient,
+    UnsupportedFormat,
+    WrongKey,
 )
 from splitvault.domain.ref import ResourceRef
 
 CdnFailure = NotFound | AccessDenied | Transient | TimedOut | RemoteError | StorageFailed
+# WrongKey, CorruptResource, UnsupportedFormat: an answer sealed to another device, altered on
+# the way, or of another protocol (the API adapters open what the server seals to this device).
 ApiFailure = (
-    NotFound | AccessDenied | AuthFailed | HardwareMismatch | Transient | TimedOut | RemoteError
+    NotFound
+    | AccessDenied
+    | AuthFailed
+    | HardwareMismatch
+    | Transient
+    | TimedOut
+    | RemoteError
+    | WrongKey
+    | CorruptResource
+    | UnsupportedFormat
 )
 CacheFailure = StorageFailed | PartMismatch | CorruptResource
 T = TypeVar("T")
@@ -170,10 +183,8 @@ class ResourceApi(Protocol):
         """Store a small part (the commit point of an upload)."""
         ...
 
-    def download_small_part(
-        self, ref: ResourceRef, fingerprint: str
-    ) -> IOResult[bytes, ApiFailure]:
-        """The small part, as the transport envelope sealed for this user and machine."""
+    def download_small_part(self, ref: ResourceRef) -> IOResult[bytes, ApiFailure]:
+        """The small part, opened from the envelope the API sealed to this device."""
         ...
 
     def list_folder(self, folder: str) -> IOResult[tuple[str, ...], ApiFailure]:

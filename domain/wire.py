@@ -13,8 +13,10 @@ from splitvault.domain.ref import ResourceRef
 
 # Path segments (relative to the API's base URL); ``{folder}`` and ``{version}`` are one quoted
 # segment each: ``POST login``, ``POST resources/{folder}`` (upload),
-# ``POST resources/get/{folder}``, ``GET resources/list/{folder}``, ``GET|PUT keys/{version}``.
+# ``POST devices`` (enrolment), ``POST resources/get/{folder}``, ``GET resources/list/{folder}``,
+# ``GET|PUT keys/{version}``.
 LOGIN: Final = "login"
+DEVICES: Final = "devices"
 RESOURCES: Final = "resources"
 GET: Final = "get"
 LIST: Final = "list"
@@ -32,15 +34,23 @@ METRICS_PATH: Final = "/metrics"
 # their grant is on this pseudo-folder: read to fetch a fragment, write to register one.
 FRAGMENTS_GRANT_FOLDER: Final = "keys"
 
-# ``GET keys`` (no version) answers the latest registered fragment and names it in this header.
+# ``GET keys`` (no version) answers the latest registered fragment and names it in this header;
+# every sealed answer (small part, ``cdn.yaml``, fragment) names the version its envelope's ``info``
+# binds in it, and the device it is sealed to in ``DEVICE_HEADER``.
 LATEST_VERSION_HEADER: Final = "X-Splitvault-Version"
+VERSION_HEADER: Final = LATEST_VERSION_HEADER
+DEVICE_HEADER: Final = "X-Splitvault-Device"
 
 # JSON fields.
 FIELD_EMAIL: Final = "email"
 FIELD_PASSWORD: Final = "password"  # noqa: S105 - a field name, not a password
 FIELD_TOKEN: Final = "token"  # noqa: S105 - a field name, not a token
 FIELD_FILE_NAME: Final = "file_name"
-FIELD_FINGERPRINT: Final = "hardware_fingerprint"
+FIELD_SALT: Final = "salt"  # the account's 16-byte salt, 32 lowercase hex digits
+FIELD_PUBLIC_KEY: Final = "public_key"  # a device's X25519 public key, 64 hex digits
+FIELD_FINGERPRINT_TAG: Final = "fingerprint_tag"  # domain.device.fingerprint_tag, 64 hex digits
+FIELD_DEVICE: Final = "device"  # a device id, 32 hex digits
+FIELD_STATUS: Final = "status"
 FIELD_FILES: Final = "files"
 FIELD_NAME: Final = "name"
 FIELD_VERSION: Final = "version"
@@ -49,7 +59,12 @@ FIELD_MESSAGE: Final = "Message"
 UPLOAD_FILE_FIELD: Final = "file"
 
 # Error codes a client may act on (the server sends others too; they are informational).
+# 409 at enrolment: the account has its limit of devices (by default one: the original client's
+# binding to the first machine, and its error code).
 ERROR_HARDWARE_MISMATCH: Final = "HardwareMismatch"
+ERROR_DEVICE_PENDING: Final = "DevicePending"  # 409: enrolled, waiting for an operator
+ERROR_DEVICE_REVOKED: Final = "DeviceRevoked"  # 403 at enrolment, 401 on a token
+ERROR_NOT_ENROLLED: Final = "DeviceNotEnrolled"  # 401: a login token used beyond enrolment
 ERROR_FRAGMENT_EXISTS: Final = "FragmentExists"
 ERROR_TOO_MANY_ATTEMPTS: Final = "TooManyAttempts"
 
@@ -61,7 +76,6 @@ MAX_SMALL_BODY_BYTES: Final = 64 * 1024  # logins, listings and error answers
 MAX_MESSAGE_CHARS: Final = 300
 MAX_EMAIL_CHARS: Final = 320
 MAX_PASSWORD_CHARS: Final = 1024  # Argon2id hashes any length; a bound keeps requests cheap
-MAX_FINGERPRINT_CHARS: Final = 512
 MAX_TOKEN_CHARS: Final = 4096
 
 # The CDN config the server hands out like a resource, per role.

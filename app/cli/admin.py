@@ -91,13 +91,15 @@ def users_add(args: argparse.Namespace, store: ServerStore) -> Report:
 
 
 def users_list(_args: argparse.Namespace, store: ServerStore) -> Report:
-    """Every account: e-mail, role, whether a machine is bound, the session generation."""
+    """Every account: e-mail, role, whether a device is enrolled (active or pending), the
+    session generation."""
     accounts = _ok(store.list_accounts())
+    enrolled = {d.email for d in _ok(store.list_devices()) if d.status != "revoked"}
     users = [
         {
             "email": account.email,
             "role": account.role,
-            "bound": account.fingerprint is not None,
+            "bound": account.email in enrolled,
             "generation": account.generation,
         }
         for account in accounts
@@ -129,7 +131,8 @@ def users_passwd(args: argparse.Namespace, store: ServerStore) -> Report:
 
 
 def users_reset_binding(args: argparse.Namespace, store: ServerStore) -> Report:
-    """Forget the machine an account is bound to; its sessions end."""
+    """Revoke every device an account has enrolled; its sessions end, and the next device to
+    enrol is let in as its first."""
     from splitvault.app.server.accounts import reset_binding
 
     email = _email(args.email)

@@ -160,6 +160,7 @@ def _client(args: argparse.Namespace) -> Any:
         "email": getattr(args, "email", None),
         "cache_dir": getattr(args, "cache_dir", None),
         "ca_bundle": getattr(args, "ca_bundle", None),
+        "allow_insecure_http": getattr(args, "insecure_http", None),
     }
     if getattr(args, "password_stdin", False):
         flags["password"] = sys.stdin.readline().rstrip("\n")

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--cache-dir", type=Path, help="local cache of big parts")
         p.add_argument("--ca-bundle", type=Path, help="CA bundle for the API's TLS certificate")
+        p.add_argument(
+            "--insecure-http",
+            action="store_true",
+            default=None,
+            help="allow http:// to a non-loopback API (password and tokens in the clear)",
+        )
         p.add_argument("--config", type=Path, help="config file (default in the user config dir)")
 
     p = command("upload", "upload", "seal FILE and upload it as FOLDER/NAME")

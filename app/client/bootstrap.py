@@ -28,24 +28,21 @@ from returns.pipeline import is_successful
 from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.adapters.config_files import parse_cdn_yaml
+from splitvault.adapters.config_files import load_device_secret, parse_cdn_yaml
 from splitvault.adapters.directory_cdn import DirectoryCdn
 from splitvault.adapters.file_cache import FileCache
-from splitvault.adapters.http_api import HttpResourceApi
+from splitvault.adapters.http_api import Enrolment, HttpResourceApi, insecure_http_problem
 from splitvault.adapters.linux_hardware import LinuxHardware
 from splitvault.adapters.system import SystemClock, SystemRandom, sleep
 from splitvault.app.client.retrying import Retrier
 from splitvault.app.client.usecases import (
     DownloadReport,
-    Identity,
     Progress,
-    TransportKeys,
     UploadReport,
     download_resource,
-    open_small_part,
     upload_resource,
 )
-from splitvault.domain import signature
+from splitvault.domain import device, signature
 from splitvault.domain.config import ClientConfig
 from splitvault.domain.errors import AccessDenied, ConfigInvalid, Problem
 from splitvault.domain.legacy import parse_shared_key
@@ -61,6 +58,36 @@ T = TypeVar("T")
 # leaked from another product cannot be replayed here (and ours cannot be matched there).
 HARDWARE_APP_KEY = b"splitvault/v1/hardware-fingerprint"
 CDN_CONFIG_REF = ResourceRef("config", "cdn.yaml")
+
+
+class DeviceIdentity:
+    """This machine's device key for one account, from the salt ``/login`` answers.
+
+    Argon2id (the password key) runs once per salt, so once per process; the fingerprint comes
+    from the ``Hardware`` adapter and the optional device secret from ``device_secret_file``.
+    The keys live only in this object's memory and never in a repr.
+    """
+
+    def __init__(self, password: str, hardware: Hardware, secret: bytes | None) -> None:
+        self._password = password
+        self._hardware = hardware
+        self._secret = secret
+        self._lock = threading.Lock()
+        self._derived: tuple[bytes, Enrolment] | None = None
+
+    def __repr__(self) -> str:
+        return f"DeviceIdentity(device_secret={'yes' if self._secret else 'no'})"
+
+    def __call__(self, salt: bytes) -> Enrolment:
+        with self._lock:
+            if self._derived is not None and self._derived[0] == salt:
+                return self._derived[1]
+            password_key = device.password_key(self._password, salt)
+            fingerprint = self._hardware.fingerprint().value
+            key = device.derive_device_key(password_key, fingerprint, self._secret)
+            enrolment = (key, device.fingerprint_tag(password_key, fingerprint))
+            self._derived = (salt, enrolment)
+            return enrolment
 
 
 class Client:
@@ -96,8 +123,6 @@ class Client:
         self._fixed_cdn = cdn
         self._cdns: dict[bool, Cdn] = {}
         self._lock = threading.Lock()
-        identity = Identity(config.email or "", config.password or "")
-        self.transport_keys = TransportKeys(identity)
         self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
@@ -109,11 +134,6 @@ class Client:
         if self._fingerprint is None:
             self._fingerprint = self.hardware.fingerprint().value
         return self._fingerprint
-
-    @property
-    def transport_key(self) -> bytes:
-        """The transport key for this user on this machine (derived once per session)."""
-        return self.transport_keys.for_fingerprint(self.fingerprint)
 
     def cdn(self, *, write: bool) -> IOResult[Cdn, Problem]:
         """The CDN, with write keys only when ``write`` is asked for."""
@@ -182,8 +202,6 @@ class Client:
             api=self.api,
             cdn=_CdnOnDemand(self),
             cache=self.cache,
-            fingerprint=self.fingerprint,
-            transport_key=self.transport_key,
             publisher_key=self.publisher_key,
             pinned=self.config.publisher_keys,
             workers=self.config.workers,
@@ -221,10 +239,8 @@ class Client:
                 return IOFailure(made.failure())
             return IOSuccess(made.unwrap())
 
-        envelope: IOResult[bytes, Problem] = self.api.download_cdn_config(self.fingerprint)
-        return envelope.bind(
-            lambda sealed: open_small_part(CDN_CONFIG_REF, sealed, self.transport_key)
-        ).bind(build)
+        text: IOResult[bytes, Problem] = self.api.download_cdn_config()
+        return text.bind(build)
 
     def close(self) -> None:
         """Release connection pools."""
@@ -311,6 +327,7 @@ def bootstrap(
     the_random = random or SystemRandom()
     the_sleep = sleeper or sleep
     policy = retry_policy or RetryPolicy()
+    the_hardware = hardware or LinuxHardware(HARDWARE_APP_KEY)
     if api is None:
         if not config.api_url or not config.email or config.password is None:
             missing = next(
@@ -325,10 +342,20 @@ def bootstrap(
             return IOFailure(
                 ConfigInvalid(missing, "is required: pass a flag, SPLITVAULT_* or the config file")
             )
+        insecure = insecure_http_problem(config.api_url, config.allow_insecure_http)
+        if insecure is not None:
+            return IOFailure(insecure)
+        secret = load_device_secret(config.device_secret_file, the_random)
+        if not is_successful(secret):
+            return IOFailure(unsafe_perform_io(secret.failure()))
         api = HttpResourceApi(
             config.api_url,
             config.email,
             config.password,
+            device=DeviceIdentity(
+                config.password, the_hardware, unsafe_perform_io(secret.unwrap())
+            ),
+            allow_insecure_http=config.allow_insecure_http,
             ca_bundle=config.ca_bundle,
             timeout=config.read_timeout,
             connect_timeout=config.connect_timeout,
@@ -351,7 +378,7 @@ def bootstrap(
             config=config,
             api=built_api,
             cache=the_cache,
-            hardware=hardware or LinuxHardware(HARDWARE_APP_KEY),
+            hardware=the_hardware,
             random=the_random,
             clock=the_clock,
             cdn=cdn,

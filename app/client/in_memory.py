@@ -41,11 +41,7 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.retrying import Meter, run_with
-from splitvault.app.client.usecases import (
-    open_small_part,
-    sign_small_part,
-    trusted_small_part,
-)
+from splitvault.app.client.usecases import sign_small_part, trusted_small_part
 from splitvault.domain import digest, keys, legacy
 from splitvault.domain.errors import (
     ConfigInvalid,
@@ -105,9 +101,10 @@ def _storage(what: str, error: OSError, action: str = "write") -> StorageFailed:
 
 
 def _small_part(client: Client, ref: ResourceRef) -> IOResult[bytes, Problem]:
-    envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
-    opened = envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
-    return opened.bind(lambda small: trusted_small_part(ref, small, client.config.publisher_keys))
+    small_part: IOResult[bytes, Problem] = client.api.download_small_part(ref)
+    return small_part.bind(
+        lambda small: trusted_small_part(ref, small, client.config.publisher_keys)
+    )
 
 
 def _verified_entry(

@@ -3,10 +3,11 @@
 ``upload_resource`` seals the file straight into a cache temp file (one streaming pass), moves it
 into the cache, uploads the big part to the CDN and only then stores the small part at the API: the
 API write is the commit point, so a crash leaves at worst an orphaned big part, never a small part
-that points at nothing. ``download_resource`` fetches the small part through its transport
-envelope, checks it once (``Opener.start``: header, key commitment, MAC) and passes that opener
-down, takes the big part from a verified cache entry or the CDN, opens into a temp file next to
-the output and renames it into place only when every chunk authenticated. The CDN is asked for
+that points at nothing. ``download_resource`` fetches the small part (the API adapter opens the
+HPKE envelope sealed to this device), checks it once (``Opener.start``: header, key commitment,
+MAC) and passes that opener down, takes the big part from a verified cache entry or the CDN,
+opens into a temp file next to the output and renames it into place only when every chunk
+authenticated. The CDN is asked for
 only on a cache miss (``CdnReader``), so a warm download never builds an S3 client.
 
 CDN transfers are retried here, through ``client.retrying`` (the CDN adapter itself does not retry):
@@ -19,7 +20,6 @@ Temp files that a dead process left beside an output file are removed by the nex
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -59,38 +59,6 @@ class CdnReader(Protocol):
     ) -> IOResult[int, Problem]:
         """``Cdn.download_ranges``; its failures may also be those of building the CDN."""
         ...
-
-
-@attrs.frozen
-class Identity:
-    """A user of the resource API. The password never appears in a repr."""
-
-    email: str
-    password: str = attrs.field(repr=False)
-
-
-class TransportKeys:
-    """Derives a user's transport key once per fingerprint and keeps it for the session.
-
-    Argon2id costs tens of milliseconds and 19 MiB; a service that downloads many resources pays
-    it once. The cached keys live only in this object's memory.
-    """
-
-    def __init__(self, identity: Identity) -> None:
-        self._identity = identity
-        self._password_key: bytes | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"TransportKeys(email={self._identity.email!r})"
-
-    def for_fingerprint(self, fingerprint: str) -> bytes:
-        with self._lock:
-            if self._password_key is None:
-                self._password_key = keys.password_key(
-                    self._identity.password, self._identity.email
-                )
-            return keys.transport_key_from_password_key(self._password_key, fingerprint)
 
 
 @attrs.frozen
@@ -235,16 +203,6 @@ def trusted_small_part(
     return IOSuccess(part.inner)
 
 
-def open_small_part(
-    ref: ResourceRef, envelope: bytes, transport_key: bytes
-) -> IOResult[bytes, Problem]:
-    """Open the transport envelope the API sealed for this user and machine."""
-    opened = keys.open_envelope(transport_key, envelope, str(ref))
-    if isinstance(opened, Failure):
-        return IOFailure(opened.failure())
-    return IOSuccess(opened.unwrap())
-
-
 def download_resource(
     ref: ResourceRef,
     out: Path,
@@ -252,8 +210,6 @@ def download_resource(
     api: ResourceApi,
     cdn: CdnReader,
     cache: Cache,
-    fingerprint: str,
-    transport_key: bytes,
     publisher_key: bytes | None = None,
     pinned: Sequence[bytes] = (),
     workers: int | None = None,
@@ -266,9 +222,9 @@ def download_resource(
 
     ``retrier`` retries the big part's download, resuming each time (one attempt without it).
     """
-    envelope: IOResult[bytes, Problem] = api.download_small_part(ref, fingerprint)
-    opened = envelope.bind(lambda envelope: open_small_part(ref, envelope, transport_key))
-    return opened.bind(lambda small: trusted_small_part(ref, small, pinned)).bind(
+    # The API adapter opens the envelope sealed to this device; a wrong device is a WrongKey.
+    small_part: IOResult[bytes, Problem] = api.download_small_part(ref)
+    return small_part.bind(lambda small: trusted_small_part(ref, small, pinned)).bind(
         lambda small: _with_big_part(
             ref,
             small,

@@ -22,6 +22,7 @@ call):
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,15 +43,16 @@ from splitvault.app.client.in_memory import (
 from splitvault.app.client.usecases import (
     DownloadReport,
     UploadReport,
-    open_small_part,
     upload_resource,
 )
 from splitvault.cdn_manager import download_bytes, ref_for, upload_bytes
 from splitvault.domain.config import ApiCredentials, ClientConfig
+from splitvault.domain.device import DeviceKey
 from splitvault.domain.errors import LimitExceeded, Problem
 from splitvault.domain.legacy import parse_shared_key
 from splitvault.domain.ports import Cdn, Hardware
 from splitvault.domain.ref import ResourceRef, parse_folder
+from splitvault.domain.token import read_claims
 
 __all__ = ["ApiClient", "ApiCredentials"]
 
@@ -73,6 +75,22 @@ def _shared_key(key: str | bytes | None) -> bytes | None:
     if isinstance(parsed, Failure):
         raise to_exception(parsed.failure())
     return parsed.unwrap()
+
+
+# Device keys of this process's sessions by device id, for the token-only original call
+# ``download_key_fragment(url, token)``: the token names the device, the key stays in memory.
+_DEVICE_KEYS: dict[str, DeviceKey] = {}
+_DEVICE_KEYS_LOCK = threading.Lock()
+
+
+def device_key_for(token: str) -> DeviceKey | None:
+    """The device key of a token ``session_token`` handed out in this process, if any."""
+    claims = read_claims(token)
+    device = claims.get("dev") if claims else None
+    if not isinstance(device, str):
+        return None
+    with _DEVICE_KEYS_LOCK:
+        return _DEVICE_KEYS.get(device)
 
 
 class ApiClient:
@@ -170,10 +188,8 @@ class ApiClient:
         """A file stored with ``upload_file``, opened from its transport envelope."""
         client = self._session()
         ref = _ref(folder, filename)
-        envelope: IOResult[bytes, Problem] = client.api.download_small_part(ref, client.fingerprint)
-        return unwrap_or_raise(
-            envelope.bind(lambda sealed: open_small_part(ref, sealed, client.transport_key))
-        )
+        small_part: IOResult[bytes, Problem] = client.api.download_small_part(ref)
+        return unwrap_or_raise(small_part)
 
     def load_big_small_resource(
         self, resource_name: str, folder: str, key: str | bytes | None = None
@@ -250,8 +266,18 @@ class ApiClient:
 
     def session_token(self) -> str:
         """The bearer token of this session (logging in if needed), for
-        ``binary_split.download_key_fragment(url, token)``. A secret: never log it."""
-        return unwrap_or_raise(self._session().api.session_token())
+        ``binary_split.download_key_fragment(url, token)``. A secret: never log it.
+
+        The token names this machine's device; what the API answers to it is sealed to that
+        device, so the device key is remembered in this process for ``download_key_fragment``.
+        """
+        api = self._session().api
+        token = unwrap_or_raise(api.session_token())
+        key = api.device_key()
+        if key is not None:
+            with _DEVICE_KEYS_LOCK:
+                _DEVICE_KEYS[key.device_id] = key
+        return token
 
     def open_resource(
         self, name: str, folder: str, key: str | bytes | None = None

@@ -37,6 +37,7 @@ from splitvault.adapters.config_files import default_state_dir
 from splitvault.adapters.docker_cli import DockerCliEngine
 from splitvault.adapters.http_key_fragments import DEFAULT_TIMEOUT, HttpKeyFragments
 from splitvault.adapters.image_archive import ArchiveContents, inspect_image_archive
+from splitvault.api_client import device_key_for
 from splitvault.app.client import images
 from splitvault.app.client.errors import to_exception, unwrap_or_raise
 from splitvault.domain.archive import ArchiveKind
@@ -68,7 +69,9 @@ def download_key_fragment(
     ``InvalidNameError`` (a version that is not a tag) or ``NetworkError``.
     """
     chosen = version if version is not None else (os.environ.get(images.ENV_VERSION) or None)
-    fragments = HttpKeyFragments(resource_api_url, token, timeout=timeout)
+    fragments = HttpKeyFragments(
+        resource_api_url, token, device=device_key_for(token), timeout=timeout
+    )
     if chosen is None:
         latest = unwrap_or_raise(fragments.get_latest_fragment())
         log.info("using the latest registered image version, %s", latest[0])

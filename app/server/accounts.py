@@ -3,7 +3,7 @@
 These are the operations behind ``splitvault admin`` and the Python helpers tests and the demo use
 (``add_user``, ``set_cdn_config``, ``reset_binding``). Each takes a ``ServerStore`` or a data
 directory (then the embedded SQLite store in it is opened for the call). Passwords are hashed with
-Argon2id at the transport key's cost and a random salt; hashes and S3 secrets never leave through
+Argon2id at the device key's cost and a random salt; hashes and S3 secrets never leave through
 a repr, a log line or an exception message.
 """
 
@@ -28,7 +28,7 @@ from splitvault.app.server.stores import CDN_SETTING, kept_versions, open_data_d
 from splitvault.domain import keys, wire
 from splitvault.domain.config import cdn_config_from_mapping, cdn_config_to_mapping
 from splitvault.domain.errors import ConfigInvalid, Conflict, NotFound, StorageFailed
-from splitvault.domain.ports import ROLES, Account, Grant, ServerStore, StoreFailure
+from splitvault.domain.ports import ROLES, Account, Device, Grant, ServerStore, StoreFailure
 
 ROLE_UPLOADER: Final = "uploader"
 ROLE_DOWNLOADER: Final = "downloader"
@@ -57,7 +57,7 @@ def _opened(where: StoreOrDir) -> Iterator[IOResult[ServerStore, StoreFailure]]:
 
 
 def canonical_email(email: str) -> str:
-    """The key a user is stored under: NFKC, trimmed, case-folded (as the transport salt does)."""
+    """The key a user is stored under: NFKC, trimmed, case-folded (so each user is one account)."""
     return unicodedata.normalize("NFKC", email.strip()).casefold()
 
 
@@ -66,7 +66,7 @@ def _normalised_password(password: str) -> bytes:
 
 
 def hash_password(password: str) -> str:
-    """An Argon2id PHC string with the transport key's cost parameters and a random salt."""
+    """An Argon2id PHC string with the password key's cost parameters and a random salt."""
     kdf = Argon2id(
         salt=secrets.token_bytes(16),
         length=keys.KEY_BYTES,
@@ -107,7 +107,9 @@ def add_user(
 ) -> IOResult[None, AccountFailure]:
     """Create a user, or replace its password and role (its hardware binding is kept).
 
-    Replacing the password of an existing account ends its sessions (the generation is bumped).
+    Replacing the password of an existing account ends its sessions (the generation is bumped)
+    and revokes its devices: their keys were derived from the old password, so the machine
+    enrols afresh (as the account's first device) at its next login.
     Fails with ``ConfigInvalid`` naming the field for a bad e-mail, empty password or unknown
     role, and ``StorageFailed`` when the store cannot be written.
     """
@@ -135,7 +137,9 @@ def _put_user(
             password_hash=password_hash,
             generation=previous.generation + 1,
         )
-        return store.put_account(changed)
+        return store.put_account(changed).bind(
+            lambda _: _revoke_devices(store, email).map(lambda _revoked: None)
+        )
 
     return store.get_account(email).bind(replace)
 
@@ -163,7 +167,9 @@ def grant(
 
 
 def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[None, AccountFailure]:
-    """Set a new password for an existing account; its sessions end. ``NotFound`` without it."""
+    """Set a new password for an existing account; its sessions end and its devices are revoked
+    (their keys came from the old password; the machine enrols afresh). ``NotFound`` without
+    it."""
     canonical = canonical_email(email)
     problem = check_password(password)
     if problem is not None:
@@ -181,7 +187,7 @@ def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[No
                         password_hash=password_hash,
                         generation=previous.generation + 1,
                     )
-                )
+                ).bind(lambda _: _revoke_devices(store, canonical).map(lambda _revoked: None))
 
             return store.get_account(canonical).bind(put)
 
@@ -189,20 +195,28 @@ def change_password(where: StoreOrDir, email: str, password: str) -> IOResult[No
 
 
 def reset_binding(where: StoreOrDir, email: str) -> IOResult[bool, StoreFailure]:
-    """Forget the hardware fingerprint bound to a user (ending its sessions); ``True`` when one
-    was recorded, ``False`` when none was or the account does not exist."""
+    """Revoke every enrolled device of a user (ending its sessions), so that the next device to
+    enrol is the account's first and is let in; ``True`` when one was enrolled, ``False`` when
+    none was or the account does not exist. (A revoked device comes back only through
+    ``splitvault admin devices approve``.)"""
     canonical = canonical_email(email)
     with _opened(where) as opened:
+        return opened.bind(lambda store: _revoke_devices(store, canonical))
 
-        def reset(store: ServerStore) -> IOResult[bool, StoreFailure]:
-            def clear(account: Account | None) -> IOResult[bool, StoreFailure]:
-                if account is None or account.fingerprint is None:
-                    return IOSuccess(False)
-                return store.bind_fingerprint(canonical, None).map(lambda _: True)
 
-            return store.get_account(canonical).bind(clear)
+def _revoke_devices(store: ServerStore, email: str) -> IOResult[bool, StoreFailure]:
+    """Revoke every live device of ``email`` (each revocation bumps the generation); ``True``
+    when there was one."""
 
-        return opened.bind(reset)
+    def revoke(devices: tuple[Device, ...]) -> IOResult[bool, StoreFailure]:
+        live = [d for d in devices if d.status != "revoked"]
+        for device in live:
+            revoked = store.set_device_status(device.device_id, "revoked")
+            if not is_successful(revoked):
+                return revoked.map(lambda _: False)
+        return IOSuccess(bool(live))
+
+    return store.list_devices(email).bind(revoke)
 
 
 # --- the CDN config ----------------------------------------------------------------------------

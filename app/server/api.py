@@ -1,13 +1,15 @@
 """The reference resource API server: small parts, key fragments and ``cdn.yaml`` behind logins.
 
 An ASGI app (Starlette) that implements the resource API for real. Users have Argon2id password
-hashes and a role (``uploader``, ``downloader`` or ``admin``); ``POST /login`` hands out
-short-lived HS256 JWTs that carry the account's session generation. Small parts are handed out
-only inside a transport envelope sealed for the user's password and the machine's hardware
-fingerprint; the first fingerprint a user downloads with is recorded and any other is refused
-with 409. Everything the server keeps is in a ``ServerStore`` (``stores.open_store``): the SQLite
-file under a data directory, or PostgreSQL shared by several servers. ``/healthz``, ``/readyz``
-and ``/metrics`` serve load balancers and Prometheus.
+hashes, a random salt and a role (``uploader``, ``downloader`` or ``admin``). ``POST /login``
+(the only request that carries the password) answers an enrolment token and the salt; the client
+derives its device key and enrols the public key with ``POST /devices``, which answers an HS256
+JWT naming the device and carrying the account's session generation. Small parts, ``cdn.yaml``
+and key fragments are handed out only sealed with HPKE to that device's public key
+(``domain.device``); no Argon2id runs on the download path. Everything the server keeps is in a
+``ServerStore`` (``stores.open_store``): the SQLite file under a data directory, or PostgreSQL
+shared by several servers. ``/healthz``, ``/readyz`` and ``/metrics`` serve load balancers and
+Prometheus.
 
 The rooms: ``accounts`` (users and the CDN config as operators set them), ``stores`` (opening a
 store, importing the old file layout), ``tokens``, ``throttle``, ``limits``, ``refusals``,
@@ -90,6 +92,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     login_attempts: int = 5,
     login_window: float = 300.0,
+    address_attempts: int = 20,
+    device_limit: int = 1,
+    approve_devices: bool = False,
 ) -> Starlette:
     """The reference resource API as an ASGI app.
 
@@ -99,7 +104,12 @@ def create_app(
         token_lifetime: seconds a login token is valid.
         now: the wall clock used for token times and throttling (tests pass a fake).
         max_body_bytes: larger request bodies are refused with 413.
-        login_attempts, login_window: wrong passwords allowed per e-mail per window before 429.
+        login_attempts, login_window: wrong passwords allowed per (e-mail, source address) per
+            window before 429; ``address_attempts`` per source address whatever the e-mail
+            (checked before Argon2id runs). A valid token is never throttled.
+        device_limit, approve_devices: the device policy for accounts that already have one:
+            up to ``device_limit`` active devices, or (``approve_devices``) every further one
+            pending until ``splitvault admin devices approve``.
 
     Raises:
         OSError: when the data directory's store cannot be opened (the message says why).
@@ -117,12 +127,14 @@ def create_app(
         store=store,
         signing=SigningKey(store),
         throttle=LoginThrottle(store, login_attempts, login_window, now),
+        address_throttle=LoginThrottle(store, address_attempts, login_window, now),
         stats=ServerStats(),
         now=now,
         token_lifetime=token_lifetime,
         # Made up front so the first unknown e-mail costs the same as every later one.
         dummy_hash=hash_password(secrets.token_urlsafe(16)),
         argon2_slots=threading.BoundedSemaphore(routes.ARGON2_CONCURRENCY),
+        devices=routes.DevicePolicy(limit=device_limit, approve=approve_devices),
     )
 
     def route(path: str, handler: routes.Handler, methods: list[str]) -> Route:
@@ -132,6 +144,7 @@ def create_app(
     app = Starlette(
         routes=[
             route(f"/{wire.LOGIN}", routes.login, ["POST"]),
+            route(f"/{wire.DEVICES}", routes.enrol_device, ["POST"]),
             route(f"{resources}/{wire.GET}/{{folder}}", routes.get_resource, ["POST"]),
             route(f"{resources}/{wire.LIST}/{{folder}}", routes.list_resources, ["GET"]),
             route(f"{resources}/{wire.VERSIONS}/{{folder}}", routes.list_versions, ["POST"]),

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar
@@ -39,11 +38,13 @@ from splitvault.app.server.accounts import (
 )
 from splitvault.app.server.observe import ServerStats
 from splitvault.app.server.refusals import Refusal, store_refusal
-from splitvault.app.server.throttle import LoginThrottle
-from splitvault.domain import keys, signature, wire
+from splitvault.app.server.throttle import LoginThrottle, account_key, address_key
+from splitvault.domain import device as envelopes
+from splitvault.domain import signature, wire
 from splitvault.domain.config import cdn_config_from_mapping
+from splitvault.domain.errors import Conflict
 from splitvault.domain.format_v1 import parse_header
-from splitvault.domain.ports import Account, ResourceVersion, ServerStore, StoreFailure
+from splitvault.domain.ports import Account, Device, ResourceVersion, ServerStore, StoreFailure
 from splitvault.domain.ref import ResourceRef, check_name, parse_folder
 
 log = logging.getLogger("splitvault.server")
@@ -54,10 +55,18 @@ T = TypeVar("T")
 MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Argon2id runs with 19 MiB each; a bound keeps a login storm from exhausting memory.
 ARGON2_CONCURRENCY: Final = 4
-HARDWARE_MISMATCH_MESSAGE: Final = (
-    "this account is bound to another machine; ask an administrator to reset the binding "
-    "(splitvault admin users reset-binding EMAIL)"
-)
+# An enrolment token only lets a client enrol its device: a short life is all it needs.
+ENROLMENT_TOKEN_LIFETIME: Final = 300.0
+
+
+@attrs.frozen
+class DevicePolicy:
+    """Who may add a device to an account that has one: ``approve`` keeps further devices
+    pending until an operator approves them; otherwise up to ``limit`` devices are active.
+    The default, one, is the original client's "per user and per hardware" binding."""
+
+    limit: int = 1
+    approve: bool = False
 
 
 @attrs.frozen
@@ -66,6 +75,7 @@ class Principal:
 
     email: str
     role: str
+    device: Device | None = None  # None only for an enrolment token at ``POST /devices``
 
 
 def stored(result: IOResult[T, StoreFailure]) -> T:
@@ -81,19 +91,25 @@ class ServerState:
 
     store: ServerStore
     signing: tokens.SigningKey
-    throttle: LoginThrottle
+    throttle: LoginThrottle  # per (account, source address)
+    address_throttle: LoginThrottle  # per source address, before any Argon2id
     stats: ServerStats
     now: Callable[[], float]
     token_lifetime: float
     dummy_hash: str = attrs.field(repr=False)
     argon2_slots: threading.BoundedSemaphore = attrs.field(repr=False)
+    devices: DevicePolicy = DevicePolicy()
 
     # -- authentication --
 
-    def issue_token(self, account: Account) -> str:
-        return tokens.issue(self.signing.key, account, self.now(), self.token_lifetime)
+    def issue_token(self, account: Account, device: str = "") -> str:
+        lifetime = (
+            self.token_lifetime if device else min(self.token_lifetime, ENROLMENT_TOKEN_LIFETIME)
+        )
+        return tokens.issue(self.signing.key, account, self.now(), lifetime, device)
 
-    def authenticate(self, request: Request) -> Principal:
+    def authenticate(self, request: Request, *, enrolling: bool = False) -> Principal:
+        """The caller of a device token (or, with ``enrolling``, of any token of ours)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > wire.MAX_TOKEN_CHARS:
@@ -102,10 +118,12 @@ class ServerState:
         if claims is None:
             raise self._reject("InvalidToken", "the token is not valid; log in again")
         exp, sub, gen = claims.get("exp"), claims.get("sub"), claims.get("gen")
+        dev = claims.get("dev")
         if (
             isinstance(exp, bool)
             or not isinstance(exp, int | float)
             or not isinstance(sub, str)
+            or not isinstance(dev, str)
             or isinstance(gen, bool)
             or not isinstance(gen, int)
         ):
@@ -117,51 +135,109 @@ class ServerState:
             raise self._reject("InvalidToken", "the account no longer exists")
         if gen != account.generation:
             raise self._reject(
-                "SessionEnded", "the session ended (password change or binding reset); log in"
+                "SessionEnded",
+                "the session ended (password change, device revocation or binding reset); log in",
+            )
+        device = None
+        if dev:
+            device = self.device_of(account.email, dev)
+            if device is None or device.status != "active":
+                raise self._reject(
+                    wire.ERROR_DEVICE_REVOKED, "this device is no longer enrolled; log in again"
+                )
+        elif not enrolling:
+            raise self._reject(
+                wire.ERROR_NOT_ENROLLED, "enrol this device (POST /devices) before using the API"
             )
         # The stored role, not the token's: a demotion takes effect at once.
-        return Principal(email=account.email, role=account.role)
+        return Principal(email=account.email, role=account.role, device=device)
+
+    def device_of(self, email: str, device_id: str) -> Device | None:
+        found = stored(self.store.list_devices(email))
+        return next((device for device in found if device.device_id == device_id), None)
 
     def _reject(self, code: str, message: str) -> Refusal:
         self.stats.count("rejected_tokens")
         return Refusal(401, code, message, {"WWW-Authenticate": "Bearer"})
 
-    def check_password(self, email: str, password: str) -> Account:
-        """The account when ``password`` is right; otherwise a 401 (or 429 when throttled)."""
-        wait = self.throttle.wait(email)
-        if wait is not None:
-            self.stats.count("throttled")
-            raise Refusal(
-                429,
-                wire.ERROR_TOO_MANY_ATTEMPTS,
-                "too many wrong passwords for this account; wait and try again",
-                {"Retry-After": str(math.ceil(wait))},
-            )
+    def check_password(self, email: str, password: str, source: str) -> Account:
+        """The account when ``password`` is right; otherwise a 401 (or 429 when throttled).
+
+        Throttled per source address first (before Argon2id), then per (account, address):
+        failures from one address never shut the account's owner out anywhere else.
+        """
+        for throttle, key in (
+            (self.address_throttle, address_key(source)),
+            (self.throttle, account_key(email, source)),
+        ):
+            wait = throttle.wait(key)
+            if wait is not None:
+                self.stats.count("throttled")
+                raise Refusal(
+                    429,
+                    wire.ERROR_TOO_MANY_ATTEMPTS,
+                    "too many wrong passwords from this address; wait and try again",
+                    {"Retry-After": str(math.ceil(wait))},
+                )
         account = stored(self.store.get_account(email))
         # Unknown e-mails are checked against a dummy hash so timing does not reveal accounts.
         with self.argon2_slots:
             ok = verify_password(password, account.password_hash if account else self.dummy_hash)
         if account is None or not ok:
-            self.throttle.failed(email)
+            self.address_throttle.failed(address_key(source))
+            self.throttle.failed(account_key(email, source))
             self.stats.count("login_failures")
             raise Refusal(401, "InvalidCredentials", "wrong e-mail or password")
-        self.throttle.succeeded(email)
+        self.throttle.succeeded(account_key(email, source))
         return account
 
-    # -- hardware binding --
+    # -- devices --
 
-    def check_fingerprint(self, account: Account, fingerprint: str) -> None:
-        if account.fingerprint not in (None, fingerprint):
-            raise Refusal(409, wire.ERROR_HARDWARE_MISMATCH, HARDWARE_MISMATCH_MESSAGE)
-
-    def bind_fingerprint(self, account: Account, fingerprint: str) -> None:
-        """Record the first fingerprint (compare-and-set in the store); refuse any other."""
-        if account.fingerprint == fingerprint:
-            return  # the common case needs no write
-        bound = stored(self.store.bind_fingerprint(account.email, fingerprint))
-        if bound != fingerprint:
-            raise Refusal(409, wire.ERROR_HARDWARE_MISMATCH, HARDWARE_MISMATCH_MESSAGE)
-        log.info("bound account to its first hardware fingerprint")
+    def enrol(self, principal: Principal, public_key: bytes, tag: bytes) -> Device:
+        """The device for ``public_key``, enrolled now when new (by the account's policy)."""
+        device_id = envelopes.device_id(public_key)
+        # One read for both questions: a second read could see this very device, enrolled by a
+        # concurrent login of the same machine, and count it against the limit.
+        devices = stored(self.store.list_devices(principal.email))
+        known = next((d for d in devices if d.device_id == device_id), None)
+        if known is None:
+            live = [d for d in devices if d.status in ("active", "pending")]
+            active = [d for d in live if d.status == "active"]
+            if live and not self.devices.approve and len(active) >= self.devices.limit:
+                raise Refusal(
+                    409,
+                    wire.ERROR_HARDWARE_MISMATCH,
+                    f"this account is enrolled on another machine (a limit of {self.devices.limit}"
+                    " device(s)); ask an operator to revoke it (splitvault admin devices revoke "
+                    "ID) or to reset the binding (splitvault admin users reset-binding EMAIL)",
+                )
+            status = "pending" if live and self.devices.approve else "active"
+            fresh = Device(device_id, principal.email, public_key, tag, status, self.now())
+            put = self.store.put_device(fresh)
+            if is_successful(put):
+                log.info("enrolled device %s (%s)", device_id, status)
+                known = fresh
+            elif isinstance(unsafe_perform_io(put.failure()), Conflict):
+                known = self.device_of(principal.email, device_id)  # a concurrent enrolment
+            else:
+                raise store_refusal(unsafe_perform_io(put.failure()))
+        if known is None or known.email != principal.email:
+            raise Refusal(409, "Conflict", "this device key is enrolled for another account")
+        if known.status == "pending":
+            raise Refusal(
+                409,
+                wire.ERROR_DEVICE_PENDING,
+                f"device {device_id} waits for an operator's approval "
+                f"(splitvault admin devices approve {device_id}); try again after it",
+            )
+        if known.status == "revoked":
+            raise Refusal(
+                403,
+                wire.ERROR_DEVICE_REVOKED,
+                f"device {device_id} was revoked; an operator can approve it again "
+                f"(splitvault admin devices approve {device_id})",
+            )
+        return known
 
     def cdn_config_for(self, role: str) -> bytes:
         config = stored(cdn_config(self.store))
@@ -280,17 +356,81 @@ def version_of(small_part: bytes) -> str:
     return hashlib.sha256(small_part).hexdigest()[:32]
 
 
+def _source(request: Request) -> str:
+    """The peer's address: what throttling counts by. Proxy headers are not trusted (a client
+    could write any address there); a deployment behind a proxy must throttle at the proxy."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _hex_field(body: Mapping[str, object], field: str, size: int) -> bytes:
+    value = body.get(field)
+    if isinstance(value, str) and len(value) == 2 * size:
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    raise Refusal(400, "BadRequest", f"{field!r} must be {2 * size} hex digits")
+
+
 async def login(state: ServerState, request: Request) -> Response:
+    """``POST /login``: the only request with the password. Answers an enrolment token and the
+    account's salt (the client derives its device key from both)."""
     body = await _json_object(request)
     email = canonical_email(_text_field(body, wire.FIELD_EMAIL, wire.MAX_EMAIL_CHARS))
     password = _text_field(body, wire.FIELD_PASSWORD, wire.MAX_PASSWORD_CHARS)
+    source = _source(request)
 
-    def work() -> str:
-        return state.issue_token(state.check_password(email, password))
+    def work() -> tuple[str, bytes]:
+        account = state.check_password(email, password, source)
+        return state.issue_token(account), account.salt
 
-    token = await run_in_threadpool(work)
+    token, salt = await run_in_threadpool(work)
     state.stats.count("logins")
-    return JSONResponse({wire.FIELD_TOKEN: token}, headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        {wire.FIELD_TOKEN: token, wire.FIELD_SALT: salt.hex()},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def enrol_device(state: ServerState, request: Request) -> Response:
+    """``POST /devices``: enrol (or find) this account's device key; answers a device token."""
+    principal = await run_in_threadpool(lambda: state.authenticate(request, enrolling=True))
+    body = await _json_object(request)
+    public_key = _hex_field(body, wire.FIELD_PUBLIC_KEY, envelopes.PUBLIC_KEY_BYTES)
+    tag = _hex_field(body, wire.FIELD_FINGERPRINT_TAG, 32)
+
+    def work() -> tuple[Device, str]:
+        device = state.enrol(principal, public_key, tag)
+        account = stored(state.store.get_account(principal.email))
+        if account is None:
+            raise Refusal(401, "InvalidToken", "the account no longer exists")
+        return device, state.issue_token(account, device.device_id)
+
+    device, token = await run_in_threadpool(work)
+    return JSONResponse(
+        {wire.FIELD_TOKEN: token, wire.FIELD_DEVICE: device.device_id, wire.FIELD_STATUS: "active"},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def sealed_response(
+    principal: Principal, kind: envelopes.Kind, subject: str, version: str, plaintext: bytes
+) -> Response:
+    """``plaintext`` sealed with HPKE to the token's device, ``info`` binding kind, subject and
+    version; the headers name the device and version a client needs to rebuild ``info``."""
+    device = principal.device
+    if device is None:  # authenticate() gives no device-less principal beyond enrolment
+        raise Refusal(401, wire.ERROR_NOT_ENROLLED, "enrol this device before downloading")
+    info = envelopes.envelope_info(kind, device.device_id, subject, version)
+    return Response(
+        envelopes.seal(plaintext, device.public_key, info),
+        media_type="application/octet-stream",
+        headers={
+            "Cache-Control": "no-store",
+            wire.VERSION_HEADER: version,
+            wire.DEVICE_HEADER: device.device_id,
+        },
+    )
 
 
 async def upload_resource(state: ServerState, request: Request) -> Response:
@@ -333,42 +473,32 @@ async def get_resource(state: ServerState, request: Request) -> Response:
     body = await _json_object(request)
     name = body.get(wire.FIELD_FILE_NAME)
     ref = _ref(request.path_params["folder"], name)
-    password = _text_field(body, wire.FIELD_PASSWORD, wire.MAX_PASSWORD_CHARS)
-    fingerprint = _text_field(body, wire.FIELD_FINGERPRINT, wire.MAX_FINGERPRINT_CHARS)
-    if not fingerprint.isprintable():
-        raise Refusal(400, "BadRequest", f"{wire.FIELD_FINGERPRINT!r} must be printable text")
 
-    def work() -> bytes:
+    def work() -> Response:
         # Every account may fetch the CDN config (the role picks its keys); the rest needs read.
         if ref.folder != wire.CONFIG_FOLDER:
             require_grant(state, principal, ref.folder, "read")
-        # The download password is checked like a login: throttled, against the stored hash.
-        account = state.check_password(principal.email, password)
-        state.check_fingerprint(account, fingerprint)
-        small_part = _load_small_part(state, ref, principal.role)
-        state.bind_fingerprint(account, fingerprint)
-        with state.argon2_slots:
-            key = keys.transport_key(password, principal.email, fingerprint)
-        return keys.seal_envelope(
-            key, secrets.token_bytes(keys.NONCE_BYTES), small_part, context=str(ref)
-        )
+        small_part, version = _load_small_part(state, ref, principal.role)
+        kind: envelopes.Kind = "cdn-config" if ref == wire.CONFIG_REF else "small-part"
+        return sealed_response(principal, kind, str(ref), version, small_part)
 
-    envelope = await run_in_threadpool(work)
+    answer = await run_in_threadpool(work)
     state.stats.count("downloads")
-    return Response(
-        envelope, media_type="application/octet-stream", headers={"Cache-Control": "no-store"}
-    )
+    return answer
 
 
-def _load_small_part(state: ServerState, ref: ResourceRef, role: str) -> bytes:
+def _load_small_part(state: ServerState, ref: ResourceRef, role: str) -> tuple[bytes, str]:
+    """The small part (or ``cdn.yaml``) and its version: the store's, or for ``cdn.yaml`` a
+    digest of the text handed out."""
     if ref.folder == wire.CONFIG_FOLDER:
         if ref.name != wire.CDN_CONFIG_NAME:
             raise Refusal(404, "NotFound", f"{ref} does not exist")
-        return state.cdn_config_for(role)
+        text = state.cdn_config_for(role)
+        return text, hashlib.sha256(text).hexdigest()[:32]
     current = stored(state.store.current(ref.folder, ref.name))
     if current is None:
         raise Refusal(404, "NotFound", f"{ref} does not exist")
-    return current.small_part
+    return current.small_part, current.version
 
 
 async def list_resources(state: ServerState, request: Request) -> Response:
@@ -450,11 +580,7 @@ async def latest_key_fragment(state: ServerState, request: Request) -> Response:
     if found is None:
         raise Refusal(404, "NotFound", "no key fragment is registered yet")
     version, fragment = found
-    return Response(
-        fragment,
-        media_type="application/octet-stream",
-        headers={"Cache-Control": "no-store", wire.LATEST_VERSION_HEADER: version},
-    )
+    return sealed_response(principal, "key-fragment", version, version, fragment)
 
 
 async def key_fragment(state: ServerState, request: Request) -> Response:
@@ -470,9 +596,7 @@ async def key_fragment(state: ServerState, request: Request) -> Response:
         fragment = await run_in_threadpool(lambda: stored(state.store.get_fragment(version)))
         if fragment is None:
             raise Refusal(404, "NotFound", f"no key fragment for version {version}")
-        return Response(
-            fragment, media_type="application/octet-stream", headers={"Cache-Control": "no-store"}
-        )
+        return sealed_response(principal, "key-fragment", version, version, fragment)
     await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "write")
     fragment = await request.body()
     if not fragment:

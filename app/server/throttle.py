@@ -1,8 +1,12 @@
 """Login throttling over the store, so that every server on it sees the same failures.
 
-``LoginThrottle`` counts wrong passwords per key (today the canonical e-mail) in a sliding window
-and refuses past ``attempts``. The records live in the store's ``LoginFailures``; records older
-than the window are dropped on every write, which bounds them by time whatever the spray of keys.
+``LoginThrottle`` counts wrong passwords per key in a sliding window and refuses past
+``attempts``. The server keeps two: per (account, source address), so that a guesser elsewhere
+never locks the owner out, and per source address alone, checked before any Argon2id runs, so
+that one address spraying many accounts is stopped cheaply. Tokens are never throttled. The keys
+are ``account_key``/``address_key``: distinct prefixes keep one kind from colliding with the
+other. The records live in the store's ``LoginFailures``; records older than the window are
+dropped on every write, which bounds them by time whatever the spray of keys.
 """
 
 from __future__ import annotations
@@ -14,6 +18,16 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.server.refusals import store_refusal
 from splitvault.domain.ports import ServerStore
+
+
+def account_key(email: str, source: str) -> str:
+    """The throttle key of one account tried from one source address."""
+    return f"account {source} {email}"
+
+
+def address_key(source: str) -> str:
+    """The throttle key of one source address, whatever account it tries."""
+    return f"address {source}"
 
 
 class LoginThrottle:

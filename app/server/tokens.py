@@ -1,4 +1,9 @@
-"""Login tokens: HS256 JWTs signed with a key kept in the store, carrying the session generation.
+"""Login tokens: HS256 JWTs signed with a key kept in the store, naming the device and carrying
+the session generation.
+
+``/login`` issues a short *enrolment* token (``dev`` empty) good only for ``POST /devices``; the
+enrolment answers a *device* token (``dev`` = the device id) that every other route requires, so
+whatever the API seals is sealed to the device the token names.
 
 Every server on a store signs and verifies with the same key (created once, by whichever server
 starts first) and checks a token's ``gen`` claim against the account's current session generation,
@@ -61,12 +66,14 @@ class SigningKey:
             raise store_refusal(unsafe_perform_io(stored.failure()))
 
 
-def issue(key: bytes, account: Account, now: float, lifetime: float) -> str:
-    """A token for ``account`` valid for ``lifetime`` seconds from ``now``."""
+def issue(key: bytes, account: Account, now: float, lifetime: float, device: str = "") -> str:
+    """A token for ``account`` (on ``device``; none: enrolment only) valid for ``lifetime``
+    seconds from ``now``."""
     issued = int(now)
     claims = {
         "sub": account.email,
         "role": account.role,
+        "dev": device,
         "gen": account.generation,
         "iat": issued,
         "exp": issued + max(1, math.ceil(lifetime)),
@@ -84,7 +91,7 @@ def claims_of(key: bytes, token: str) -> dict[str, object] | None:
             key,
             algorithms=[ALGORITHM],  # pinned: no "none", no key confusion
             options={
-                "require": ["exp", "iat", "sub", "jti", "gen"],
+                "require": ["exp", "iat", "sub", "jti", "gen", "dev"],
                 "verify_exp": False,
                 "verify_iat": False,
             },

@@ -23,16 +23,37 @@ from splitvault.adapters.http_api import (
     LoginRefused,
     LoginTokenAuth,
     _multipart_file,
+    insecure_http_problem,
 )
-from splitvault.domain.errors import AuthFailed, RemoteError, Transient
+from splitvault.domain.device import DeviceKey, derive_device_key, envelope_info, seal
+from splitvault.domain.errors import (
+    AccessDenied,
+    AuthFailed,
+    ConfigInvalid,
+    HardwareMismatch,
+    RemoteError,
+    Transient,
+    WrongKey,
+)
 from splitvault.domain.ref import ResourceRef, check_name
 from splitvault.domain.retry import HttpStatus
 from tests.fakes import FakeClock, FakeRandom, FakeSleep
-from tests.support.results import failure
+from tests.support.results import failure, value
 from tests.support.server_world import FAST_RETRIES
 
 LOGIN_URL = httpx.URL("https://api.example/login")
+DEVICES_URL = httpx.URL("https://api.example/devices")
 Flow = Generator[httpx.Request, httpx.Response, None]
+SALT = bytes(range(16))
+# A fixed device key (no Argon2id here): what the deriver returns for any salt.
+KEY = derive_device_key(bytes(32), "fp")
+TAG = "ab" * 32
+salts_seen: list[bytes] = []
+
+
+def _derive(salt: bytes) -> tuple[DeviceKey, str]:
+    salts_seen.append(salt)
+    return KEY, TAG
 
 
 def _token(n: int, lifetime: int = 900) -> str:
@@ -41,7 +62,15 @@ def _token(n: int, lifetime: int = 900) -> str:
 
 
 def _auth(clock: FakeClock | None = None) -> LoginTokenAuth:
-    return LoginTokenAuth(LOGIN_URL, "a@b.c", "pw", clock or FakeClock(), httpx.Timeout(5.0))
+    return LoginTokenAuth(
+        LOGIN_URL,
+        "a@b.c",
+        "pw",
+        clock or FakeClock(),
+        httpx.Timeout(5.0),
+        device=_derive,
+        devices_url=DEVICES_URL,
+    )
 
 
 def _request() -> httpx.Request:
@@ -54,9 +83,15 @@ def _answer(
     return httpx.Response(status, json=body if body is not None else {}, headers=headers)
 
 
+def _logged_in() -> httpx.Response:
+    return _answer(200, {"token": "enrolment-token", "salt": SALT.hex()})
+
+
 def _log_in(flow: Flow, token: str) -> httpx.Request:
-    login = flow.send(_answer(200, {"token": token}))
-    return login
+    """Answer the login, then the enrolment it leads to; returns the request sent next."""
+    enrolment = flow.send(_logged_in())
+    assert enrolment.url == DEVICES_URL
+    return flow.send(_answer(200, {"token": token, "device": KEY.device_id}))
 
 
 def _finished(flow: Flow, response: httpx.Response) -> bool:
@@ -79,6 +114,49 @@ def test_first_request_logs_in_then_sends_with_the_token() -> None:
     assert sent.headers["Authorization"] == f"Bearer {_token(1)}"
     assert _finished(flow, _answer(200))
     assert auth.logins == 1
+
+
+def test_the_enrolment_sends_the_device_key_and_tag_not_the_password() -> None:
+    """After the login, the flow enrols the key derived from the answered salt: public key and
+    fingerprint tag, under the enrolment token; no password, no fingerprint."""
+    auth = _auth()
+    flow = auth.sync_auth_flow(_request())
+    next(flow)
+    enrolment = flow.send(_logged_in())
+    assert enrolment.method == "POST" and enrolment.url == DEVICES_URL
+    assert json.loads(enrolment.content) == {"public_key": KEY.public.hex(), "fingerprint_tag": TAG}
+    assert enrolment.headers["Authorization"] == "Bearer enrolment-token"
+    assert b"pw" not in enrolment.content and salts_seen[-1] == SALT
+    assert auth.device_key() == KEY
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [(409, "DevicePending", HardwareMismatch), (403, "DeviceRevoked", AccessDenied)],
+)
+def test_a_refused_enrolment_says_why(status: int, code: str, expected: type) -> None:
+    """A pending device is a HardwareMismatch carrying the server's code; a revoked one is
+    AccessDenied; neither leaves a token behind."""
+    auth = _auth()
+    flow = auth.sync_auth_flow(_request())
+    next(flow)
+    flow.send(_logged_in())
+    with pytest.raises(LoginRefused) as refused:
+        flow.send(_answer(status, {"ErrorCode": code, "Message": "ask an operator"}))
+    assert isinstance(refused.value.failure, expected)
+    if isinstance(refused.value.failure, HardwareMismatch):
+        assert refused.value.failure.error_code == code
+    assert auth.token() is None
+
+
+@pytest.mark.parametrize("salt", ["", "00" * 15, "zz" * 16])
+def test_a_login_answer_without_a_usable_salt_is_refused(salt: str) -> None:
+    """A token without a 16-byte hex salt cannot lead to a device key: RemoteError."""
+    flow = _auth().sync_auth_flow(_request())
+    next(flow)
+    with pytest.raises(LoginRefused) as refused:
+        flow.send(_answer(200, {"token": "t", "salt": salt}))
+    assert isinstance(refused.value.failure, RemoteError)
 
 
 def test_token_is_reused_until_the_refresh_point() -> None:
@@ -190,6 +268,7 @@ def _api(handler: httpx.MockTransport) -> HttpResourceApi:
         "https://api.example",
         "a@b.c",
         "pw",
+        device=_derive,
         policy=FAST_RETRIES,
         clock=clock,
         random=FakeRandom(),
@@ -201,7 +280,9 @@ def _api(handler: httpx.MockTransport) -> HttpResourceApi:
 def _server(download: httpx.Response) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/login":
-            return httpx.Response(200, json={"token": _token(1)})
+            return httpx.Response(200, json={"token": "enrol", "salt": SALT.hex()})
+        if request.url.path == "/devices":
+            return httpx.Response(200, json={"token": _token(1), "device": KEY.device_id})
         return download
 
     return httpx.MockTransport(handle)
@@ -211,7 +292,7 @@ def test_an_oversized_envelope_is_refused_even_without_a_length() -> None:
     """A streamed download over 1 MiB is refused once the cap is passed, length or not."""
     chunks = [b"x" * 65536] * 17  # 1.06 MiB, sent chunked
     api = _api(_server(httpx.Response(200, content=iter(chunks))))
-    refused = failure(api.download_small_part(ResourceRef("m", "n"), "fp"))
+    refused = failure(api.download_small_part(ResourceRef("m", "n")))
     assert isinstance(refused, RemoteError) and "larger than" in refused.detail
 
 
@@ -224,3 +305,55 @@ def test_a_proxys_html_error_is_described_safely() -> None:
     nasty = httpx.Response(400, json={"ErrorCode": "X", "Message": "line\nbreak\x1b[31m"})
     refused = failure(_api(_server(nasty)).list_folder("m"))
     assert isinstance(refused, RemoteError) and refused.detail == "line?break?[31m"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "refused"),
+    [
+        ("http://api.example.com", False, True),
+        ("http://10.0.0.5:8000", False, True),
+        ("http://api.example.com", True, False),
+        ("http://127.0.0.1:8000", False, False),
+        ("http://[::1]:8000", False, False),
+        ("http://localhost:8000", False, False),
+        ("https://api.example.com", False, False),
+    ],
+)
+def test_plain_http_beyond_loopback_is_refused_unless_allowed(
+    url: str, allowed: bool, refused: bool
+) -> None:
+    """http:// to another host is a ConfigInvalid that names the way out; loopback and https
+    are fine; the adapter refuses to be built for a refused URL."""
+    problem = insecure_http_problem(url, allowed)
+    assert (problem is not None) == refused
+    if problem is not None:
+        assert isinstance(problem, ConfigInvalid) and "--insecure-http" in problem.describe()
+        with pytest.raises(ValueError, match="in the clear"):
+            HttpResourceApi(
+                url,
+                "a@b.c",
+                "pw",
+                device=_derive,
+                clock=FakeClock(),
+                random=FakeRandom(),
+                sleep=lambda _s: None,
+            )
+
+
+def test_a_sealed_answer_opens_and_one_for_another_device_does_not() -> None:
+    """The adapter opens what is sealed to its device for this resource; an envelope sealed
+    to another device, or for another name, is WrongKey."""
+    ref = ResourceRef("m", "n")
+
+    def sealed(device: DeviceKey, subject: str) -> httpx.Response:
+        info = envelope_info("small-part", device.device_id, subject, "v1")
+        headers = {"X-Splitvault-Device": device.device_id, "X-Splitvault-Version": "v1"}
+        return httpx.Response(200, content=seal(b"small", device.public, info), headers=headers)
+
+    assert value(_api(_server(sealed(KEY, "m/n"))).download_small_part(ref)) == b"small"
+    other = derive_device_key(bytes(32), "other machine")
+    assert isinstance(
+        failure(_api(_server(sealed(other, "m/n"))).download_small_part(ref)), WrongKey
+    )
+    swapped = failure(_api(_server(sealed(KEY, "m/other"))).download_small_part(ref))
+    assert isinstance(swapped, WrongKey)

@@ -15,8 +15,7 @@ import pytest
 from returns.io import IOResult
 
 from splitvault.app.server.runner import RunningServer
-from splitvault.domain import keys
-from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch, NotFound, WrongKey
+from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch, NotFound
 from splitvault.domain.ports import ApiFailure, KeyFragments, ResourceApi
 from splitvault.domain.ref import ResourceRef
 from tests.support.results import failure, value
@@ -36,7 +35,10 @@ class ApiAdapter(ResourceApi, KeyFragments, Protocol):
     """What the contract needs: both ports on one object."""
 
 
-Factory = Callable[[str, str], ApiAdapter]
+class Factory(Protocol):
+    """An adapter for one account on one (simulated) machine."""
+
+    def __call__(self, email: str, password: str, *, machine: str = ...) -> ApiAdapter: ...
 
 
 def _httpx_factory(world: ServerWorld) -> Factory:
@@ -61,13 +63,6 @@ REF = ResourceRef("models", "resnet.small")
 SMALL_PART = b"header+key material+first ciphertext bytes" * 10
 
 
-def _open(envelope: bytes, email: str, fingerprint: str, ref: ResourceRef) -> bytes:
-    opened = keys.open_envelope(
-        keys.transport_key(PASSWORD, email, fingerprint), envelope, str(ref)
-    )
-    return opened.unwrap()
-
-
 def test_uploaded_names_are_listed_sorted(connect: Factory) -> None:
     """An uploader's small parts appear in the folder listing, sorted by name."""
     api = connect(UPLOADER, PASSWORD)
@@ -81,14 +76,10 @@ def test_empty_folder_lists_nothing(connect: Factory) -> None:
     assert value(connect(DOWNLOADER, PASSWORD).list_folder("nothing-here")) == ()
 
 
-def test_download_is_an_envelope_for_this_user_and_machine(connect: Factory) -> None:
-    """The download opens with the downloader's transport key for its fingerprint, no other."""
+def test_download_is_the_small_part_opened_on_this_device(connect: Factory) -> None:
+    """The download answers the uploaded bytes (the adapter opened the device envelope)."""
     value(connect(UPLOADER, PASSWORD).upload_small_part(REF, SMALL_PART))
-    envelope = value(connect(DOWNLOADER, PASSWORD).download_small_part(REF, "machine-1"))
-    assert SMALL_PART not in envelope
-    assert _open(envelope, DOWNLOADER, "machine-1", REF) == SMALL_PART
-    other_key = keys.transport_key(PASSWORD, DOWNLOADER, "machine-2")
-    assert isinstance(keys.open_envelope(other_key, envelope, str(REF)).failure(), WrongKey)
+    assert value(connect(DOWNLOADER, PASSWORD).download_small_part(REF)) == SMALL_PART
 
 
 @pytest.mark.parametrize(
@@ -100,7 +91,7 @@ def test_odd_names_round_trip(connect: Factory, name: str) -> None:
     ref = ResourceRef("odd folder %", name)
     value(api.upload_small_part(ref, b"payload"))
     assert value(api.list_folder(ref.folder)) == (name,)
-    assert _open(value(api.download_small_part(ref, "m")), UPLOADER, "m", ref) == b"payload"
+    assert value(api.download_small_part(ref)) == b"payload"
 
 
 def test_upload_replaces_the_previous_small_part(connect: Factory) -> None:
@@ -108,7 +99,7 @@ def test_upload_replaces_the_previous_small_part(connect: Factory) -> None:
     api = connect(UPLOADER, PASSWORD)
     value(api.upload_small_part(REF, b"first"))
     value(api.upload_small_part(REF, b"second"))
-    assert _open(value(api.download_small_part(REF, "m")), UPLOADER, "m", REF) == b"second"
+    assert value(api.download_small_part(REF)) == b"second"
 
 
 def test_downloader_cannot_upload(connect: Factory) -> None:
@@ -119,21 +110,23 @@ def test_downloader_cannot_upload(connect: Factory) -> None:
 
 
 def test_second_machine_is_refused_with_the_servers_code(connect: Factory) -> None:
-    """After a download on one machine, another fingerprint gets HardwareMismatch (409)."""
+    """The account's first machine enrols; another gets HardwareMismatch (409) that says what
+    to do, and the first keeps working."""
     value(connect(UPLOADER, PASSWORD).upload_small_part(REF, SMALL_PART))
-    api = connect(OTHER_DOWNLOADER, PASSWORD)
-    value(api.download_small_part(REF, "first-machine"))
-    refused = failure(api.download_small_part(REF, "second-machine"))
+    first = connect(OTHER_DOWNLOADER, PASSWORD, machine="first-machine")
+    value(first.download_small_part(REF))
+    second = connect(OTHER_DOWNLOADER, PASSWORD, machine="second-machine")
+    refused = failure(second.download_small_part(REF))
     assert isinstance(refused, HardwareMismatch)
     assert refused.error_code == "HardwareMismatch"
-    assert "another machine" in refused.message
-    value(api.download_small_part(REF, "first-machine"))  # the bound machine still works
+    assert "reset-binding" in refused.message
+    assert value(first.download_small_part(REF)) == SMALL_PART
 
 
 def test_unknown_resource_is_not_found(connect: Factory) -> None:
     """Downloading a name nobody uploaded is NotFound naming the resource."""
     missing = ResourceRef("models", "never-uploaded")
-    refused = failure(connect(DOWNLOADER, PASSWORD).download_small_part(missing, "m"))
+    refused = failure(connect(DOWNLOADER, PASSWORD).download_small_part(missing))
     assert refused == NotFound("models/never-uploaded")
 
 
@@ -142,7 +135,7 @@ def test_wrong_password_is_auth_failed(connect: Factory) -> None:
     api = connect(DOWNLOADER, "not the password")
     results: list[IOResult[object, ApiFailure]] = [
         api.list_folder("models"),
-        api.download_small_part(REF, "m"),
+        api.download_small_part(REF),
         api.get_fragment("1.0.0"),
     ]
     for result in results:

@@ -145,3 +145,45 @@ def test_info_fields_cannot_be_shifted_into_each_other() -> None:
     )
     with pytest.raises(ValueError, match="unknown envelope kind"):
         d.envelope_info("everything", "x", "a", "b")  # type: ignore[arg-type]
+
+
+@given(
+    kind=st.sampled_from(d.KINDS),
+    subject=st.text(min_size=1, max_size=40),
+    version=st.text(min_size=1, max_size=40),
+    lie=st.sampled_from(["none", "device", "version", "kind", "subject"]),
+)
+@settings(max_examples=60)
+def test_a_delivered_envelope_opens_only_as_what_was_asked_for(
+    kind: d.Kind, subject: str, version: str, lie: str
+) -> None:
+    """``open_delivered`` opens an answer for the device, kind and subject asked for and the
+    version the headers name; another device in the header, another version, kind or subject
+    is a typed failure (never the plaintext)."""
+    mine = d.derive_device_key(bytes(32), "mine")
+    other = d.derive_device_key(bytes(32), "other")
+    envelope = d.seal(
+        b"payload", mine.public, d.envelope_info(kind, mine.device_id, subject, version)
+    )
+    sealed = d.Sealed(envelope, mine.device_id, version)
+    asked_kind: d.Kind = kind
+    asked_subject = subject
+    if lie == "device":
+        sealed = d.Sealed(envelope, other.device_id, version)
+    elif lie == "version":
+        sealed = d.Sealed(envelope, mine.device_id, version + "x")
+    elif lie == "kind":
+        asked_kind = next(k for k in d.KINDS if k != kind)
+    elif lie == "subject":
+        asked_subject = subject + "/x"
+    opened = d.open_delivered(sealed, mine, asked_kind, asked_subject)
+    if lie == "none":
+        assert opened == Success(b"payload")
+    else:
+        assert isinstance(opened, Failure) and isinstance(opened.failure(), WrongKey)
+    assert isinstance(
+        d.open_delivered(
+            d.Sealed(envelope, mine.device_id, version), other, kind, subject
+        ).failure(),
+        WrongKey,
+    )

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from returns.result import Failure, Success
 
 from splitvault.domain import keys
-from splitvault.domain.errors import InvalidRef, WrongKey
+from splitvault.domain.errors import InvalidRef
 from splitvault.domain.ref import MAX_NAME_BYTES, ResourceRef
 from splitvault.domain.split import SplitRule, join, split
 
@@ -76,30 +76,6 @@ def test_parse_refuses_non_text() -> None:
     """A folder or name that is not a string is refused, not crashed on."""
     assert isinstance(ResourceRef.parse(3, "x"), Failure)
     assert isinstance(ResourceRef.parse("x", None), Failure)
-
-
-def test_transport_key_binds_password_email_and_fingerprint() -> None:
-    """The transport key changes with each input and ignores e-mail case and NFKC forms."""
-    base = keys.transport_key("pa\u00dfword", "Alice@Example.com", "fp1")
-    assert base == keys.transport_key("pa\u00dfword", "alice@example.COM ", "fp1")
-    assert base == keys.transport_key("pa\u00dfword", "ALICE@EXAMPLE.COM", "fp1")
-    assert base != keys.transport_key("password", "alice@example.com", "fp1")
-    assert base != keys.transport_key("pa\u00dfword", "bob@example.com", "fp1")
-    assert base != keys.transport_key("pa\u00dfword", "alice@example.com", "fp2")
-    # NFKC: the ligature "\ufb01" and "fi" are the same password
-    assert keys.transport_key("\ufb01x", "a@b.c", "f") == keys.transport_key("fix", "a@b.c", "f")
-
-
-def test_envelope_round_trip_and_context_binding() -> None:
-    """An envelope opens under its key and context only."""
-    key = bytes(32)
-    envelope = keys.seal_envelope(key, b"n" * 12, b"small part", "models/a")
-    assert keys.open_envelope(key, envelope, "models/a") == Success(b"small part")
-    assert isinstance(keys.open_envelope(key, envelope, "models/b"), Failure)
-    other = keys.open_envelope(b"\x01" * 32, envelope, "models/a")
-    assert isinstance(other, Failure)
-    assert isinstance(other.failure(), WrongKey)
-    assert isinstance(keys.open_envelope(key, b"short", "models/a"), Failure)
 
 
 def test_subkeys_are_independent() -> None:

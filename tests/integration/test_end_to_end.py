@@ -86,13 +86,15 @@ def test_downloader_cannot_upload(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_second_machine_is_refused(stack: Stack, tmp_path: Path) -> None:
-    """The account is bound to the first machine it downloads on; another gets a 409."""
+    """The account's first device is its only one by default; another gets a 409 that says
+    what to do, and nothing is written."""
     model(tmp_path / "model.onnx", 50_000)
     ok(upload(stack.client(UPLOADER), REF, tmp_path / "model.onnx"))
     ok(download(stack.client(DOWNLOADER, machine="box-1"), REF, tmp_path / "a.onnx"))
     refused = failure(download(stack.client(DOWNLOADER, machine="box-2"), REF, tmp_path / "b.onnx"))
     assert isinstance(refused, HardwareMismatch)
     assert refused.error_code == "HardwareMismatch"
+    assert "revoke" in refused.message
     assert not (tmp_path / "b.onnx").exists()
 
 

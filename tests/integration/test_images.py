@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import attrs
+import jwt as pyjwt
 import pytest
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault import binary_split
+from splitvault import api_client, binary_split
 from splitvault.adapters.docker_api import DockerApiEngine
 from splitvault.adapters.docker_cli import DockerCliEngine
 from splitvault.app.client import images
@@ -41,6 +42,7 @@ from splitvault.app.client.errors import (
     NotFoundError,
 )
 from splitvault.domain.archive import ArchiveKind, seal_legacy_archive_bytes, seal_v1_archive_bytes
+from splitvault.domain.device import derive_device_key, envelope_info, seal
 from splitvault.domain.errors import (
     ConfigInvalid,
     CorruptResource,
@@ -713,29 +715,39 @@ def test_facade_without_configuration_or_record_says_not_loaded(
         binary_split.check_images_loaded("1.0", engine=unreachable)
 
 
-class _KeysHandler(BaseHTTPRequestHandler):
-    """Serves ``GET /keys/{version}`` like the reference API: bearer token, raw bytes."""
+# The device a session of this process enrolled, and a token naming it (only ``dev`` is read).
+KEYS_DEVICE = derive_device_key(bytes(32), "keys-server machine")
+KEYS_TOKEN = pyjwt.encode({"sub": "a@b.c", "dev": KEYS_DEVICE.device_id}, b"k" * 32)
 
-    token = "test-token"
+
+def _sealed_fragment(version: str, fragment: bytes) -> bytes:
+    info = envelope_info("key-fragment", KEYS_DEVICE.device_id, version, version)
+    return seal(fragment, KEYS_DEVICE.public, info)
+
+
+class _KeysHandler(BaseHTTPRequestHandler):
+    """Serves ``GET /keys/{version}`` like the reference API: bearer token, the fragment sealed
+    to the token's device."""
+
+    token = KEYS_TOKEN
     fragments: ClassVar[dict[str, bytes]] = {"1.0": b"\x01" * 32}
 
     def do_GET(self) -> None:
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             self._answer(401, b'{"ErrorCode": "Unauthorized", "Message": "bad token"}')
             return
-        if self.path == "/keys":  # the latest registered version
-            self.send_response(200)
-            self.send_header("X-Splitvault-Version", "1.0")
-            self.send_header("Content-Length", "32")
-            self.end_headers()
-            self.wfile.write(self.fragments["1.0"])
-            return
-        version = self.path.removeprefix("/keys/")
+        version = "1.0" if self.path == "/keys" else self.path.removeprefix("/keys/")
         fragment = self.fragments.get(version)
         if fragment is None:
             self._answer(404, b'{"ErrorCode": "NotFound", "Message": "no such version"}')
             return
-        self._answer(200, fragment)
+        body = _sealed_fragment(version, fragment)
+        self.send_response(200)
+        self.send_header("X-Splitvault-Version", version)
+        self.send_header("X-Splitvault-Device", KEYS_DEVICE.device_id)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _answer(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -748,7 +760,9 @@ class _KeysHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def keys_server() -> Iterator[str]:
+def keys_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    # What ApiClient.session_token() records for the token it hands out.
+    monkeypatch.setitem(api_client._DEVICE_KEYS, KEYS_DEVICE.device_id, KEYS_DEVICE)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _KeysHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -765,12 +779,22 @@ def test_download_key_fragment_uses_the_bearer_token(
     """The fragment comes from GET /keys/{version}; the version defaults from the environment,
     and without one it is the latest registered (GET /keys), as the original's call had none."""
     monkeypatch.setenv("SPLITVAULT_IMAGE_VERSION", "1.0")
-    assert binary_split.download_key_fragment(keys_server, "test-token") == b"\x01" * 32
+    assert binary_split.download_key_fragment(keys_server, KEYS_TOKEN) == b"\x01" * 32
     monkeypatch.delenv("SPLITVAULT_IMAGE_VERSION")
-    assert binary_split.download_key_fragment(keys_server, "test-token") == b"\x01" * 32
-    assert binary_split.download_key_fragment(keys_server, "test-token", version="1.0") == (
+    assert binary_split.download_key_fragment(keys_server, KEYS_TOKEN) == b"\x01" * 32
+    assert binary_split.download_key_fragment(keys_server, KEYS_TOKEN, version="1.0") == (
         b"\x01" * 32
     )
+
+
+def test_a_fragment_sealed_to_a_device_this_process_has_no_key_for_does_not_open(
+    keys_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token from another process (its device key is not here) gets the sealed fragment but
+    cannot open it: a typed integrity error, not the fragment."""
+    monkeypatch.delitem(api_client._DEVICE_KEYS, KEYS_DEVICE.device_id)
+    with pytest.raises(IntegrityError, match="no device key"):
+        binary_split.download_key_fragment(keys_server, KEYS_TOKEN, version="1.0")
 
 
 def test_download_key_fragment_raises_typed_errors(
@@ -781,6 +805,6 @@ def test_download_key_fragment_raises_typed_errors(
     with pytest.raises(AuthError):
         binary_split.download_key_fragment(keys_server, "wrong", version="1.0")
     with pytest.raises(NotFoundError, match=r"2\.0"):
-        binary_split.download_key_fragment(keys_server, "test-token", version="2.0")
+        binary_split.download_key_fragment(keys_server, KEYS_TOKEN, version="2.0")
     with pytest.raises(AuthError):
         binary_split.download_key_fragment(keys_server, "wrong")

@@ -1,23 +1,28 @@
 """Load: 32 clients at once doing repeated downloads against the reference server and moto S3.
 
 Each of the 32 threads is its own service: its own ``Client`` (API session, login, CDN client)
-and its own cache directory; they all start together behind a barrier. Each client's first
-download pays for its login and its Argon2 key derivations (both sides) and is reported apart.
-After it, every second download is cold (a fresh cache, so the big part comes from S3 through a
-ranged GET); the others are warm (the client's cache: the API, the server's password check and the
-decryption). The run lasts a bounded time (at least two downloads per client); every output is
-checked byte for byte (SHA-256) and no error is allowed. Latencies (p50, p99), downloads per second
-and request counts are printed and written to ``load.json`` in the test's directory: they are
-figures to read, not assertions.
+and its own cache directory; they all start together behind a barrier. Each client first logs
+in (Argon2id once on each side: the server's password check, the client's password key for its
+device key) and enrols its device, timed apart as ``first_logins``; its first download
+(``cdn.yaml``, building its S3 client, the transfers) is reported apart too. After it, every second
+download is cold (a fresh cache, so the big part comes from S3 through a ranged GET); the others
+are warm (the client's cache: the API's HPKE envelope and the decryption; no Argon2id runs on the
+download path any more). The run lasts a bounded time (at least two downloads per client); every
+output is checked byte for byte (SHA-256) and no error is allowed. Latencies (p50, p99), downloads
+per second and request counts are printed and written to ``load.json`` in the test's directory:
+they are figures to read, not assertions.
 
 It runs twice: against the in-process server on SQLite, and against two ``splitvault serve``
-processes sharing one PostgreSQL, the clients spread over both (half on each).
+processes sharing one PostgreSQL, the clients spread over both (half on each). There the servers
+are processes of their own, so their CPU time (``/proc``) divided by the envelopes they served is
+the server CPU per download (logins and enrolments included), reported with the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import threading
 import time
@@ -62,8 +67,6 @@ def download_into(
             api=client.api,
             cdn=cdn,
             cache=cache,
-            fingerprint=client.fingerprint,
-            transport_key=client.transport_key,
             retrier=client.retrier,
         )
 
@@ -87,8 +90,23 @@ def summary(latencies: list[float]) -> dict[str, float | int]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its waited-for children, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def server_pids() -> list[int]:
+    """The pids of the server processes (empty for the in-process server), filled by ``servers``."""
+    return []
+
+
 @pytest.fixture(params=["sqlite", "postgres-two-servers"])
-def servers(request: pytest.FixtureRequest, stack: Stack, tmp_path: Path) -> Iterator[list[str]]:
+def servers(
+    request: pytest.FixtureRequest, stack: Stack, tmp_path: Path, server_pids: list[int]
+) -> Iterator[list[str]]:
     """The API URLs the clients use: the stack's SQLite server, or two servers on PostgreSQL."""
     if request.param == "sqlite":
         yield [stack.url]
@@ -100,6 +118,7 @@ def servers(request: pytest.FixtureRequest, stack: Stack, tmp_path: Path) -> Ite
         serve_process(tmp_path, "--database-url", url, name="a") as a,
         serve_process(tmp_path, "--database-url", url, name="b") as b,
     ):
+        server_pids.extend([a.process.pid, b.process.pid])
         yield [a.url, b.url]
 
 
@@ -112,7 +131,11 @@ def _served_envelopes(url: str) -> int:
 
 
 def test_32_clients_download_repeatedly_without_error(
-    stack: Stack, servers: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: Stack,
+    servers: list[str],
+    server_pids: list[int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """32 concurrent clients, repeated cold and warm downloads: zero errors, all bytes right."""
     writer = stack.client(UPLOADER, api_url=servers[0])
@@ -130,8 +153,11 @@ def test_32_clients_download_repeatedly_without_error(
         )
         for index in range(CLIENTS)
     ]
+    served_before = [_served_envelopes(url) for url in servers] if server_pids else []
+    cpu_before = [cpu_seconds(pid) for pid in server_pids]
     barrier = threading.Barrier(CLIENTS)
     lock = threading.Lock()
+    logins: list[float] = []
     first: list[float] = []
     cold: list[float] = []
     warm: list[float] = []
@@ -140,6 +166,15 @@ def test_32_clients_download_repeatedly_without_error(
     def service(index: int) -> None:
         client = clients[index]
         barrier.wait(timeout=60)
+        # The login and enrolment (Argon2id on both sides) apart from the first download, which
+        # then measures cdn.yaml, the S3 client's construction and the transfers.
+        started = time.perf_counter()
+        logged_in = client.api.login()
+        with lock:
+            if is_successful(logged_in):
+                logins.append(time.perf_counter() - started)
+            else:
+                errors.append(unsafe_perform_io(logged_in.failure()).describe())
         deadline = float("inf")
         iteration = 0
         # The first download, then DURATION seconds of repeats (at least one).
@@ -173,6 +208,14 @@ def test_32_clients_download_repeatedly_without_error(
         thread.join(timeout=DURATION + 300)
     assert not any(thread.is_alive() for thread in threads), "a client hung"
     seconds = time.monotonic() - started
+    server_cpu: dict[str, float] = {}
+    if server_pids:
+        cpu = sum(cpu_seconds(pid) for pid in server_pids) - sum(cpu_before)
+        served = sum(_served_envelopes(url) for url in servers) - sum(served_before)
+        server_cpu = {
+            "server_cpu_seconds": round(cpu, 2),
+            "server_cpu_ms_per_download": round(1000 * cpu / max(1, served), 1),
+        }
 
     stats = stack.app.state.stats
     figures: dict[str, Any] = {
@@ -180,6 +223,7 @@ def test_32_clients_download_repeatedly_without_error(
         "clients": CLIENTS,
         "seconds": round(seconds, 1),
         "errors": len(errors),
+        "first_logins": summary(logins),
         "all_downloads": summary(first + cold + warm),
         "first_downloads": summary(first),
         "cold_downloads": summary(cold),
@@ -194,7 +238,10 @@ def test_32_clients_download_repeatedly_without_error(
             "rejected_tokens": stats.rejected_tokens,
         }
         if len(servers) == 1
-        else {"envelopes_served_per_server": [_served_envelopes(url) for url in servers]},
+        else {
+            "envelopes_served_per_server": [_served_envelopes(url) for url in servers],
+            **server_cpu,
+        },
         "client_logins": sum(client.api.logins for client in clients),
     }
     report = tmp_path / "load.json"

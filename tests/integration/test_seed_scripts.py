@@ -25,8 +25,10 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault import ApiClient, ApiCredentials, CDNCredentials, CDNManager, binary_split
 from splitvault.adapters.docker_cli import DockerCliEngine
+from splitvault.adapters.linux_hardware import LinuxHardware
 from splitvault.adapters.system import SystemRandom
 from splitvault.app.client import images
+from splitvault.app.client.bootstrap import HARDWARE_APP_KEY
 from splitvault.app.client.errors import (
     AuthError,
     ConfigError,
@@ -348,7 +350,11 @@ def test_migrate_republishes_an_original_format_resource_as_v1(
     plaintext = os.urandom(400_000)
     small, big = seal_legacy_bytes(plaintext, SHARED_KEY, os.urandom(16))
     ref = ResourceRef(folder, "old.pt")
-    assert is_successful(stack.client(UPLOADER).api.upload_small_part(ref, small))
+    # This machine's real fingerprint: the CLI below enrols it, and the account's one device
+    # must be the same one.
+    this_machine = LinuxHardware(HARDWARE_APP_KEY).fingerprint().value
+    uploader_client = stack.client(UPLOADER, machine=this_machine)
+    assert is_successful(uploader_client.api.upload_small_part(ref, small))
     stack.moto.s3_client().put_object(Bucket=folder, Key="old.pt.big", Body=big)
     key_file = tmp_path / "shared.key"
     key_file.write_text(KEY_HEX + "\n")

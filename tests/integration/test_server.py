@@ -22,12 +22,13 @@ import pytest
 import yaml
 from returns.pipeline import is_successful
 
+from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.http_key_fragments import HttpKeyFragments
 from splitvault.adapters.sqlite_store import SqliteStore
+from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.app.server.api import add_user, create_app, reset_binding
 from splitvault.app.server.runner import RunningServer
-from splitvault.domain import keys
 from splitvault.domain.errors import (
     AccessDenied,
     AuthFailed,
@@ -41,6 +42,7 @@ from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import RetryPolicy
 from tests.fakes import FakeClock, FakeRandom, FakeSleep
 from tests.support.certs import tls_files
+from tests.support.devices import device_login, open_answer
 from tests.support.faults import FaultInjector
 from tests.support.results import failure, value
 from tests.support.server_fixtures import http, served, user_template, world  # noqa: F401 - fixtures
@@ -54,13 +56,12 @@ from tests.support.server_world import (
 )
 
 REF = ResourceRef("models", "bert.small")
+DEVICE = DeviceIdentity(PASSWORD, FixedHardware("machine-a"), None)
 
 
 def _login(http: httpx.Client, email: str = UPLOADER, password: str = PASSWORD) -> str:
-    response = http.post("/login", json={"email": email, "password": password})
-    assert response.status_code == 200, response.text
-    token: str = response.json()["token"]
-    return token
+    """A device token (login, then enrolment of the default machine)."""
+    return device_login(http, email, password).token
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -80,7 +81,8 @@ def _assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 def test_login_issues_a_pinned_hs256_token_with_the_claims(world: ServerWorld) -> None:
-    """A login returns an HS256 JWT with sub, role, iat, jti and exp = iat + lifetime."""
+    """A login and enrolment return an HS256 JWT with sub, role, dev (the device id), iat, jti
+    and exp = iat + lifetime; the login's own token is a short enrolment token with no device."""
     with httpx.Client(base_url=world.url) as http:
         token = _login(http, DOWNLOADER.upper())
     key = world.signing_key()
@@ -91,6 +93,12 @@ def test_login_issues_a_pinned_hs256_token_with_the_claims(world: ServerWorld) -
     assert claims["sub"] == DOWNLOADER and claims["role"] == "downloader"
     assert claims["exp"] - claims["iat"] == 900
     assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
+    assert len(claims["dev"]) == 32 and int(claims["dev"], 16) >= 0
+    with httpx.Client(base_url=world.url) as http:
+        login = http.post("/login", json={"email": DOWNLOADER, "password": PASSWORD}).json()
+    enrolment = jwt.decode(login["token"], key, algorithms=["HS256"], options={"verify_exp": False})
+    assert enrolment["dev"] == "" and enrolment["exp"] - enrolment["iat"] == 300
+    assert len(bytes.fromhex(login["salt"])) == 16
 
 
 def test_wrong_password_and_unknown_email_look_the_same(http: httpx.Client) -> None:
@@ -301,11 +309,7 @@ def test_cdn_config_is_rendered_per_role(world: ServerWorld) -> None:
     """Uploaders receive read and write keys; downloaders receive the read keys only."""
     rendered = {}
     for email in (UPLOADER, DOWNLOADER):
-        envelope = value(world.client(email).download_cdn_config("machine"))
-        key = keys.transport_key(PASSWORD, email, "machine")
-        rendered[email] = yaml.safe_load(
-            keys.open_envelope(key, envelope, "config/cdn.yaml").unwrap()
-        )
+        rendered[email] = yaml.safe_load(value(world.client(email).download_cdn_config()))
     assert rendered[UPLOADER] == CDN_CONFIG
     assert "write" not in rendered[DOWNLOADER]
     assert rendered[DOWNLOADER]["read"] == CDN_CONFIG["read"]
@@ -314,25 +318,31 @@ def test_cdn_config_is_rendered_per_role(world: ServerWorld) -> None:
     assert listing == ("cdn.yaml",)
 
 
-def test_download_needs_the_account_password(world: ServerWorld, http: httpx.Client) -> None:
-    """A valid token with the wrong password in the body gets 401 and no envelope."""
+def test_download_needs_a_device_token(world: ServerWorld, http: httpx.Client) -> None:
+    """The login's enrolment token gets 401 DeviceNotEnrolled and no envelope; the device token
+    gets the envelope, sealed (the small part's bytes are not in it)."""
     value(world.client().upload_small_part(REF, b"secret small part"))
-    headers = _bearer(_login(http, DOWNLOADER))
-    body = {"file_name": REF.name, "password": "guess", "hardware_fingerprint": "m"}
-    _assert_error(
-        http.post("/resources/get/models", json=body, headers=headers), 401, "InvalidCredentials"
+    login = http.post("/login", json={"email": DOWNLOADER, "password": PASSWORD}).json()
+    body = {"file_name": REF.name}
+    refused = http.post("/resources/get/models", json=body, headers=_bearer(login["token"]))
+    _assert_error(refused, 401, "DeviceNotEnrolled")
+    answer = http.post(
+        "/resources/get/models", json=body, headers=_bearer(_login(http, DOWNLOADER))
     )
+    assert answer.status_code == 200 and b"secret small part" not in answer.content
 
 
 def test_binding_reset_lets_another_machine_in(world: ServerWorld) -> None:
-    """After an administrator resets the binding, the next machine becomes the bound one."""
+    """After an administrator resets the binding, the next machine becomes the enrolled one and
+    the old one's session ends (its device is revoked)."""
     value(world.client().upload_small_part(REF, b"part"))
-    api = world.client(DOWNLOADER)
-    value(api.download_small_part(REF, "old-machine"))
-    assert isinstance(failure(api.download_small_part(REF, "new-machine")), HardwareMismatch)
+    old = world.client(DOWNLOADER, machine="old-machine")
+    value(old.download_small_part(REF))
+    new = world.client(DOWNLOADER, machine="new-machine")
+    assert isinstance(failure(new.download_small_part(REF)), HardwareMismatch)
     assert value(reset_binding(world.data_dir, DOWNLOADER)) is True
-    value(api.download_small_part(REF, "new-machine"))
-    assert isinstance(failure(api.download_small_part(REF, "old-machine")), HardwareMismatch)
+    assert value(new.download_small_part(REF)) == b"part"
+    assert isinstance(failure(old.download_small_part(REF)), AccessDenied)  # 403 DeviceRevoked
 
 
 def test_add_user_validates_and_concurrent_edits_are_all_kept(tmp_path: Path) -> None:
@@ -435,6 +445,7 @@ def test_a_refused_connection_is_transient_after_retries(tmp_path: Path) -> None
         f"http://127.0.0.1:{port}",
         UPLOADER,
         PASSWORD,
+        device=DEVICE,
         policy=FAST_RETRIES,
         clock=clock,
         random=FakeRandom(),
@@ -455,6 +466,7 @@ def test_a_stalled_server_is_timed_out(tmp_path: Path) -> None:
             f"http://127.0.0.1:{silent.getsockname()[1]}",
             UPLOADER,
             PASSWORD,
+            device=DEVICE,
             timeout=0.2,
             policy=RetryPolicy(base_delay=0.01, max_attempts=2),
             clock=clock,
@@ -487,9 +499,9 @@ def test_no_password_or_token_reaches_the_logs(
     uploader, downloader = world.client(UPLOADER), world.client(DOWNLOADER)
     value(uploader.upload_small_part(REF, b"part"))
     world.faults.fail_next(1)
-    value(downloader.download_small_part(REF, "machine"))
+    value(downloader.download_small_part(REF))
     world.server_clock.advance(1000)
-    value(downloader.download_cdn_config("machine"))
+    value(downloader.download_cdn_config())
     tokens = [uploader._auth._token, downloader._auth._token]
     assert all(tokens) and downloader.logins == 2
     text = "\n".join(record.getMessage() for record in caplog.records)
@@ -512,6 +524,7 @@ def test_tls_is_verified_and_a_ca_bundle_is_honoured(tmp_path: Path) -> None:
             url,
             UPLOADER,
             PASSWORD,
+            device=DEVICE,
             ca_bundle=ca_bundle,
             policy=FAST_RETRIES,
             clock=clock,
@@ -559,7 +572,7 @@ def test_metrics_count_requests_logins_failures_and_envelopes(
 ) -> None:
     """After a login, a wrong password and a download, /metrics says so in Prometheus text."""
     value(world.client().upload_small_part(REF, b"part"))
-    value(world.client(DOWNLOADER).download_small_part(REF, "machine"))
+    value(world.client(DOWNLOADER).download_small_part(REF))
     http.post("/login", json={"email": DOWNLOADER, "password": "guess-7f3a"})
     text = http.get("/metrics").text
     for line in (
@@ -580,13 +593,15 @@ def test_a_second_different_fragment_is_409_and_the_same_one_is_a_retry(
 ) -> None:
     """Fragments are write-once: the same bytes again succeed, others are 409 and change nothing;
     a fragment over the wire cap is 413."""
-    headers = _bearer(_login(http))
+    login = device_login(http, UPLOADER, PASSWORD)
+    headers = login.headers
     assert http.put("/keys/v9", content=b"\x01" * 32, headers=headers).status_code == 201
     assert http.put("/keys/v9", content=b"\x01" * 32, headers=headers).status_code == 201
     _assert_error(
         http.put("/keys/v9", content=b"\x02" * 32, headers=headers), 409, "FragmentExists"
     )
-    assert http.get("/keys/v9", headers=headers).content == b"\x01" * 32
+    fetched = http.get("/keys/v9", headers=headers)
+    assert open_answer(fetched, login.key, "key-fragment", "v9") == b"\x01" * 32
     oversized = http.put("/keys/v10", content=b"\x03" * (64 * 1024 + 1), headers=headers)
     _assert_error(oversized, 413, "TooLarge")
     assert value(world.store.fragment_versions()) == ("v9",)
@@ -597,7 +612,8 @@ def test_the_fragment_client_reports_a_write_once_refusal_as_such(
 ) -> None:
     """HttpKeyFragments turns 409 FragmentExists into RemoteError 409 naming the rule, not into
     a hardware mismatch."""
-    fragments = HttpKeyFragments(world.url, _login(http))
+    login = device_login(http, UPLOADER, PASSWORD)
+    fragments = HttpKeyFragments(world.url, login.token, device=login.key)
     value(fragments.put_fragment("v3", b"\x01" * 32))
     refused = failure(fragments.put_fragment("v3", b"\x02" * 32))
     assert isinstance(refused, RemoteError) and refused.status == 409

@@ -27,6 +27,7 @@ from splitvault.app.client.errors import AuthError, HardwareMismatchError
 from splitvault.domain.errors import AccessDenied, AuthFailed, HardwareMismatch
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
+from tests.support.devices import derive, device_token, enrol, login_answer
 from tests.support.stack import (
     DOWNLOADER,
     OTHER_DOWNLOADER,
@@ -45,11 +46,9 @@ def _login(stack: Stack, email: str, password: str = PASSWORD) -> httpx.Response
     return httpx.post(f"{stack.url}/login", json={"email": email, "password": password})
 
 
-def _token(stack: Stack, email: str) -> str:
-    answer = _login(stack, email)
-    assert answer.status_code == 200, answer.text
-    token: str = answer.json()["token"]
-    return token
+def _token(stack: Stack, email: str, machine: str = "machine-a") -> str:
+    """A device token for ``email`` on ``machine`` (login, then enrolment)."""
+    return device_token(stack.url, email, PASSWORD, machine=machine)
 
 
 def _error(answer: httpx.Response, status: int, code: str) -> None:
@@ -58,8 +57,8 @@ def _error(answer: httpx.Response, status: int, code: str) -> None:
     assert "Traceback" not in answer.text
 
 
-def _download_body(fingerprint: str, password: str = PASSWORD) -> dict[str, str]:
-    return {"file_name": REF.name, "password": password, "hardware_fingerprint": fingerprint}
+def _download_body() -> dict[str, str]:
+    return {"file_name": REF.name}
 
 
 def _facade(stack: Stack, tmp_path: Path, email: str, password: str, machine: str) -> ApiClient:
@@ -109,8 +108,8 @@ def test_a_wrong_password_is_401_and_every_layer_says_authentication_failed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Login with a wrong password: 401 InvalidCredentials on the wire, ``AuthFailed`` from the
-    adapter, ``AuthError`` (exit 3) from the facade and the CLI; a download with a valid token
-    but a wrong password in its body is refused the same way and binds nothing."""
+    adapter, ``AuthError`` (exit 3) from the facade and the CLI; the enrolment token a login
+    answers does not download (401 DeviceNotEnrolled) and nothing is enrolled."""
     _error(_login(stack, UPLOADER, WRONG), 401, "InvalidCredentials")
     _error(_login(stack, "nobody@example.com", WRONG), 401, "InvalidCredentials")
 
@@ -128,15 +127,14 @@ def test_a_wrong_password_is_401_and_every_layer_says_authentication_failed(
     code, err = _run_cli(monkeypatch, capsys, DOWNLOADER, WRONG, ["login"])
     assert code == 3 and "authentication failed" in err and "e-mail and password" in err
 
-    token = _token(stack, UPLOADER)
+    enrolment_token = _login(stack, UPLOADER).json()["token"]
     answer = httpx.post(
         f"{stack.url}/resources/get/{REF.folder}",
-        json=_download_body("machine-x", WRONG),
-        headers={"Authorization": f"Bearer {token}"},
+        json=_download_body(),
+        headers={"Authorization": f"Bearer {enrolment_token}"},
     )
-    _error(answer, 401, "InvalidCredentials")
-    account = ok(stack.store.get_account(UPLOADER))
-    assert account is not None and account.fingerprint is None
+    _error(answer, 401, "DeviceNotEnrolled")
+    assert ok(stack.store.list_devices(UPLOADER)) == ()
 
 
 # --- another machine ------------------------------------------------------------------------------
@@ -148,15 +146,17 @@ def test_another_machine_is_409_and_every_layer_says_hardware_mismatch(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """After the account downloads on box-1, box-2 gets 409 HardwareMismatch on the wire,
+    """After the account enrols box-1, box-2's enrolment gets 409 HardwareMismatch on the wire,
     ``HardwareMismatch`` from the client, ``HardwareMismatchError`` (exit 8) from the facade and
     the CLI (this machine's real fingerprint), and no output file."""
     _seed(stack, cli)
-    token = _token(stack, DOWNLOADER)
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = {"Authorization": f"Bearer {_token(stack, DOWNLOADER, 'box-1')}"}
     url = f"{stack.url}/resources/get/{REF.folder}"
-    assert httpx.post(url, json=_download_body("box-1"), headers=auth).status_code == 200
-    _error(httpx.post(url, json=_download_body("box-2"), headers=auth), 409, "HardwareMismatch")
+    assert httpx.post(url, json=_download_body(), headers=auth).status_code == 200
+    with httpx.Client(base_url=stack.url) as http:
+        login = login_answer(http, DOWNLOADER, PASSWORD).json()
+        second = derive(PASSWORD, bytes.fromhex(login["salt"]), "box-2")
+        _error(enrol(http, login["token"], second), 409, "HardwareMismatch")
 
     refused = failure(download(stack.client(DOWNLOADER, machine="box-2"), REF, cli / "client.onnx"))
     assert isinstance(refused, HardwareMismatch) and refused.error_code == "HardwareMismatch"
@@ -175,7 +175,7 @@ def test_another_machine_is_409_and_every_layer_says_hardware_mismatch(
         PASSWORD,
         ["download", REF.name, "--folder", REF.folder, "--out", str(cli / "cli.onnx")],
     )
-    assert code == 8 and "fingerprint differs" in err and "reset the binding" in err
+    assert code == 8 and "another machine" in err and "reset-binding" in err
     assert not any((cli / name).exists() for name in ("client.onnx", "facade.onnx", "cli.onnx"))
 
 
@@ -295,7 +295,7 @@ def test_a_downloader_is_403_and_every_layer_says_access_denied(
     assert isinstance(failure(reader.api.put_fragment("v1", b"k")), AccessDenied)
 
     (cli / "evil.onnx").write_bytes(b"evil" * 1000)
-    with _facade(stack, cli, DOWNLOADER, PASSWORD, "m") as facade:
+    with _facade(stack, cli, DOWNLOADER, PASSWORD, "machine-a") as facade:
         attempts: list[Callable[[], object]] = [
             lambda: facade.upload_file("evil.onnx", b"evil" * 1000, "models"),
             lambda: facade.upload_big_small_resource(b"evil" * 1000, "evil.onnx", "models"),
@@ -310,7 +310,7 @@ def test_a_downloader_is_403_and_every_layer_says_access_denied(
     code, err = _run_cli(
         monkeypatch,
         capsys,
-        OTHER_DOWNLOADER,  # DOWNLOADER is bound to machine "m" by now; this one is unbound
+        OTHER_DOWNLOADER,  # DOWNLOADER has its device; this one has none
         PASSWORD,
         ["upload", str(cli / "evil.onnx"), "--folder", "models"],
     )

@@ -37,16 +37,14 @@ from tests.security.hostile import (
     raw_http,
     tree,
 )
+from tests.support.devices import device_token
 from tests.support.stack import PASSWORD, UPLOADER, Stack
 
 
 @pytest.fixture(scope="module")
 def uploader_token(shared_stack: Stack) -> str:
-    """A bearer token of the uploader, obtained once per module."""
-    answer = httpx.post(f"{shared_stack.url}/login", json={"email": UPLOADER, "password": PASSWORD})
-    assert answer.status_code == 200
-    token: str = answer.json()["token"]
-    return token
+    """A device token of the uploader, obtained once per module."""
+    return device_token(shared_stack.url, UPLOADER, PASSWORD)
 
 
 @pytest.fixture
@@ -273,7 +271,7 @@ def test_encoded_path_segments_are_refused_by_the_server(
             ),
             http.post(
                 f"/resources/get/{segment}",
-                json={"file_name": "m", "password": PASSWORD, "hardware_fingerprint": "fp"},
+                json={"file_name": "m"},
             ),
             http.get(f"/resources/list/{segment}"),
             http.put(f"/keys/{segment}", content=b"fragment"),
@@ -320,17 +318,14 @@ def test_hostile_multipart_filenames_are_refused(
 def test_hostile_file_names_in_a_download_body_are_refused(
     shared_stack: Stack, uploader_token: str, name: str
 ) -> None:
-    """``file_name`` in a download request is checked like a path segment: 400 InvalidName, and
-    the account is not bound to the fingerprint sent along."""
+    """``file_name`` in a download request is checked like a path segment: 400 InvalidName."""
     answer = httpx.post(
         f"{shared_stack.url}/resources/get/models",
-        json={"file_name": name, "password": PASSWORD, "hardware_fingerprint": "fp-names"},
+        json={"file_name": name},
         headers={"Authorization": f"Bearer {uploader_token}"},
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["ErrorCode"] == "InvalidName"
-    account = ok(shared_stack.store.get_account(UPLOADER))
-    assert account is not None and account.fingerprint != "fp-names"
 
 
 def test_literal_dot_segments_never_reach_a_handler(

@@ -25,7 +25,6 @@ from splitvault.adapters.file_cache import FileCache
 from splitvault.app.cli.main import main
 from splitvault.app.client import images, pipeline
 from splitvault.app.client.usecases import download_resource, write_atomically
-from splitvault.domain import keys
 from splitvault.domain.archive import seal_legacy_archive_bytes, seal_v1_archive_bytes
 from splitvault.domain.errors import (
     CorruptResource,
@@ -190,16 +189,15 @@ def test_a_64mib_chunk_size_does_not_buy_64mib_buffers(tmp_path: Path) -> None:
     assert peak < ALLOCATION_CEILING, f"{peak} bytes allocated for a 1000-byte resource"
 
 
-class EnvelopeApi:
-    """A ``ResourceApi`` (hand-written fake) that answers every download with one envelope."""
+class LyingApi:
+    """A ``ResourceApi`` (hand-written fake) that answers every download with one small part,
+    as a compromised server can: it seals whatever it likes to the device's public key."""
 
-    def __init__(self, envelope: bytes) -> None:
-        self.envelope = envelope
+    def __init__(self, small_part: bytes) -> None:
+        self.small_part = small_part
 
-    def download_small_part(
-        self, ref: ResourceRef, fingerprint: str
-    ) -> IOResult[bytes, ApiFailure]:
-        return IOSuccess(self.envelope)
+    def download_small_part(self, ref: ResourceRef) -> IOResult[bytes, ApiFailure]:
+        return IOSuccess(self.small_part)
 
     def upload_small_part(self, ref: ResourceRef, small_part: bytes) -> IOResult[None, ApiFailure]:
         return IOFailure(NotFound(str(ref)))
@@ -216,11 +214,9 @@ class EnvelopeApi:
     ],
 )
 def test_a_lying_api_cannot_make_a_download_allocate_or_write(tmp_path: Path, small: bytes) -> None:
-    """A compromised API (it knows the password and fingerprint, so it can seal envelopes) that
+    """A compromised API (it holds the device public keys, so it can seal envelopes) that
     serves a header claiming a petabyte gets a typed failure: no output, no cache entry, and
     allocations stay under 4 MiB."""
-    transport_key = bytes(range(32))
-    envelope = keys.seal_envelope(transport_key, os.urandom(12), small, str(REF))
     _, big = sealed()
     cdn_root = tmp_path / "cdn"
     (cdn_root / REF.at(FILE_ID.hex()).key).parent.mkdir(parents=True)
@@ -232,11 +228,9 @@ def test_a_lying_api_cannot_make_a_download_allocate_or_write(tmp_path: Path, sm
         return download_resource(
             REF,
             out,
-            api=EnvelopeApi(envelope),
+            api=LyingApi(small),
             cdn=DirectoryCdn(cdn_root),
             cache=cache,
-            fingerprint="fp",
-            transport_key=transport_key,
         )
 
     result, peak = peak_of(run)

@@ -27,11 +27,11 @@ from botocore.exceptions import ClientError
 from splitvault import ApiClient, ApiCredentials
 from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.s3_cdn import S3Cdn
-from splitvault.domain import keys
 from splitvault.domain.config import S3Keys
 from splitvault.domain.errors import AccessDenied
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
+from tests.support.devices import device_login, device_token, open_answer
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack, download, upload
 
 if TYPE_CHECKING:
@@ -42,15 +42,12 @@ REF = ResourceRef("models", "least.onnx")
 
 def _cdn_yaml_for(stack: Stack, email: str, machine: str) -> dict[str, object]:
     """``config/cdn.yaml`` as the server serves it to ``email``, opened from its envelope."""
-    token = httpx.post(f"{stack.url}/login", json={"email": email, "password": PASSWORD})
-    answer = httpx.post(
-        f"{stack.url}/resources/get/config",
-        json={"file_name": "cdn.yaml", "password": PASSWORD, "hardware_fingerprint": machine},
-        headers={"Authorization": f"Bearer {token.json()['token']}"},
-    )
-    assert answer.status_code == 200, answer.text
-    key = keys.transport_key(PASSWORD, email, machine)
-    text = keys.open_envelope(key, answer.content, "config/cdn.yaml").unwrap()
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        login = device_login(http, email, PASSWORD, machine=machine)
+        answer = http.post(
+            "/resources/get/config", json={"file_name": "cdn.yaml"}, headers=login.headers
+        )
+    text = open_answer(answer, login.key, "cdn-config", "config/cdn.yaml")
     loaded = yaml.safe_load(text)
     assert isinstance(loaded, dict)
     return loaded
@@ -127,13 +124,12 @@ def test_no_route_reaches_the_servers_own_files(stack: Stack) -> None:
     """Through the config folder, key fragments or listings, no account reads ``users.json`` or
     ``jwt.key`` and nobody can overwrite ``cdn.yaml``."""
     for email in (DOWNLOADER, UPLOADER):
-        token = httpx.post(f"{stack.url}/login", json={"email": email, "password": PASSWORD})
-        auth = {"Authorization": f"Bearer {token.json()['token']}"}
+        auth = {"Authorization": f"Bearer {device_token(stack.url, email, PASSWORD)}"}
         with httpx.Client(base_url=stack.url, headers=auth) as http:
             for name in ("users.json", "jwt.key", "cdn.yaml.tmp", "CDN.YAML"):
                 answer = http.post(
                     "/resources/get/config",
-                    json={"file_name": name, "password": PASSWORD, "hardware_fingerprint": "fp"},
+                    json={"file_name": name},
                 )
                 assert answer.status_code == 404, (name, answer.text)
             for version in ("jwt", "users", "jwt.key"):

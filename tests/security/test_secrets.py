@@ -33,12 +33,13 @@ from splitvault.adapters.system import SystemRandom
 from splitvault.app.client import images
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.errors import SplitvaultError
-from splitvault.domain import keys
+from splitvault.domain import device, keys
 from splitvault.domain.config import CdnConfig
 from splitvault.domain.errors import EngineFailure, Problem
 from splitvault.domain.format_v1 import parse_header
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import RecordingEngine, capture_debug_logs, ok
+from tests.support.devices import derive
 from tests.support.dockerd import handmade_archive
 from tests.support.stack import DOWNLOADER, PASSWORD, UPLOADER, Stack
 
@@ -228,7 +229,7 @@ def _run_flow(stack: Stack, tmp_path: Path, flow: Flow) -> tuple[Client, Client]
             client.cache,
             client.hardware,
             client.config,
-            client.transport_keys,
+            client.api.device_key(),
             ok(client.cdn(write=False)),
         )
     flow.keep(ok(sealer.cdn(write=True)))
@@ -247,11 +248,14 @@ def _secrets(stack: Stack, sealer: Client, loader: Client) -> dict[str, str | by
         (DOWNLOADER, "reader-box"),
         (DOWNLOADER, "thief-box"),
     ):
-        found[f"transport key {email}@{machine}"] = keys.transport_key(PASSWORD, email, machine)
-    found["password key downloader"] = keys.password_key(PASSWORD, DOWNLOADER)
-    found["password key uploader"] = keys.password_key(PASSWORD, UPLOADER)
+        account = ok(stack.store.get_account(email))
+        assert account is not None
+        found[f"device key {email}@{machine}"] = derive(PASSWORD, account.salt, machine).private
+        found[f"password key {email}"] = device.password_key(PASSWORD, account.salt)
     for client in (sealer, loader):
-        found[f"session transport key {client.config.email}"] = client.transport_key
+        session_key = client.api.device_key()
+        assert session_key is not None
+        found[f"session device key {client.config.email}"] = session_key.private
     header, _ = parse_header(stack.small_part(REF)).unwrap()
     dek = header.dek_field
     subkeys = keys.data_subkeys(dek, header.file_id)

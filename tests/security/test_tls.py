@@ -21,6 +21,7 @@ from splitvault import ApiClient, ApiCredentials
 from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.app.cli.main import main
+from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.app.client.errors import NetworkError
 from splitvault.app.server.api import create_app
 from splitvault.app.server.runner import RunningServer
@@ -40,11 +41,15 @@ def tls(stack: Stack, tmp_path: Path) -> Iterator[tuple[RunningServer, Path]]:
         yield server, ca
 
 
-def _api(url: str, sleep: FakeSleep, ca_bundle: Path | None = None) -> HttpResourceApi:
+def _api(
+    url: str, sleep: FakeSleep, ca_bundle: Path | None = None, *, insecure: bool = False
+) -> HttpResourceApi:
     return HttpResourceApi(
         url,
         UPLOADER,
         PASSWORD,
+        device=DeviceIdentity(PASSWORD, FixedHardware("tls-box"), None),
+        allow_insecure_http=insecure,
         ca_bundle=ca_bundle,
         policy=FAST_RETRIES,
         clock=sleep.clock,
@@ -175,15 +180,29 @@ def test_a_redirect_never_carries_the_password_elsewhere() -> None:
     assert catcher.requests == []
 
 
-def test_plain_http_to_another_host_is_warned_about() -> None:
-    """Building a client for ``http://`` on a remote host logs a warning (the password would
-    travel in the clear); loopback HTTP and any HTTPS do not. No request is made."""
+def test_plain_http_to_another_host_is_refused_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``http://`` to a remote host is refused before any request (the password would travel in
+    the clear): the adapter raises, the CLI exits with a config error that says how to allow
+    it; allowed explicitly, the client is built and warns. Loopback HTTP and HTTPS are fine."""
     sleep = FakeSleep(FakeClock())
     with capture_debug_logs(["splitvault"]) as logs:
         for url in ("http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"):
             _api(url, sleep).close()
         _api("https://api.example.com", sleep).close()
         assert [r for r in logs.records if r.levelno >= logging.WARNING] == []
-        _api("http://api.example.com", sleep).close()
+        with pytest.raises(ValueError, match="allow_insecure_http"):
+            _api("http://api.example.com", sleep)
+        _api("http://api.example.com", sleep, insecure=True).close()
     warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "https://" in warnings[0] and "api.example.com" in warnings[0]
+    assert len(warnings) == 1 and "in the clear" in warnings[0] and "api.example.com" in warnings[0]
+
+    monkeypatch.setenv("SPLITVAULT_API_URL", "http://192.0.2.10:8000")  # TEST-NET: never routed
+    monkeypatch.setenv("SPLITVAULT_EMAIL", UPLOADER)
+    monkeypatch.setenv("SPLITVAULT_PASSWORD", PASSWORD)
+    monkeypatch.setenv("SPLITVAULT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPLITVAULT_CONFIG", str(tmp_path / "absent.yaml"))
+    assert main(["login"]) == 7  # ConfigError
+    err = capsys.readouterr().err
+    assert "plain http://" in err and "--insecure-http" in err

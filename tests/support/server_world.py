@@ -19,8 +19,10 @@ from returns.pipeline import is_successful
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.sql_store import SqlStore
+from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.app.server.accounts import StoreOrDir
 from splitvault.app.server.api import ServerStats, add_user, create_app, grant, set_cdn_config
 from splitvault.app.server.runner import RunningServer
@@ -142,13 +144,17 @@ class ServerWorld:
         password: str = PASSWORD,
         *,
         policy: RetryPolicy = FAST_RETRIES,
+        machine: str = "machine-a",
+        device_secret: bytes | None = None,
         **kwargs: object,
     ) -> HttpResourceApi:
-        """A client of this server sharing the world's fake clock and sleep."""
+        """A client of this server on the simulated ``machine``, sharing the world's fake clock
+        and sleep."""
         api = HttpResourceApi(
             self.url,
             email,
             password,
+            device=DeviceIdentity(password, FixedHardware(machine), device_secret),
             policy=policy,
             clock=self.clock,
             random=FakeRandom(),
@@ -166,14 +172,21 @@ def running_world(
     served: tuple[RunningServer, AppSlot],
     *,
     token_lifetime: float = 900.0,
+    **app_options: object,
 ) -> Iterator[ServerWorld]:
-    """Copy the template, put a new app in the slot, close every client at the end."""
+    """Copy the template, put a new app in the slot, close every client at the end;
+    ``app_options`` go to ``create_app`` (the device policy, say)."""
     server, slot = served
     data_dir = tmp_path / "server-data"
     shutil.copytree(template, data_dir)
     clock = FakeClock()
     server_clock = ServerClock(clock.wall())
-    app = create_app(data_dir, token_lifetime=token_lifetime, now=server_clock)
+    app = create_app(
+        data_dir,
+        token_lifetime=token_lifetime,
+        now=server_clock,
+        **app_options,  # type: ignore[arg-type]
+    )
     faults = FaultInjector(app)
     slot.app = faults
     world = ServerWorld(data_dir, app, faults, server, server_clock, clock, FakeSleep(clock))

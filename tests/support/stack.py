@@ -26,7 +26,7 @@ from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.sql_store import SqlStore
 from splitvault.adapters.system import SystemClock, SystemRandom
-from splitvault.app.client.bootstrap import Client, bootstrap
+from splitvault.app.client.bootstrap import Client, DeviceIdentity, bootstrap
 from splitvault.app.client.usecases import DownloadReport, UploadReport
 from splitvault.app.server.api import create_app, set_cdn_config
 from splitvault.app.server.routes import version_of
@@ -93,11 +93,13 @@ class Stack:
         connect_timeout: float = 10.0,
         signing_key_file: Path | None = None,
         pinned: tuple[bytes, ...] = (),
+        device_secret: bytes | None = None,
     ) -> Client:
         """A client for ``email`` on the simulated ``machine`` with its own cache.
 
         ``policy`` drives both the API's and the CDN's retries; ``api_url`` replaces the server's
-        URL (a fault proxy in front of it); the timeouts apply to the API and the CDN.
+        URL (a fault proxy in front of it); the timeouts apply to the API and the CDN;
+        ``device_secret`` is mixed into the device key as ``device_secret_file`` would.
         """
         cache_dir = cache or self.root / f"cache-{email.split('@', maxsplit=1)[0]}-{machine}"
         url = api_url or self.url
@@ -112,10 +114,12 @@ class Stack:
             publisher_keys=pinned,
         )
         the_sleep = sleep or (lambda _seconds: None)
+        hardware = FixedHardware(machine)
         api = HttpResourceApi(
             url,
             email,
             password,
+            device=DeviceIdentity(password, hardware, device_secret),
             timeout=read_timeout,
             connect_timeout=connect_timeout,
             policy=policy,
@@ -126,7 +130,7 @@ class Stack:
         built = bootstrap(
             config,
             api=api,
-            hardware=FixedHardware(machine),
+            hardware=hardware,
             sleeper=the_sleep,
             retry_policy=policy,
         )

@@ -19,7 +19,9 @@ from splitvault.app.server.accounts import (
     set_cdn_config,
     verify_password,
 )
+from splitvault.domain.device import derive_device_key
 from splitvault.domain.errors import ConfigInvalid, NotFound
+from splitvault.domain.ports import Device
 from tests.support.results import failure, value
 
 ORIGINAL = {
@@ -69,7 +71,7 @@ def test_no_refusal_repeats_a_value(secret: str, field: str) -> None:
 
 def test_users_are_created_replaced_and_reset(tmp_path: Path) -> None:
     """add_user canonicalises the e-mail; re-adding or a new password bumps the generation; a
-    binding reset clears the fingerprint and bumps it again."""
+    binding reset revokes the enrolled devices and bumps it again."""
     data = tmp_path / "data"
     value(add_user(data, "  Alice@Example.COM ", "first", "uploader"))
     value(add_user(data, "alice@example.com", "second", "admin"))
@@ -80,13 +82,16 @@ def test_users_are_created_replaced_and_reset(tmp_path: Path) -> None:
         assert alice is not None and alice.role == "admin" and alice.generation == 2
         assert verify_password("third", alice.password_hash)
         assert not verify_password("second", alice.password_hash)
-        value(store.bind_fingerprint(alice.email, "fp"))
+        key = derive_device_key(bytes(32), "fp")
+        device = Device(key.device_id, alice.email, key.public, b"tag", "active", 0.0)
+        value(store.put_device(device))
     assert value(reset_binding(data, "alice@example.com")) is True
     assert value(reset_binding(data, "alice@example.com")) is False
     assert value(reset_binding(data, "nobody@example.com")) is False
     with value(SqliteStore.open(data)) as store:
         alice = value(store.get_account("alice@example.com"))
-        assert alice is not None and alice.fingerprint is None and alice.generation == 3
+        assert alice is not None and alice.generation == 3
+        assert [d.status for d in value(store.list_devices(alice.email))] == ["revoked"]
 
 
 def test_the_cdn_config_is_stored_in_our_shape(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from splitvault.adapters.sql_store import SCHEMA_VERSION, SqlStore
 from splitvault.adapters.sqlite_store import DB_FILE, SqliteStore
 from splitvault.app.server.accounts import hash_password, verify_password
 from splitvault.app.server.stores import SIGNING_KEY_SETTING
+from splitvault.domain.device import derive_device_key
 from splitvault.domain.ports import Device, ResourceVersion
 from tests.support.postgres import PostgresCluster
 from tests.support.results import value
@@ -135,7 +136,9 @@ def test_the_operator_cli_manages_everything_and_prints_no_secret(
         alice = value(store.get_account("alice@example.com"))
         assert alice is not None and verify_password(NEW_PASSWORD, alice.password_hash)
         assert alice.generation == 1
-        value(store.bind_fingerprint("bob@example.com", FINGERPRINT))
+        key = derive_device_key(bytes(32), FINGERPRINT)
+        bobs = Device(key.device_id, "bob@example.com", key.public, b"tag", "active", 0.0)
+        value(store.put_device(bobs))
     refused = admin.run("users", "reset-binding", "bob@example.com", expect=7)
     assert "--yes" in refused.stderr
     assert admin.json("users", "reset-binding", "bob@example.com", "--yes")["was_bound"] is True
@@ -159,7 +162,8 @@ def test_the_operator_cli_manages_everything_and_prints_no_secret(
                 Device("dev-1", "bob@example.com", b"\x07" * 32, b"\x09" * 32, "pending", 1.0)
             )
         )
-    assert admin.json("devices", "list")["devices"][0]["status"] == "pending"
+    listed_devices = admin.json("devices", "list")["devices"]
+    assert [d["status"] for d in listed_devices if d["id"] == "dev-1"] == ["pending"]
     admin.run("devices", "approve", "dev-1")
     admin.run("devices", "revoke", "dev-1", expect=7)
     revoked = admin.json("devices", "revoke", "dev-1", "--yes")
@@ -256,7 +260,8 @@ def test_an_old_data_directory_is_imported_on_first_open(tmp_path: Path) -> None
     admin = Admin(["--data", str(data)], "sqlite", str(data))
     users = admin.json("users", "list")["users"]
     assert users == [
-        {"email": "alice@example.com", "role": "uploader", "bound": True, "generation": 0}
+        # A protocol-1 fingerprint binding has no device key: the machine enrols afresh.
+        {"email": "alice@example.com", "role": "uploader", "bound": False, "generation": 0}
     ]
     assert admin.json("fragments", "list")["versions"] == ["v7"]
     assert [r["name"] for r in admin.json("resources", "ls", "models")["resources"]] == ["bert"]

@@ -28,6 +28,7 @@ from splitvault.adapters.postgres_store import PostgresStore
 from splitvault.adapters.sql_store import SqlStore
 from splitvault.adapters.sqlite_store import DB_FILE, SqliteStore
 from splitvault.app.server.accounts import add_user, verify_password
+from tests.support.devices import device_login, open_answer
 from tests.support.postgres import PostgresCluster
 from tests.support.results import value
 from tests.support.server_fixtures import serve_process
@@ -95,8 +96,7 @@ def _writes(url: str, ledger: Ledger, stop: threading.Event, writer: int, seed: 
     rng = random.Random(seed)
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
-            token = http.post("/login", json={"email": UPLOADER, "password": PASSWORD})
-            auth = {"Authorization": f"Bearer {token.json()['token']}"}
+            auth = device_login(http, UPLOADER, PASSWORD).headers
             counter = 0
             while not stop.is_set():
                 counter += 1
@@ -243,12 +243,12 @@ def test_sigkill_during_writes_leaves_a_consistent_store(target: Target, tmp_pat
         f"killed ({kept_killed} of those left a whole account, the others none)"
     )
     with serve_process(tmp_path, *target.flags, name="after") as server:
-        login = httpx.post(
-            f"{server.url}/login", json={"email": UPLOADER, "password": PASSWORD}, timeout=30
-        )
-        auth = {"Authorization": f"Bearer {login.json()['token']}"}
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            login = device_login(http, UPLOADER, PASSWORD)
+        auth = login.headers
         listed = httpx.get(f"{server.url}/resources/list/models", headers=auth).json()["files"]
         assert {name for name in ALL_NAMES if ledger.acked[name]} <= set(listed) <= set(ALL_NAMES)
         version = sorted(ledger.fragments_acked)[0]
         fragment = httpx.get(f"{server.url}/keys/{version}", headers=auth)
-        assert fragment.content == ledger.fragments_sent[version]
+        opened = open_answer(fragment, login.key, "key-fragment", version)
+        assert opened == ledger.fragments_sent[version]

@@ -19,6 +19,7 @@ import pytest
 from returns.pipeline import is_successful
 
 from splitvault.domain.ref import ResourceRef
+from tests.support.devices import device_token
 from tests.support.postgres import PostgresCluster
 from tests.support.results import value
 from tests.support.server_fixtures import ServeProcess, prepare_database, serve_process
@@ -124,7 +125,7 @@ def test_uploads_through_one_download_through_the_other_concurrently(
         assert out.read_bytes() == sources[ref]
     listing_b = httpx.get(
         f"{pair.b.url}/resources/list/models",
-        headers={"Authorization": f"Bearer {_token(pair.b.url, DOWNLOADER).json()['token']}"},
+        headers={"Authorization": f"Bearer {device_token(pair.b.url, DOWNLOADER, PASSWORD)}"},
     ).json()
     assert sorted(listing_b["files"]) == sorted(ref.name for ref in [first, *later])
 
@@ -144,7 +145,7 @@ def test_a_login_throttle_tripped_on_one_server_holds_on_the_other(pair: Pair) -
 def test_a_password_changed_with_the_admin_cli_ends_sessions_on_both(pair: Pair) -> None:
     """Tokens from A and from B stop working on both after ``admin users passwd``; the new
     password logs in on both."""
-    tokens = [_token(server.url, DOWNLOADER).json()["token"] for server in (pair.a, pair.b)]
+    tokens = [device_token(server.url, DOWNLOADER, PASSWORD) for server in (pair.a, pair.b)]
     for server in (pair.a, pair.b):
         for token in tokens:
             listed = httpx.get(

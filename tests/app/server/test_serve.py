@@ -13,6 +13,7 @@ import pytest
 
 from splitvault.app.server.accounts import add_user, grant
 from tests.support.certs import tls_files
+from tests.support.devices import device_token
 from tests.support.results import value
 from tests.support.server_fixtures import serve_process, trust
 
@@ -96,7 +97,7 @@ def test_sigterm_finishes_requests_in_flight(data: Path, tmp_path: Path) -> None
 def test_the_access_log_names_routes_and_holds_no_secret(data: Path, tmp_path: Path) -> None:
     """One line per request with route and status; no password, token or path parameter."""
     with serve_process(tmp_path, "--data", str(data), name="logged") as server:
-        token = _login(server.url).json()["token"]
+        token = device_token(server.url, EMAIL, PASSWORD)
         auth = {"Authorization": f"Bearer {token}"}
         httpx.get(f"{server.url}/resources/list/secret-folder-name", headers=auth, timeout=30)
         httpx.put(f"{server.url}/keys/v-secret", content=b"\x01" * 32, headers=auth, timeout=30)
