@@ -22,6 +22,7 @@ from splitvault.domain.errors import AccessDenied, CorruptResource, PartMismatch
 from splitvault.domain.format_v1 import parse_header, seal_bytes
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import failure, ok
+from tests.support.devices import device_token
 from tests.support.moto_server import MotoS3
 from tests.support.stack import (
     DOWNLOADER,
@@ -70,9 +71,8 @@ def world(
 
 
 def _auth(stack: Stack, email: str) -> dict[str, str]:
-    answer = httpx.post(f"{stack.url}/login", json={"email": email, "password": PASSWORD})
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['token']}"}
+    """A device token of ``email`` (protocol 2: log in, then enrol the device)."""
+    return {"Authorization": f"Bearer {device_token(stack.url, email, PASSWORD)}"}
 
 
 def _forbidden(answer: httpx.Response) -> None:
@@ -98,13 +98,13 @@ def test_a_stranger_is_refused_download_list_and_fragments(
     assert not out.exists()
     headers = _auth(stack, STRANGER)
     _forbidden(httpx.get(f"{stack.url}/resources/list/{REF.folder}", headers=headers))
-    body = {"file_name": REF.name, "password": PASSWORD, "hardware_fingerprint": "m"}
+    body = {"file_name": REF.name}
     _forbidden(httpx.post(f"{stack.url}/resources/get/{REF.folder}", json=body, headers=headers))
     ok(stack.store.put_fragment("v-guarded", b"\x07" * 32))
     _forbidden(httpx.get(f"{stack.url}/keys/v-guarded", headers=headers))
     _forbidden(httpx.get(f"{stack.url}/keys", headers=headers))
     # The CDN config stays readable: every role needs it, and the role picks which keys it holds.
-    body = {"file_name": "cdn.yaml", "password": PASSWORD, "hardware_fingerprint": "m"}
+    body = {"file_name": "cdn.yaml"}
     answer = httpx.post(f"{stack.url}/resources/get/config", json=body, headers=headers)
     assert answer.status_code == 200, answer.text
 
