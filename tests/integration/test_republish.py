@@ -19,6 +19,7 @@ import pytest
 
 from splitvault.app.cli.admin import resources_gc
 from splitvault.app.cli.main import main
+from splitvault.app.server.accounts import reset_binding
 from splitvault.domain.ref import ResourceRef
 from tests.integration.test_crash import UPLOAD_POINTS, World, after_bytes, run_and_kill
 from tests.support import worker
@@ -198,6 +199,9 @@ def test_the_cli_lists_versions_and_rolls_back(
     value(upload(writer, REF, source))
     write_model(source, SIZE, seed=22)
     value(upload(writer, REF, source))
+    # The CLI runs on this machine's real fingerprint: a second device of the uploader, past the
+    # default limit of one, so the operator frees the binding first (as the refusal tells them).
+    value(reset_binding(stack.store, UPLOADER))
     monkeypatch.setenv("SPLITVAULT_EMAIL", UPLOADER)
     monkeypatch.setenv("SPLITVAULT_PASSWORD", PASSWORD)
     monkeypatch.setenv("SPLITVAULT_CACHE_DIR", str(tmp_path / "cli-cache"))
