@@ -40,6 +40,7 @@ from returns.result import Failure
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
+from splitvault.app.client.pipeline import pread_exact
 from splitvault.app.client.retrying import Meter, run_with
 from splitvault.app.client.usecases import sign_small_part, trusted_small_part
 from splitvault.domain import digest, keys, legacy
@@ -84,16 +85,6 @@ def _preallocated(length: int) -> tuple[io.BytesIO, memoryview]:
         holder.seek(length - 1)
         holder.write(b"\x00")
     return holder, holder.getbuffer()
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> bool:
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
-            return False
-        done += got
-    return True
 
 
 def _storage(what: str, error: OSError, action: str = "write") -> StorageFailed:
@@ -164,7 +155,7 @@ class _ChunkSource:
             piece = cipher[pos : pos + size]
             if not in_big:
                 piece[:] = self._small[offset : offset + size]
-            elif not _pread_into(self._fd, piece, offset):
+            elif not pread_exact(self._fd, piece, offset):
                 return None
             pos += size
         return cipher
@@ -253,7 +244,7 @@ def open_legacy_into_memory(
                 take = min(len(buffer), cut - start)
                 buffer[:take] = small_view[start : start + take]
                 pos = take
-            return pos == len(buffer) or _pread_into(fd, buffer[pos:], start + pos - cut)
+            return pos == len(buffer) or pread_exact(fd, buffer[pos:], start + pos - cut)
 
         tail = memoryview(bytearray(2 * legacy.BLOCK))
         if not stream(stream_length - len(tail), tail):

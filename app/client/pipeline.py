@@ -165,7 +165,7 @@ def _os_failure(what: str, exc: OSError, action: str = "write") -> errors.Proble
     return StorageFailed(what, exc.strerror or type(exc).__name__, action)
 
 
-def _pread_exact(fd: int, buf: memoryview, offset: int) -> bool:
+def pread_exact(fd: int, buf: memoryview, offset: int) -> bool:
     """Fill ``buf`` from ``offset``; False when the file ends first (it shrank under us)."""
     done = 0
     while done < len(buf):
@@ -220,7 +220,7 @@ def _gather(
         piece = buf[pos : pos + size]
         if not in_big:
             piece[:] = small[offset : offset + size]
-        elif not _pread_exact(big_fd, piece, offset):
+        elif not pread_exact(big_fd, piece, offset):
             return None
         else:
             big_piece = piece
@@ -368,7 +368,7 @@ def seal_file(
                 ct_start, ct_end = layout.ciphertext_span(index)
                 try:
                     with _blame(reading, "read"):
-                        if not _pread_exact(src_fd, plain, pt_start):
+                        if not pread_exact(src_fd, plain, pt_start):
                             return StorageFailed(writing, f"{source} shrank while being sealed")
                     size = sealer.seal_chunk_into(index, plain, slot.cipher)
                     sealed = slot.cipher[:size]
@@ -582,7 +582,7 @@ def seal_file_legacy(
                 out_start = 0 if index == 0 else legacy.IV_BYTES + pt_start
                 try:
                     with _blame(reading, "read"):
-                        if not _pread_exact(src_fd, plain, pt_start):
+                        if not pread_exact(src_fd, plain, pt_start):
                             return StorageFailed(writing, f"{source} shrank while being sealed")
                     with turns.turn(0, index) as go:
                         if not go:
