@@ -315,6 +315,8 @@ def serve(args: argparse.Namespace) -> Report:
         concurrency=args.concurrency,
         keep_alive=args.keep_alive,
         graceful_seconds=args.graceful_seconds,
+        device_limit=args.device_limit,
+        approve_devices=args.approve_devices,
     )
     problem = serving.check(options)
     if problem is not None:

@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1024, help="open connections at most")
     p.add_argument("--keep-alive", type=float, default=5.0, help="idle keep-alive seconds")
     p.add_argument("--graceful-seconds", type=float, default=30.0, help="drain time on SIGTERM")
+    p.add_argument(
+        "--device-limit", type=int, default=1, help="active devices per account (default 1)"
+    )
+    p.add_argument(
+        "--approve-devices",
+        action="store_true",
+        help="keep every further device pending until 'splitvault admin devices approve ID'",
+    )
 
     p = command("users", "users_add", "add a user (same as: splitvault admin users add)")
     p.add_argument("action", choices=["add"])

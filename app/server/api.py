@@ -64,6 +64,8 @@ MAX_BODY_BYTES: Final = wire.MAX_BODY_BYTES
 ENV_DATA: Final = "SPLITVAULT_SERVER_DATA"
 ENV_DATABASE_URL: Final = "SPLITVAULT_SERVER_DATABASE_URL"
 ENV_TOKEN_LIFETIME: Final = "SPLITVAULT_SERVER_TOKEN_LIFETIME"  # noqa: S105 - a variable name
+ENV_DEVICE_LIMIT: Final = "SPLITVAULT_SERVER_DEVICE_LIMIT"
+ENV_APPROVE_DEVICES: Final = "SPLITVAULT_SERVER_APPROVE_DEVICES"
 
 __all__ = [
     "ROLE_DOWNLOADER",
@@ -180,7 +182,12 @@ def app_from_environment() -> Starlette:
     if not is_successful(opened):
         raise SystemExit(f"splitvault serve: {unsafe_perform_io(opened.failure()).describe()}")
     lifetime = float(os.environ.get(ENV_TOKEN_LIFETIME, "900"))
-    return create_app(unsafe_perform_io(opened.unwrap()), token_lifetime=lifetime)
+    return create_app(
+        unsafe_perform_io(opened.unwrap()),
+        token_lifetime=lifetime,
+        device_limit=int(os.environ.get(ENV_DEVICE_LIMIT, "1")),
+        approve_devices=os.environ.get(ENV_APPROVE_DEVICES) == "1",
+    )
 
 
 async def _on_refusal(_request: Request, exc: Exception) -> Response:

@@ -22,7 +22,13 @@ import uvicorn
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
-from splitvault.app.server.api import ENV_DATA, ENV_DATABASE_URL, ENV_TOKEN_LIFETIME
+from splitvault.app.server.api import (
+    ENV_APPROVE_DEVICES,
+    ENV_DATA,
+    ENV_DATABASE_URL,
+    ENV_DEVICE_LIMIT,
+    ENV_TOKEN_LIFETIME,
+)
 from splitvault.app.server.routes import MULTIPROCESS_ENV
 from splitvault.app.server.stores import open_store
 from splitvault.domain.errors import ConfigInvalid
@@ -37,7 +43,9 @@ class ServeOptions:
 
     ``database_url`` wins over ``data``; ``tls_cert``/``tls_key`` switch on HTTPS;
     ``concurrency`` caps open connections (uvicorn answers 503 past it); ``keep_alive`` closes idle
-    connections after that many seconds; ``graceful_seconds`` bounds the drain on shutdown.
+    connections after that many seconds; ``graceful_seconds`` bounds the drain on shutdown;
+    ``device_limit`` and ``approve_devices`` are the device policy for accounts that already have
+    one device (up to that many active, or every further one pending an operator's approval).
     """
 
     data: Path | None = None
@@ -51,12 +59,18 @@ class ServeOptions:
     keep_alive: float = 5.0
     graceful_seconds: float = 30.0
     token_lifetime: float = 900.0
+    device_limit: int = 1
+    approve_devices: bool = False
 
 
 def check(options: ServeOptions) -> ConfigInvalid | StoreFailure | None:
     """Why ``options`` cannot serve (bad flags, unreachable or too-new store), or ``None``."""
     if options.workers < 1:
         return ConfigInvalid("--workers", "must be at least 1")
+    if options.device_limit < 1:
+        return ConfigInvalid(
+            "--device-limit", "must be at least 1 (the first device of an account)"
+        )
     if (options.tls_cert is None) != (options.tls_key is None):
         return ConfigInvalid("--tls-cert", "give --tls-cert and --tls-key together")
     for flag, path in (("--tls-cert", options.tls_cert), ("--tls-key", options.tls_key)):
@@ -86,6 +100,8 @@ def serve(options: ServeOptions) -> None:
         os.environ[ENV_DATA] = str(options.data.resolve())
         os.environ.pop(ENV_DATABASE_URL, None)
     os.environ[ENV_TOKEN_LIFETIME] = str(options.token_lifetime)
+    os.environ[ENV_DEVICE_LIMIT] = str(options.device_limit)
+    os.environ[ENV_APPROVE_DEVICES] = "1" if options.approve_devices else "0"
     metrics_dir = None
     if options.workers > 1:
         # Each worker counts into files here and /metrics sums them, whichever worker answers.

@@ -109,3 +109,30 @@ def test_the_access_log_names_routes_and_holds_no_secret(data: Path, tmp_path: P
     assert '"GET list_resources" 200' in log and '"PUT key_fragment" 201' in log
     for secret in (PASSWORD, "wrong-guess-xyz", token, token.split(".")[2], "secret-folder-name"):
         assert secret not in log
+
+
+def test_the_device_policy_reaches_every_worker(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--device-limit``/``--approve-devices`` travel to the workers' app; 0 is refused."""
+    from splitvault.app.server import api, serving
+    from splitvault.app.server.routes import DevicePolicy
+
+    refused = serving.check(serving.ServeOptions(data=data, device_limit=0))
+    assert refused is not None and refused.field == "--device-limit"  # type: ignore[union-attr]
+    monkeypatch.setenv(api.ENV_DATA, str(data))
+    monkeypatch.delenv(api.ENV_DATABASE_URL, raising=False)
+    monkeypatch.setenv(api.ENV_DEVICE_LIMIT, "3")
+    monkeypatch.setenv(api.ENV_APPROVE_DEVICES, "1")
+    app = api.app_from_environment()
+    try:
+        assert app.state.server.devices == DevicePolicy(limit=3, approve=True)
+    finally:
+        app.state.store.close()
+    monkeypatch.delenv(api.ENV_DEVICE_LIMIT)
+    monkeypatch.delenv(api.ENV_APPROVE_DEVICES)
+    app = api.app_from_environment()
+    try:
+        assert app.state.server.devices == DevicePolicy()  # the original's one device
+    finally:
+        app.state.store.close()
