@@ -37,16 +37,18 @@ import attrs
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.pipeline import is_successful
 from returns.result import Failure
-from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.bootstrap import Client
 from splitvault.app.client.pipeline import pread_exact
 from splitvault.app.client.retrying import Meter, run_with
-from splitvault.app.client.usecases import sign_small_part, trusted_small_part
+from splitvault.app.client.usecases import (
+    refetching_once,
+    sign_small_part,
+    trusted_small_part,
+)
 from splitvault.domain import digest, keys, legacy
 from splitvault.domain.errors import (
     ConfigInvalid,
-    CorruptResource,
     PartMismatch,
     Problem,
     StorageFailed,
@@ -375,17 +377,7 @@ def _v1_into_memory(
             )
         )
 
-    first = attempt()
-    if filled or is_successful(first):
-        return first
-    problem = unsafe_perform_io(first.failure())
-    if not isinstance(problem, CorruptResource | PartMismatch):
-        return first
-    # A cached entry changed after it was verified: every chunk authenticates, so it was caught;
-    # drop the entry and fetch once more (the original fell through to the CDN silently).
-    log.warning("the cached big part of %s did not authenticate; fetching it again", ref)
-    client.cache.discard(ref)
-    return attempt()
+    return refetching_once(ref, client.cache, attempt, filled)
 
 
 class ResourceReader(io.RawIOBase):

@@ -20,7 +20,7 @@ Temp files that a dead process left beside an output file are removed by the nex
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -307,14 +307,28 @@ def _with_big_part(
     def attempt() -> IOResult[DownloadReport, Problem]:
         return run_with(retrier, f"download of the big part of {ref}", fetch, progress=meter)
 
+    return refetching_once(ref, cache, attempt, filled)
+
+
+def refetching_once(
+    ref: ResourceRef,
+    cache: Cache,
+    attempt: Callable[[], IOResult[T, Problem]],
+    filled: list[int],
+) -> IOResult[T, Problem]:
+    """Run ``attempt``; when it used a cached entry (nothing ``filled``) that failed to
+    authenticate, drop the entry and run it once more, from the CDN.
+
+    A cached entry can change after it was verified (bit rot, a stray writer): every chunk is
+    authenticated on open, so it is caught; the original client fell through to the CDN silently,
+    this says so in the log.
+    """
     first = attempt()
     if filled or is_successful(first):
         return first
     problem = unsafe_perform_io(first.failure())
     if not isinstance(problem, CorruptResource | PartMismatch):
         return first
-    # A cached entry changed after it was verified (bit rot, a stray writer): every chunk is
-    # authenticated on open, so it was caught; drop it and fetch the big part once more.
     log.warning(
         "the cached big part of %s did not authenticate (%s); fetching it again",
         ref,
