@@ -155,6 +155,11 @@ class Cache(Protocol):
         """Remove an entry known to be bad."""
         ...
 
+    def holds(self, ref: ResourceRef) -> bool:
+        """Whether a complete entry of ``ref`` (any version) is here: a hint that lets a client
+        start building its CDN client early when a download will surely miss; ``fetch`` decides."""
+        ...
+
 
 @attrs.frozen
 class Fingerprint:

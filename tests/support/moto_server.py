@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import boto3
 import pytest
 from botocore.config import Config
@@ -162,10 +163,18 @@ SMALL_PARTS = S3Tuning(
 )
 
 
+@attrs.frozen
+class MotoProcess:
+    """A moto S3 server running as a process of its own."""
+
+    endpoint_url: str
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
-def moto_process(log_dir: Path) -> Iterator[str]:
-    """A moto S3 server in a process of its own on 127.0.0.1 (its endpoint URL), for tests that
-    measure the client's process: an in-process server would take the clients' GIL and CPU.
+def moto_process(log_dir: Path) -> Iterator[MotoProcess]:
+    """A moto S3 server in a process of its own on 127.0.0.1, for tests that measure the
+    client's process: an in-process server would take the clients' GIL and CPU.
     Its state is its own (IAM is not enforced there); stopped with SIGTERM, then SIGKILL."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -189,7 +198,7 @@ def moto_process(log_dir: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise AssertionError("the moto server did not start") from None
                 time.sleep(0.1)
-        yield endpoint
+        yield MotoProcess(endpoint, process)
     finally:
         process.terminate()
         try:
