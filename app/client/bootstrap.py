@@ -157,25 +157,30 @@ class Client:
                     self._cdns[write] = unsafe_perform_io(built.unwrap())
             return built
 
-    def _prefetch_cdn(self, ref: ResourceRef) -> None:
+    def _prefetch_cdn(self, ref: ResourceRef) -> threading.Thread | None:
         """Build the read-only CDN client in the background when ``ref``'s download will miss
         the cache: ``cdn.yaml`` and the S3 client (boto3's import and set-up, ~0.35 CPU-s in a
         fresh process) then overlap the small part's round trip instead of following it. A
-        download that may hit the cache never starts it, so the warm path stays boto3-free."""
+        download that may hit the cache never starts it, so the warm path stays boto3-free.
+        The download joins the thread before it returns: none outlives the call (a facade
+        closed right after a failed download would otherwise pull the API client away from it).
+        """
         if self._fixed_cdn is not None or self.config.cdn_mode == "directory":
-            return
+            return None
         with self._lock:
             if False in self._cdns or self._building[False].locked():
-                return
+                return None
         if self.cache.holds(ref):
-            return
+            return None
 
         def build() -> None:
             built = self.cdn(write=False)
             if not is_successful(built):  # the download's own call reports it
                 log.debug("prefetching the CDN client failed; the download will retry it")
 
-        threading.Thread(target=build, name="splitvault-cdn-prefetch", daemon=True).start()
+        thread = threading.Thread(target=build, name="splitvault-cdn-prefetch", daemon=True)
+        thread.start()
+        return thread
 
     def forget_cdn(self) -> None:
         """Drop the CDN clients so the next use fetches ``cdn.yaml`` again (rotated keys)."""
@@ -219,7 +224,16 @@ class Client:
         self, ref: ResourceRef, out: Path, *, progress: Progress | None = None
     ) -> IOResult[DownloadReport, Problem]:
         """``download_resource`` with this client's API, read-only CDN, cache and keys."""
-        self._prefetch_cdn(ref)
+        prefetch = self._prefetch_cdn(ref)
+        try:
+            return self._download(ref, out, progress)
+        finally:
+            if prefetch is not None:
+                prefetch.join()
+
+    def _download(
+        self, ref: ResourceRef, out: Path, progress: Progress | None
+    ) -> IOResult[DownloadReport, Problem]:
         return download_resource(
             ref,
             out,
