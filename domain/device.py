@@ -55,6 +55,7 @@ TAG_BYTES: Final = 16
 MAGIC: Final = b"SVE2"  # splitvault envelope, protocol 2
 DEVICE_INFO: Final = b"splitvault/2/device-key\x00"
 DEVICE_ID_LABEL: Final = b"splitvault/2/device-id\x00"
+PUBLISHER_SEED_INFO: Final = b"splitvault/2/publisher-signing-key\x00"
 FINGERPRINT_TAG_INFO: Final = b"splitvault/2/fingerprint-tag\x00"
 ENVELOPE_LABEL: Final = b"splitvault/2/envelope\x00"
 
@@ -109,6 +110,20 @@ def derive_device_key(
     seed = hkdf(password_key_bytes, info)
     private = X25519PrivateKey.from_private_bytes(seed)
     return DeviceKey(seed, private.public_key().public_bytes_raw())
+
+
+def publisher_seed(password_key_bytes: bytes) -> bytes:
+    """The Ed25519 seed of an account's default publisher signing key.
+
+    ``HKDF-SHA256(ikm=password_key, salt=none, info=PUBLISHER_SEED_INFO)``: one key per account,
+    the same on every machine and container of it (no fingerprint, no device secret), so every
+    upload is signed without a key file and CI runners need no saved state. It is only as strong
+    as the password; a key file (``publisher_signing_key_file``) replaces it for publishers whose
+    signatures must outlive a password change or a password leak.
+    """
+    if len(password_key_bytes) != KEY_BYTES:
+        raise ValueError("the password key is 32 bytes")
+    return hkdf(password_key_bytes, PUBLISHER_SEED_INFO)
 
 
 def device_id(public_key: bytes) -> str:

@@ -74,6 +74,7 @@ class DeviceIdentity:
         self._secret = secret
         self._lock = threading.Lock()
         self._derived: tuple[bytes, Enrolment] | None = None
+        self._publisher: PublisherKey | None = None
 
     def __repr__(self) -> str:
         return f"DeviceIdentity(device_secret={'yes' if self._secret else 'no'})"
@@ -87,7 +88,13 @@ class DeviceIdentity:
             key = device.derive_device_key(password_key, fingerprint, self._secret)
             enrolment = (key, device.fingerprint_tag(password_key, fingerprint))
             self._derived = (salt, enrolment)
+            self._publisher = PublisherKey.from_seed(device.publisher_seed(password_key))
             return enrolment
+
+    def publisher_key(self) -> PublisherKey | None:
+        """The account's default publisher signing key, once a login has given the salt."""
+        with self._lock:
+            return self._publisher
 
 
 class Client:
@@ -110,6 +117,7 @@ class Client:
         publisher_key: bytes | None,
         retrier: Retrier,
         signing_key: PublisherKey | None = None,
+        identity: DeviceIdentity | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -119,6 +127,7 @@ class Client:
         self.clock = clock
         self.publisher_key = publisher_key
         self.signing_key = signing_key
+        self._identity = identity
         self.retrier = retrier
         self._fixed_cdn = cdn
         self._cdns: dict[bool, Cdn] = {}
@@ -198,12 +207,22 @@ class Client:
         self.forget_cdn()
         return self.cdn(write=write).bind(action)
 
+    def upload_signing_key(self) -> IOResult[PublisherKey | None, Problem]:
+        """The key uploads are signed with: the key file's when configured, else the account's
+        default key (``device.publisher_seed``), derived at login; so this logs in first when
+        the session has not yet (an upload's commit needs the login anyway). ``None`` only for a
+        client without a login of its own (an injected API adapter)."""
+        identity = self._identity
+        if self.signing_key is not None or identity is None:
+            return IOSuccess(self.signing_key)
+        return self.api.session_token().map(lambda _: identity.publisher_key())
+
     def upload(
         self, ref: ResourceRef, source: Path, *, progress: Progress | None = None
     ) -> IOResult[UploadReport, Problem]:
         """``upload_resource`` with this client's API, write-capable CDN, cache and keys."""
 
-        def run(cdn: Cdn) -> IOResult[UploadReport, Problem]:
+        def run(cdn: Cdn, signing_key: PublisherKey | None) -> IOResult[UploadReport, Problem]:
             return upload_resource(
                 ref,
                 source,
@@ -212,13 +231,15 @@ class Client:
                 cache=self.cache,
                 random=self.random,
                 publisher_key=self.publisher_key,
-                signing_key=self.signing_key,
+                signing_key=signing_key,
                 workers=self.config.workers,
                 progress=progress,
                 retrier=self.retrier,
             )
 
-        return self.with_cdn(True, run)
+        return self.upload_signing_key().bind(
+            lambda signing_key: self.with_cdn(True, lambda cdn: run(cdn, signing_key))
+        )
 
     def download(
         self, ref: ResourceRef, out: Path, *, progress: Progress | None = None
@@ -355,11 +376,14 @@ def bootstrap(
     random: Random | None = None,
     sleeper: Callable[[float], None] | None = None,
     retry_policy: RetryPolicy | None = None,
+    identity: DeviceIdentity | None = None,
 ) -> IOResult[Client, Problem]:
     """Build a ``Client`` from configuration; overrides replace single adapters.
 
     ``retry_policy`` governs the API adapter built here (a passed ``api`` keeps its own) and the
-    client's ``retrier`` for CDN transfers.
+    client's ``retrier`` for CDN transfers; ``identity`` is a passed ``api``'s device identity,
+    whose default publisher key then signs uploads without a key file (the API built here
+    brings its own).
     """
     the_clock = clock or SystemClock()
     the_random = random or SystemRandom()
@@ -386,13 +410,12 @@ def bootstrap(
         secret = load_device_secret(config.device_secret_file, the_random)
         if not is_successful(secret):
             return IOFailure(unsafe_perform_io(secret.failure()))
+        identity = DeviceIdentity(config.password, the_hardware, unsafe_perform_io(secret.unwrap()))
         api = HttpResourceApi(
             config.api_url,
             config.email,
             config.password,
-            device=DeviceIdentity(
-                config.password, the_hardware, unsafe_perform_io(secret.unwrap())
-            ),
+            device=identity,
             allow_insecure_http=config.allow_insecure_http,
             ca_bundle=config.ca_bundle,
             timeout=config.read_timeout,
@@ -423,6 +446,7 @@ def bootstrap(
             publisher_key=publisher_key,
             retrier=Retrier(policy, the_clock, the_random, the_sleep),
             signing_key=signing_key,
+            identity=identity,
         )
 
     return cache_result.bind(

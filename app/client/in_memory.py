@@ -64,6 +64,7 @@ from splitvault.domain.format_v1 import (
 from splitvault.domain.keys import TAG_BYTES
 from splitvault.domain.ports import BigPartDigest, Cdn, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
+from splitvault.domain.signature import PublisherKey
 from splitvault.domain.split import DEFAULT_RULE
 
 log = logging.getLogger("splitvault.in_memory")
@@ -617,10 +618,14 @@ def upload_from_memory(
 
     def commit(path: Path) -> IOResult[MemoryUpload, Problem]:
         small = small_parts[-1]
-        signed = sign_small_part(client.signing_key, small)
-        stored: IOResult[None, Problem] = client.api.upload_small_part(ref, signed)
-        return stored.map(
-            lambda _: MemoryUpload(ref, len(view), len(small), sealer.layout.big_length, path)
+
+        def store(signing_key: PublisherKey | None) -> IOResult[None, Problem]:
+            return client.api.upload_small_part(ref, sign_small_part(signing_key, small))
+
+        return (
+            client.upload_signing_key()
+            .bind(store)
+            .map(lambda _: MemoryUpload(ref, len(view), len(small), sealer.layout.big_length, path))
         )
 
     return client.cache.store(ref, produce).bind(to_cdn).bind(commit)

@@ -52,6 +52,7 @@ from splitvault.domain.errors import LimitExceeded, Problem
 from splitvault.domain.legacy import parse_shared_key
 from splitvault.domain.ports import Cdn, Hardware
 from splitvault.domain.ref import ResourceRef, parse_folder
+from splitvault.domain.signature import PublisherKey
 from splitvault.domain.token import read_claims
 
 __all__ = ["ApiClient", "ApiCredentials"]
@@ -227,7 +228,7 @@ class ApiClient:
             )
         source = Path(resource)
 
-        def run(cdn: Cdn) -> IOResult[UploadReport, Problem]:
+        def run(cdn: Cdn, signing_key: PublisherKey | None) -> IOResult[UploadReport, Problem]:
             return upload_resource(
                 ref,
                 source,
@@ -236,11 +237,16 @@ class ApiClient:
                 cache=client.cache,
                 random=client.random,
                 publisher_key=publisher_key or client.publisher_key,
+                signing_key=signing_key,
                 workers=client.config.workers,
                 retrier=client.retrier,
             )
 
-        return unwrap_or_raise(client.with_cdn(True, run))
+        return unwrap_or_raise(
+            client.upload_signing_key().bind(
+                lambda signing_key: client.with_cdn(True, lambda cdn: run(cdn, signing_key))
+            )
+        )
 
     def upload_to_cdn(self, bucket: str, filename: str, file_bytes: Bytes) -> None:
         """Store ``file_bytes`` as object ``filename`` in ``bucket`` with the uploader's keys."""

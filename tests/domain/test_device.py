@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ KAT_PASSWORD_KEY = "818259b6310026a8e0dbac5d2e6927abcfdb07b32258fac4f61b18b80f92
 KAT_PUBLIC = "a3068aa74409260c79e3f769ac2a039dfc11c184b9179cced899c27403d3b920"
 KAT_DEVICE_ID = "8e8bd8fdd065514c44e22b3972a0b27e"
 KAT_PUBLIC_WITH_SECRET = "0f190a774ba1aa20e898fb63301291b3c9bb783a91f57083a54c528a86b95514"
+KAT_SIGNER = "00d9591f7a40bd4387c2d767ea92373a8d9bbcb9c0c7fa5845f50962ba1b0433"
 KAT_ENVELOPE = (
     "5356453297e23e8ed93b9bd71c51ccfbe24e00b3f05373f26cee3b8c860aa61e02bac54bb3226e76acad55"
     "ae7b7a734de8b4ddea087b8e641d5d8a83f3dc1c3a66e95023e39a63cd3fc8c8bed146"
@@ -83,6 +85,26 @@ def test_known_answer_vector_from_the_written_spec() -> None:
     assert envelope[:4] == b"SVE2"
     suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
     assert suite.decrypt(envelope[4:], private, info=hpke_info) == KAT_PLAINTEXT
+
+
+def test_the_default_publisher_key_from_the_written_spec() -> None:
+    """README's ``signer`` line read with raw primitives gives its public key, and the domain's
+    derivation agrees; the key depends on the password key only (every machine signs alike)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from splitvault.domain.signature import PublisherKey
+
+    seed = HKDF(
+        hashes.SHA256(), 32, salt=None, info=b"splitvault/2/publisher-signing-key\x00"
+    ).derive(bytes.fromhex(KAT_PASSWORD_KEY))
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    assert public.hex() == KAT_SIGNER
+    assert PublisherKey.from_seed(d.publisher_seed(PASSWORD_KEY)).public.hex() == KAT_SIGNER
+    assert d.publisher_seed(d.password_key("another password", SALT)) != seed
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"signer = {KAT_SIGNER}" in readme
 
 
 def test_the_device_secret_and_the_fingerprint_each_change_the_key() -> None:

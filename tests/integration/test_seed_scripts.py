@@ -40,6 +40,7 @@ from splitvault.app.server.api import grant, set_cdn_config
 from splitvault.domain.config import S3Keys
 from splitvault.domain.legacy import seal_legacy_bytes
 from splitvault.domain.ref import ResourceRef
+from splitvault.domain.signature import split_signed
 from tests.support.dockerd import (  # noqa: F401 - `dockerd` is a fixture pytest finds by name
     PrivateDockerd,
     dockerd,
@@ -363,7 +364,8 @@ def test_migrate_republishes_an_original_format_resource_as_v1(
     command = ["migrate", "old.pt", "--folder", folder, "--key-file", str(key_file)]
     assert main(["--json", *command]) == 0
     assert f'"migrated": ["{folder}/old.pt"]' in capsys.readouterr().out
-    assert stack.small_part(ref).startswith(MAGIC)
+    migrated = split_signed(stack.small_part(ref))  # v1, signed by the uploader's account key
+    assert migrated is not None and migrated.inner.startswith(MAGIC)
     _as(monkeypatch, DOWNLOADER, tmp_path / "reader-cache")
     with ApiClient() as reader:
         assert reader.load_big_small_resource("old.pt", folder) == plaintext

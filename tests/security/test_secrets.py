@@ -38,6 +38,7 @@ from splitvault.domain.config import CdnConfig
 from splitvault.domain.errors import EngineFailure, Problem
 from splitvault.domain.format_v1 import parse_header
 from splitvault.domain.ref import ResourceRef
+from splitvault.domain.signature import split_signed
 from tests.security.hostile import RecordingEngine, capture_debug_logs, ok
 from tests.support.devices import derive
 from tests.support.dockerd import handmade_archive
@@ -251,12 +252,16 @@ def _secrets(stack: Stack, sealer: Client, loader: Client) -> dict[str, str | by
         account = ok(stack.store.get_account(email))
         assert account is not None
         found[f"device key {email}@{machine}"] = derive(PASSWORD, account.salt, machine).private
-        found[f"password key {email}"] = device.password_key(PASSWORD, account.salt)
+        password_key = device.password_key(PASSWORD, account.salt)
+        found[f"password key {email}"] = password_key
+        found[f"default publisher seed {email}"] = device.publisher_seed(password_key)
     for client in (sealer, loader):
         session_key = client.api.device_key()
         assert session_key is not None
         found[f"session device key {client.config.email}"] = session_key.private
-    header, _ = parse_header(stack.small_part(REF)).unwrap()
+    signed = split_signed(stack.small_part(REF))  # every upload is signed
+    assert signed is not None
+    header, _ = parse_header(signed.inner).unwrap()
     dek = header.dek_field
     subkeys = keys.data_subkeys(dek, header.file_id)
     found |= {

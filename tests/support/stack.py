@@ -115,11 +115,12 @@ class Stack:
         )
         the_sleep = sleep or (lambda _seconds: None)
         hardware = FixedHardware(machine)
+        identity = DeviceIdentity(password, hardware, device_secret)
         api = HttpResourceApi(
             url,
             email,
             password,
-            device=DeviceIdentity(password, hardware, device_secret),
+            device=identity,
             timeout=read_timeout,
             connect_timeout=connect_timeout,
             policy=policy,
@@ -133,6 +134,7 @@ class Stack:
             hardware=hardware,
             sleeper=the_sleep,
             retry_policy=policy,
+            identity=identity,
         )
         assert is_successful(built), built
         client: Client = unsafe_perform_io(built.unwrap())
