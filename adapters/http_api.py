@@ -34,7 +34,7 @@ import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
-from splitvault.domain import wire
+from splitvault.domain import signature, wire
 from splitvault.domain.config import ApiCredentials
 from splitvault.domain.device import DeviceKey, Kind, Sealed, open_delivered
 from splitvault.domain.errors import (
@@ -47,7 +47,7 @@ from splitvault.domain.errors import (
     TimedOut,
     Transient,
 )
-from splitvault.domain.ports import ApiFailure, Clock, Random
+from splitvault.domain.ports import ApiFailure, Clock, Random, VouchedFragment
 from splitvault.domain.ref import ResourceRef, check_name, parse_folder
 from splitvault.domain.retry import (
     GiveUp,
@@ -269,6 +269,7 @@ class _Answer:
     body: bytes
     device: str = ""  # of a sealed answer: the device and version its envelope binds
     version: str = ""
+    publisher: str = ""  # of a key fragment: the publisher key the server vouches for (hex)
 
 
 @attrs.frozen
@@ -482,12 +483,14 @@ class HttpResourceApi:
         """``config/cdn.yaml`` for this user's role."""
         return self.download_small_part(CONFIG_REF)
 
-    def _open(self, answer: _Answer, kind: Kind, subject: str) -> IOResult[bytes, ApiFailure]:
+    def _open(
+        self, answer: _Answer, kind: Kind, subject: str, publisher: bytes = b""
+    ) -> IOResult[bytes, ApiFailure]:
         key = self._auth.device_key()
         if key is None:
             return IOFailure(RemoteError(subject, answer.status, "a sealed answer before a login"))
         opened = open_delivered(
-            Sealed(answer.body, answer.device, answer.version), key, kind, subject
+            Sealed(answer.body, answer.device, answer.version, publisher), key, kind, subject
         )
         if isinstance(opened, Failure):
             return IOFailure(opened.failure())
@@ -511,25 +514,43 @@ class HttpResourceApi:
 
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
         """The key fragment of an image archive version."""
+        return self.vouched_fragment(version).map(lambda vouched: vouched.fragment)
+
+    def vouched_fragment(self, version: str) -> IOResult[VouchedFragment, ApiFailure]:
+        """The key fragment of a version and the publisher key the server vouches for with it
+        (bound by the envelope's ``info``: a changed or stripped header does not open)."""
         what = f"key fragment {version}"
         url = self._url(wire.KEYS, _checked_version(version))
+
+        def opened(answer: _Answer) -> IOResult[VouchedFragment, ApiFailure]:
+            vouched = signature.public_key_from_hex(answer.publisher) if answer.publisher else None
+            if answer.publisher and vouched is None:
+                return IOFailure(RemoteError(what, answer.status, "a malformed publisher key"))
+            return self._open(answer, "key-fragment", version, vouched or b"").map(
+                lambda fragment: VouchedFragment(fragment, vouched)
+            )
+
         return (
             self._exchange(
                 what, lambda: self._client.build_request("GET", url), body_cap=MAX_ENVELOPE_BYTES
             )
             .bind(lambda answer: _expect(what, what, answer, 200, answer))
-            .bind(lambda answer: self._open(answer, "key-fragment", version))
+            .bind(opened)
         )
 
-    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
-        """Register the key fragment of a version (uploader role)."""
+    def put_fragment(
+        self, version: str, fragment: bytes, publisher_key: bytes | None = None
+    ) -> IOResult[None, ApiFailure]:
+        """Register the key fragment of a version (uploader role), declaring the publisher key
+        that signed its archive (checked by the server against the account's recorded key)."""
         what = f"key fragment {version}"
         url = self._url(wire.KEYS, _checked_version(version))
+        headers = {"Content-Type": "application/octet-stream"}
+        if publisher_key is not None:
+            headers[wire.PUBLISHER_KEY_HEADER] = publisher_key.hex()
 
         def build() -> httpx.Request:
-            return self._client.build_request(
-                "PUT", url, content=fragment, headers={"Content-Type": "application/octet-stream"}
-            )
+            return self._client.build_request("PUT", url, content=fragment, headers=headers)
 
         return self._exchange(what, build).bind(
             lambda answer: _expect(what, what, answer, 201, None)
@@ -650,6 +671,7 @@ class HttpResourceApi:
             body,
             _clean(headers.get(wire.DEVICE_HEADER, "")),
             _clean(headers.get(wire.VERSION_HEADER, "")),
+            _clean(headers.get(wire.PUBLISHER_KEY_HEADER, "")),
         )
 
     def _transport_failure(self, what: str, exc: httpx.HTTPError) -> _Retryable | _Final:

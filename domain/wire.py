@@ -40,6 +40,10 @@ FRAGMENTS_GRANT_FOLDER: Final = "keys"
 LATEST_VERSION_HEADER: Final = "X-Splitvault-Version"
 VERSION_HEADER: Final = LATEST_VERSION_HEADER
 DEVICE_HEADER: Final = "X-Splitvault-Device"
+# ``PUT keys/{version}``: the Ed25519 public key (64 hex digits) that signed the version's archive,
+# checked against the key the server records for the account; ``GET keys[/{version}]`` answers
+# the key recorded with the fragment (absent when none), and the envelope's ``info`` binds it.
+PUBLISHER_KEY_HEADER: Final = "X-Splitvault-Publisher-Key"
 
 # JSON fields.
 FIELD_EMAIL: Final = "email"

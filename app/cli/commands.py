@@ -369,11 +369,26 @@ def seal_images(args: argparse.Namespace) -> Report:
                     fragments=client.api,
                     random=client.random,
                     progress=progress,
+                    signing_key=client.signing_key,
                 )
             )
     finally:
         client.close()
-    return {"out": str(args.out), "version": args.version, "text": f"sealed {report}"}
+    signer = _key_id(report.publisher_key)
+    return {
+        "out": str(args.out),
+        "version": args.version,
+        "publisher_key": signer,
+        "text": f"sealed {len(report.images)} image(s) as version {args.version} into "
+        f"{args.out} ({report.archive_bytes} bytes, "
+        + (f"signed by {signer})" if signer else "unsigned: no publisher_signing_key_file)"),
+    }
+
+
+def _key_id(public: bytes | None) -> str | None:
+    from splitvault.domain.signature import key_id
+
+    return None if public is None else key_id(public)
 
 
 def unlock_images(args: argparse.Namespace) -> Report:
@@ -395,11 +410,20 @@ def unlock_images(args: argparse.Namespace) -> Report:
                     services=config.services,
                     registry=config.registry,
                     progress=progress,
+                    pinned=client.config.publisher_keys,
                 )
             )
     finally:
         client.close()
-    return {"version": args.version, "text": f"unlocked {report}"}
+    signer = _key_id(report.publisher_key)
+    return {
+        "version": args.version,
+        "kind": report.kind.value,
+        "images": list(report.images),
+        "publisher_key": signer,
+        "text": f"unlocked version {args.version}: {len(report.images)} image(s) present ("
+        + (f"signed by {signer})" if signer else "unsigned)"),
+    }
 
 
 def demo(args: argparse.Namespace) -> Report:
