@@ -135,6 +135,7 @@ class LoginTokenAuth(httpx.Auth):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._timing: TokenTiming | None = None
+        self._publisher_key: bytes | None = None
         self.logins = 0  # successful logins by this client; observable, not secret
 
     def __repr__(self) -> str:
@@ -174,13 +175,20 @@ class LoginTokenAuth(httpx.Auth):
         token, salt = login
         key, tag = self._derive(salt)
         self._device = key
+        body = {wire.FIELD_PUBLIC_KEY: key.public.hex(), wire.FIELD_FINGERPRINT_TAG: tag}
+        if self._publisher_key is not None:
+            body[wire.FIELD_PUBLISHER_KEY] = self._publisher_key.hex()
         return httpx.Request(
             "POST",
             self._devices_url,
             extensions={"timeout": self._timeout.as_dict()},
-            json={wire.FIELD_PUBLIC_KEY: key.public.hex(), wire.FIELD_FINGERPRINT_TAG: tag},
+            json=body,
             headers={"Accept-Encoding": "identity", "Authorization": f"Bearer {token}"},
         )
+
+    def declare_publisher_key(self, public: bytes | None) -> None:
+        """Send ``public`` (the signing key's public half) with every enrolment from now on."""
+        self._publisher_key = public
 
     def accept_enrolment(self, response: httpx.Response) -> None:
         """Install the device token of an enrolment answer, or raise ``LoginRefused``."""
@@ -398,6 +406,11 @@ class HttpResourceApi:
     def device_key(self) -> DeviceKey | None:
         """This session's device key (``None`` before the first login; never log it)."""
         return self._auth.device_key()
+
+    def declare_publisher_key(self, public: bytes | None) -> None:
+        """Have enrolment declare this publisher key, so the server records it (first use) or
+        refuses the enrolment when the account is recorded with another (403)."""
+        self._auth.declare_publisher_key(public)
 
     def session_token(self) -> IOResult[str, ApiFailure]:
         """This session's bearer token, logging in first when there is none or it is due.

@@ -54,6 +54,7 @@ FIELD_SALT: Final = "salt"  # the account's 16-byte salt, 32 lowercase hex digit
 FIELD_PUBLIC_KEY: Final = "public_key"  # a device's X25519 public key, 64 hex digits
 FIELD_FINGERPRINT_TAG: Final = "fingerprint_tag"  # domain.device.fingerprint_tag, 64 hex digits
 FIELD_DEVICE: Final = "device"  # a device id, 32 hex digits
+FIELD_PUBLISHER_KEY: Final = "publisher_key"  # optional at enrolment: Ed25519, 64 hex digits
 FIELD_STATUS: Final = "status"
 FIELD_FILES: Final = "files"
 FIELD_NAME: Final = "name"

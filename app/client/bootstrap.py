@@ -374,6 +374,8 @@ def bootstrap(
     def make(
         the_cache: Cache, publisher_key: bytes | None, signing_key: PublisherKey | None
     ) -> Client:
+        # Enrolment declares the signing key, so the server records it for the account.
+        built_api.declare_publisher_key(None if signing_key is None else signing_key.public)
         return Client(
             config=config,
             api=built_api,

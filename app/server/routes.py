@@ -411,9 +411,22 @@ async def enrol_device(state: ServerState, request: Request) -> Response:
     body = await _json_object(request)
     public_key = _hex_field(body, wire.FIELD_PUBLIC_KEY, envelopes.PUBLIC_KEY_BYTES)
     tag = _hex_field(body, wire.FIELD_FINGERPRINT_TAG, 32)
+    declared = None
+    if body.get(wire.FIELD_PUBLISHER_KEY) is not None:
+        declared = _hex_field(body, wire.FIELD_PUBLISHER_KEY, signature.PUBLIC_KEY_BYTES)
+    if principal.role not in WRITE_ROLES:
+        declared = None  # a reader publishes nothing; its (shared) config may still name a key
 
     def work() -> tuple[Device, str]:
+        if declared is not None:
+            held = stored(state.store.publisher_key(principal.email))
+            if held is not None and held != declared:
+                require_publisher_key(state, principal, declared)  # refuses, saying why
         device = state.enrol(principal, public_key, tag)
+        # Recorded only once the device is in: a password alone (no device slot, or a device
+        # waiting for approval) must not choose the account's publisher key.
+        if declared is not None:
+            require_publisher_key(state, principal, declared)
         account = stored(state.store.get_account(principal.email))
         if account is None:
             raise Refusal(401, "InvalidToken", "the account no longer exists")
