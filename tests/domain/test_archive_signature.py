@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
@@ -93,6 +94,16 @@ def test_the_readme_vector_from_the_written_spec() -> None:
     framing = signature.sign_archive(PUBLISHER, header)
     assert framing == b"SVSIG2\x00\x00" + PUBLISHER.public + bytes.fromhex(README_SIGNATURE)
     assert len(framing) == signature.SIGNED_PREFIX_BYTES == 104
+
+
+def test_the_readme_prints_the_vector_these_tests_check() -> None:
+    """README "Wire format -> Image archives" prints exactly this signature and framing."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("### Image archives", 1)[1].split("\n## ", 1)[0]
+    block = section.split("Known answer", 1)[1].split("```", 2)[1]
+    printed, framing = block.split("framing =")
+    assert "".join(printed.replace("archive signature =", "").split()) == README_SIGNATURE
+    assert PUBLISHER.public.hex() in framing and '"SVSIG2" 00 00' in framing
 
 
 def test_a_signed_archive_is_the_framing_then_the_unsigned_archive() -> None:
