@@ -344,9 +344,32 @@ def cdn_show(_args: argparse.Namespace, store: ServerStore) -> Report:
 
 
 def fragments_list(_args: argparse.Namespace, store: ServerStore) -> Report:
-    """Versions that have an image key fragment (the fragments themselves are never shown)."""
+    """Versions that have an image key fragment, who registered each and the key the server
+    vouches for with it (the fragments themselves are never shown)."""
+    from splitvault.domain.signature import key_id
+
     versions = _ok(store.fragment_versions())
-    return {"versions": list(versions), "text": "\n".join(versions) or "no fragments"}
+    views: list[dict[str, Any]] = []
+    for version in versions:
+        record = _ok(store.fragment_record(version))
+        if record is None:  # removed between the two reads
+            continue
+        views.append(
+            {
+                "version": version,
+                "publisher": record.publisher or None,
+                "key_id": None if record.publisher_key is None else key_id(record.publisher_key),
+            }
+        )
+    lines = [
+        f"{v['version']:32} {v['publisher'] or '(admin)':40} {v['key_id'] or 'unsigned'}"
+        for v in views
+    ]
+    return {
+        "versions": [v["version"] for v in views],
+        "fragments": views,
+        "text": "\n".join(lines) or "no fragments",
+    }
 
 
 def fragments_remove(args: argparse.Namespace, store: ServerStore) -> Report:

@@ -25,6 +25,7 @@ from returns.pipeline import is_successful
 from splitvault.adapters.fixed_hardware import FixedHardware
 from splitvault.adapters.http_api import HttpResourceApi
 from splitvault.adapters.http_key_fragments import HttpKeyFragments
+from splitvault.adapters.sql_store import SCHEMA_VERSION
 from splitvault.adapters.sqlite_store import SqliteStore
 from splitvault.app.client.bootstrap import DeviceIdentity
 from splitvault.app.server.api import add_user, create_app, reset_binding
@@ -555,7 +556,8 @@ def test_readyz_follows_the_store_and_healthz_does_not(
     /healthz stays 200 (the process is alive) and neither needs a token."""
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "schema": 1}
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "schema": SCHEMA_VERSION}
 
     def hide(cursor: object) -> None:
         cursor.execute("ALTER TABLE schema_version RENAME TO gone")  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from splitvault.adapters.postgres_store import PostgresStore
 from splitvault.adapters.sql_store import SqlStore
 from splitvault.adapters.sqlite_store import SqliteStore
 from splitvault.domain import signature
-from splitvault.domain.ports import Account
+from splitvault.domain.ports import Account, StoredFragment
 from tests.support.postgres import PostgresCluster
 from tests.support.results import value
 
@@ -123,3 +123,18 @@ def test_bad_keys_and_unknown_accounts_are_refused_and_change_nothing(admin: Adm
     with admin.store() as store:
         assert value(store.list_publishers())[0].public_key == OLD
         assert value(store.publisher_key("nobody@example.com")) is None
+
+
+def test_fragments_list_names_who_registered_each_and_the_vouched_key(admin: Admin) -> None:
+    """``admin fragments list`` shows each version's registering account and the id of the key
+    the server vouches for with it (never the fragment)."""
+    with admin.store() as store:
+        value(store.register_fragment(StoredFragment("2.0", b"\x42" * 32, ALICE, OLD)))
+        value(store.put_fragment("1.0", b"\x43" * 32))
+    listed = admin.json("fragments", "list")
+    assert listed["versions"] == ["1.0", "2.0"]
+    assert listed["fragments"] == [
+        {"version": "1.0", "publisher": None, "key_id": None},
+        {"version": "2.0", "publisher": ALICE, "key_id": signature.key_id(OLD)},
+    ]
+    assert (b"\x42" * 32).hex() not in json.dumps(listed)
