@@ -676,6 +676,12 @@ def seal_images(
     if not images:
         return IOFailure(ConfigInvalid("images", "name at least one image to seal"))
     wanted = tuple(images)
+    if signing_key is None:
+        log.warning(
+            "sealing version %s unsigned (no publisher_signing_key_file): loaders that pin "
+            "publisher_keys will refuse it",
+            version,
+        )
     try:
         private = Path(tempfile.mkdtemp(prefix="splitvault-seal-", dir=workdir or out.parent))
     except OSError as error:
