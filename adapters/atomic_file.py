@@ -112,7 +112,7 @@ def _create_locked_temp(final: Path, mode: int) -> tuple[Path, int]:
 
 
 @contextmanager
-def atomic_path(final: Path, *, mode: int = 0o600) -> Iterator[Path]:
+def atomic_path(final: Path, *, mode: int = 0o600, durable: bool = True) -> Iterator[Path]:
     """Yield a locked temp path next to ``final``; on normal exit it becomes ``final`` atomically.
 
     The temp file exists (empty, with ``mode``) when the body starts; the body writes it (opening
@@ -120,19 +120,25 @@ def atomic_path(final: Path, *, mode: int = 0o600) -> Iterator[Path]:
     fsynced. If the body raises, the temp file is removed and the exception propagates, so
     ``final`` keeps its previous content (or stays absent).
 
+    ``durable=False`` skips both fsyncs, for files whose loss in a crash costs only time (a
+    cache's verification stamp): readers still see the old file or the whole new one, never a
+    mixture, while the process lives; after a power cut the file may be empty or missing.
+
     Raises ``OSError`` when the temp file cannot be created, flushed or renamed.
     """
     temp, lock_fd = _create_locked_temp(final, mode)
     try:
         yield temp
-        os.fsync(lock_fd)
+        if durable:
+            os.fsync(lock_fd)
         os.replace(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     finally:
         os.close(lock_fd)  # closing releases the lock
-    fsync_dir(final.parent)
+    if durable:
+        fsync_dir(final.parent)
 
 
 def collect_dead_temps(

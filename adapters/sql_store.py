@@ -130,7 +130,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX login_failures_by_key ON login_failures (throttle_key, at)",
         "CREATE INDEX login_failures_by_time ON login_failures (at)",
     ),
-    # 2: publisher keys get a table of their own (they were settings named
+    # 2: no hardware fingerprint is kept on the server any more (protocol 2 binds a device by
+    # its enrolled key); scrub the values a protocol-1 import copied from users.json.
+    ("UPDATE accounts SET fingerprint = NULL",),
+    # 3: publisher keys get a table of their own (they were settings named
     # "publisher-key:<e-mail>", which an operator could not list or re-key), and each fragment
     # records who registered it under which key, so the server vouches per version and a
     # re-keyed publisher's earlier versions keep the key they were signed with.
@@ -151,7 +154,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-_ACCOUNT_COLUMNS = "email, role, password_hash, salt, generation, fingerprint"
+_ACCOUNT_COLUMNS = "email, role, password_hash, salt, generation"
 _DEVICE_COLUMNS = "device_id, email, public_key, fingerprint_hash, status, created_at"
 _VERSION_COLUMNS = "v.folder, v.name, v.version, v.small_part, v.publisher, v.created_at"
 _FRAGMENT_COLUMNS = "version, fragment, publisher, publisher_key"
@@ -164,7 +167,6 @@ def _account(row: Row) -> Account:
         password_hash=row[2],
         salt=bytes(row[3]),
         generation=int(row[4]),
-        fingerprint=row[5],
     )
 
 
@@ -304,17 +306,16 @@ class SqlStore:
     def put_account(self, account: Account) -> IOResult[None, StoreFailure]:
         def work(cursor: Cursor) -> None:
             cursor.execute(
-                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (email) DO UPDATE SET role = excluded.role, "
                 "password_hash = excluded.password_hash, salt = excluded.salt, "
-                "generation = excluded.generation, fingerprint = excluded.fingerprint",
+                "generation = excluded.generation",
                 (
                     account.email,
                     account.role,
                     account.password_hash,
                     account.salt,
                     account.generation,
-                    account.fingerprint,
                 ),
             )
 
@@ -343,35 +344,31 @@ class SqlStore:
 
         return self._run(True, work)
 
-    def bind_fingerprint(self, email: str, fingerprint: str | None) -> IOResult[str, StoreFailure]:
-        def work(cursor: Cursor) -> str:
-            if fingerprint is None:
-                cursor.execute(
-                    "UPDATE accounts SET fingerprint = NULL, generation = generation + 1 "
-                    "WHERE email = ?",
-                    (email,),
-                )
-                if cursor.rowcount == 0:
-                    raise _Refused(NotFound(f"the account {email}"))
-                return ""
-            # Compare-and-set: of two first downloads from different machines, one binds.
-            cursor.execute(
-                "UPDATE accounts SET fingerprint = ? WHERE email = ? AND fingerprint IS NULL",
-                (fingerprint, email),
-            )
-            cursor.execute("SELECT fingerprint FROM accounts WHERE email = ?", (email,))
-            row = cursor.fetchone()
-            if row is None:
-                raise _Refused(NotFound(f"the account {email}"))
-            return str(row[0])
-
-        return self._run(True, work)
-
     # -- devices and grants --
 
-    def put_device(self, device: Device) -> IOResult[None, StoreFailure]:
-        def work(cursor: Cursor) -> None:
+    def put_device(
+        self, device: Device, *, active_limit: int | None = None
+    ) -> IOResult[bool, StoreFailure]:
+        def work(cursor: Cursor) -> bool:
             _check_status(device.status)
+            if active_limit is not None and device.status == "active":
+                # A no-op update locks the account's row (PostgreSQL; SQLite's BEGIN IMMEDIATE
+                # already holds its only write lock), so concurrent enrolments of one account
+                # count one after the other.
+                cursor.execute(
+                    "UPDATE accounts SET generation = generation WHERE email = ?", (device.email,)
+                )
+                # The same device enrolled meanwhile (a concurrent login of this machine) is a
+                # Conflict, as below, never a refusal by the limit it would count towards.
+                cursor.execute("SELECT 1 FROM devices WHERE device_id = ?", (device.device_id,))
+                if cursor.fetchone() is not None:
+                    raise _Refused(Conflict(f"device {device.device_id}", "it is already enrolled"))
+                cursor.execute(
+                    "SELECT COUNT(*) FROM devices WHERE email = ? AND status = 'active'",
+                    (device.email,),
+                )
+                if int(cursor.fetchone()[0]) >= active_limit:
+                    return False
             cursor.execute(
                 f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id) DO NOTHING",
@@ -386,6 +383,7 @@ class SqlStore:
             )
             if cursor.rowcount == 0:
                 raise _Refused(Conflict(f"device {device.device_id}", "it is already enrolled"))
+            return True
 
         return self._run(True, work)
 

@@ -155,6 +155,11 @@ class Cache(Protocol):
         """Remove an entry known to be bad."""
         ...
 
+    def holds(self, ref: ResourceRef) -> bool:
+        """Whether a complete entry of ``ref`` (any version) is here: a hint that lets a client
+        start building its CDN client early when a download will surely miss; ``fetch`` decides."""
+        ...
+
 
 @attrs.frozen
 class Fingerprint:
@@ -275,8 +280,8 @@ class Account:
 
     ``email`` is canonical (see ``app.server.accounts.canonical_email``); ``salt`` is the per-user
     random salt a client derives its device key with; ``generation`` is the session generation
-    every token carries (bumped by a password change, a device revocation, a binding reset);
-    ``fingerprint`` is the hardware binding of the password-per-download protocol.
+    every token carries (bumped by a password change, a device revocation, a binding reset).
+    No fingerprint is kept: a device is bound by its enrolled key (``Device``).
     """
 
     email: str
@@ -284,7 +289,6 @@ class Account:
     password_hash: str = attrs.field(repr=False)
     salt: bytes = attrs.field(repr=False)
     generation: int = 0
-    fingerprint: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -368,17 +372,19 @@ class Sessions(Protocol):
         """Add one to the account's session generation; ``NotFound`` without the account."""
         ...
 
-    def bind_fingerprint(self, email: str, fingerprint: str | None) -> IOResult[str, StoreFailure]:
-        """Bind ``fingerprint`` when none is bound (``None`` clears the binding and bumps the
-        generation); returns the fingerprint bound afterwards (``""`` after a reset)."""
-        ...
-
 
 class Devices(Protocol):
     """Enrolled client devices."""
 
-    def put_device(self, device: Device) -> IOResult[None, StoreFailure]:
-        """Enrol a device; a second enrolment of the same id is a ``Conflict``."""
+    def put_device(
+        self, device: Device, *, active_limit: int | None = None
+    ) -> IOResult[bool, StoreFailure]:
+        """Enrol a device; a second enrolment of the same id is a ``Conflict``.
+
+        With ``active_limit``, an active device is enrolled only while the account has fewer
+        active devices, counted in the same write (two machines enrolling at once cannot both
+        pass); ``False`` when the limit refused it, and nothing was written.
+        """
         ...
 
     def list_devices(self, email: str | None = None) -> IOResult[tuple[Device, ...], StoreFailure]:

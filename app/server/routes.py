@@ -159,6 +159,32 @@ class ServerState:
         # The stored role, not the token's: a demotion takes effect at once.
         return Principal(email=account.email, role=account.role, device=device)
 
+    def _put_device(self, fresh: Device) -> Device | None:
+        """Store a new device; the store re-checks the limit in its write, so two machines
+        enrolling at once cannot both get in (the check above only spares the write)."""
+        first = not self.devices.approve
+        limit = self.devices.limit if first else 1  # approve mode: only the first is let in
+        put = self.store.put_device(fresh, active_limit=limit if fresh.status == "active" else None)
+        if not is_successful(put):
+            if isinstance(unsafe_perform_io(put.failure()), Conflict):
+                return self.device_of(fresh.email, fresh.device_id)  # a concurrent enrolment
+            raise store_refusal(unsafe_perform_io(put.failure()))
+        if unsafe_perform_io(put.unwrap()):
+            log.info("enrolled device %s (%s)", fresh.device_id, fresh.status)
+            return fresh
+        if self.devices.approve:  # another machine became the first meanwhile: wait in line
+            return self._put_device(attrs.evolve(fresh, status="pending"))
+        raise self._limit_refusal()
+
+    def _limit_refusal(self) -> Refusal:
+        return Refusal(
+            409,
+            wire.ERROR_HARDWARE_MISMATCH,
+            f"this account is enrolled on another machine (a limit of {self.devices.limit}"
+            " device(s)); ask an operator to revoke it (splitvault admin devices revoke "
+            "ID) or to reset the binding (splitvault admin users reset-binding EMAIL)",
+        )
+
     def device_of(self, email: str, device_id: str) -> Device | None:
         found = stored(self.store.list_devices(email))
         return next((device for device in found if device.device_id == device_id), None)
@@ -211,23 +237,11 @@ class ServerState:
             live = [d for d in devices if d.status in ("active", "pending")]
             active = [d for d in live if d.status == "active"]
             if live and not self.devices.approve and len(active) >= self.devices.limit:
-                raise Refusal(
-                    409,
-                    wire.ERROR_HARDWARE_MISMATCH,
-                    f"this account is enrolled on another machine (a limit of {self.devices.limit}"
-                    " device(s)); ask an operator to revoke it (splitvault admin devices revoke "
-                    "ID) or to reset the binding (splitvault admin users reset-binding EMAIL)",
-                )
+                raise self._limit_refusal()
             status = "pending" if live and self.devices.approve else "active"
-            fresh = Device(device_id, principal.email, public_key, tag, status, self.now())
-            put = self.store.put_device(fresh)
-            if is_successful(put):
-                log.info("enrolled device %s (%s)", device_id, status)
-                known = fresh
-            elif isinstance(unsafe_perform_io(put.failure()), Conflict):
-                known = self.device_of(principal.email, device_id)  # a concurrent enrolment
-            else:
-                raise store_refusal(unsafe_perform_io(put.failure()))
+            known = self._put_device(
+                Device(device_id, principal.email, public_key, tag, status, self.now())
+            )
         if known is None or known.email != principal.email:
             raise Refusal(409, "Conflict", "this device key is enrolled for another account")
         if known.status == "pending":

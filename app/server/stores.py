@@ -120,13 +120,13 @@ def _legacy_items(data_dir: Path) -> Iterator[Step]:
     if not isinstance(users, dict):
         raise TypeError("users.json must hold an object")
     for email, entry in users.items():
-        fingerprint = entry.get("fingerprint")
+        # The protocol-1 fingerprint binding is not carried over: a raw fingerprint on the server
+        # is half of what a copied-fingerprint attack needs, and protocol 2 binds devices by key.
         account = Account(
             email=str(email),
             role=str(entry["role"]),
             password_hash=str(entry["hash"]),
             salt=secrets.token_bytes(16),
-            fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         )
         yield partial(_put_account, account=account)
     key_file = data_dir / "jwt.key"

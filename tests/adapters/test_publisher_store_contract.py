@@ -111,15 +111,15 @@ def test_an_administrators_replacement_vouches_for_no_publisher(store: SqlStore)
     assert value(store.fragment_record("v0")) == StoredFragment("v0", b"\x03" * 32, "", None)
 
 
-def test_schema_1_publisher_settings_move_into_the_publishers_table(store: SqlStore) -> None:
-    """A store written by schema 1 (keys as ``publisher-key:<e-mail>`` settings, fragments
+def test_schema_2_publisher_settings_move_into_the_publishers_table(store: SqlStore) -> None:
+    """A store written by schema 2 (keys as ``publisher-key:<e-mail>`` settings, fragments
     without publishers) migrates: keys listed, settings gone, fragments vouch for nobody."""
-    _rewind_to_schema_1(store)
+    _rewind_to_schema_2(store)
     value(store.put_setting("publisher-key:alice@example.com", KEY_A))
     value(store.put_setting("unrelated", b"kept"))
     _raw(store, "INSERT INTO fragments (version, fragment) VALUES ('v1', ?)", b"\x05" * 32)
 
-    assert value(store.migrate()) == 1
+    assert value(store.migrate()) == 2
 
     assert value(store.ping()) == SCHEMA_VERSION
     assert value(store.list_publishers()) == (Publisher(ALICE, KEY_A, 0.0),)
@@ -135,12 +135,12 @@ def _raw(store: SqlStore, sql: str, *params: object) -> None:
     value(store._run(True, work))
 
 
-def _rewind_to_schema_1(store: SqlStore) -> None:
-    """Undo migration 2 by hand: what a store written by the previous release looks like."""
-    assert len(MIGRATIONS) == SCHEMA_VERSION == 2
+def _rewind_to_schema_2(store: SqlStore) -> None:
+    """Undo migration 3 by hand: what a store written by the previous release looks like."""
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 3
     _raw(store, "DROP TABLE publishers")
     _raw(store, "DROP TABLE fragments")
     for statement in MIGRATIONS[0]:
         if "CREATE TABLE fragments" in statement:
             _raw(store, statement.format(**store._backend.types))
-    _raw(store, "UPDATE schema_version SET version = 1")
+    _raw(store, "UPDATE schema_version SET version = 2")

@@ -67,37 +67,50 @@ def test_removing_an_account_removes_its_grants_and_devices(store: SqlStore) -> 
     assert value(store.list_devices(ALICE)) == ()
 
 
-def test_generation_bumps_and_binding_is_compare_and_set(store: SqlStore) -> None:
-    """The first fingerprint binds; another does not replace it; a reset clears and bumps."""
+def test_generation_bumps(store: SqlStore) -> None:
+    """Each bump adds one to the session generation; an unknown account is ``NotFound``."""
     value(store.put_account(account()))
     assert value(store.bump_generation(ALICE)) == 1
-    assert value(store.bind_fingerprint(ALICE, "fp-a")) == "fp-a"
-    assert value(store.bind_fingerprint(ALICE, "fp-b")) == "fp-a"
-    assert value(store.bind_fingerprint(ALICE, None)) == ""
+    assert value(store.bump_generation(ALICE)) == 2
     stored = value(store.get_account(ALICE))
-    assert stored is not None and stored.fingerprint is None and stored.generation == 2
-    assert value(store.bind_fingerprint(ALICE, "fp-b")) == "fp-b"
+    assert stored is not None and stored.generation == 2
     assert isinstance(failure(store.bump_generation(BOB)), NotFound)
-    assert isinstance(failure(store.bind_fingerprint(BOB, "fp")), NotFound)
 
 
-def test_concurrent_first_bindings_agree_on_one(store: SqlStore) -> None:
-    """Of eight threads binding different fingerprints at once, all see the same winner."""
-    value(store.put_account(account()))
-    seen: list[str] = []
+def _enrol_at_once(store: SqlStore, email: str, machines: int, limit: int) -> list[bool]:
+    """``machines`` threads enrolling a device each for ``email`` at the same instant."""
+    results: list[bool] = []
     lock = threading.Lock()
+    start = threading.Barrier(machines)
 
-    def bind(index: int) -> None:
-        bound = value(store.bind_fingerprint(ALICE, f"fp-{index}"))
+    def enrol(index: int) -> None:
+        key = bytes([index]) * 32
+        fresh = Device(f"{email}-{index}", email, key, b"fh", "active", 2.0)
+        start.wait(timeout=30)
+        entered = value(store.put_device(fresh, active_limit=limit))
         with lock:
-            seen.append(bound)
+            results.append(entered)
 
-    threads = [threading.Thread(target=bind, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=enrol, args=(i,)) for i in range(machines)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(seen) == 8 and len(set(seen)) == 1
+    return results
+
+
+def test_the_active_device_limit_holds_under_concurrent_enrolments(store: SqlStore) -> None:
+    """Eight machines enrolling at once under a limit of two, five times over: exactly two get
+    in each time, the others are refused (``False``) and leave nothing behind; pending devices
+    do not count. (Without the store's row lock PostgreSQL let three or more in.)"""
+    for round_ in range(5):
+        email = f"round-{round_}@example.com"
+        value(store.put_account(account(email)))
+        value(store.put_device(Device(f"wait-{round_}", email, b"w" * 32, b"fh", "pending", 1.0)))
+        results = _enrol_at_once(store, email, machines=8, limit=2)
+        assert sorted(results) == [False] * 6 + [True] * 2
+        devices = value(store.list_devices(email))
+        assert sorted(d.status for d in devices) == ["active", "active", "pending"]
 
 
 def test_devices_enrol_once_and_revocation_ends_sessions(store: SqlStore) -> None:

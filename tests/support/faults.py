@@ -7,8 +7,10 @@ see a 5xx burst. Test-only: it lives here, not in the product.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,6 +30,25 @@ class FaultInjector:
         self._retry_after: float | None = None
         self._path_prefix = "/"
         self.injected = 0
+        self._delays: dict[str, float] = {}
+        # (path, started, finished) of every HTTP request, on the monotonic clock, for tests
+        # that check what overlapped with what.
+        self.timeline: list[tuple[str, float, float]] = []
+
+    def delay(self, path_prefix: str, seconds: float) -> None:
+        """Hold every request whose path starts with ``path_prefix`` for ``seconds`` before
+        passing it on (0 removes the delay)."""
+        with self._lock:
+            if seconds > 0:
+                self._delays[path_prefix] = seconds
+            else:
+                self._delays.pop(path_prefix, None)
+
+    def _delay_for(self, path: str) -> float:
+        with self._lock:
+            return max(
+                (s for prefix, s in self._delays.items() if path.startswith(prefix)), default=0.0
+            )
 
     def fail_next(
         self,
@@ -61,7 +82,21 @@ class FaultInjector:
             return self._status, self._retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fault = self._take(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            with self._lock:
+                self.timeline.append((scope["path"], started, time.monotonic()))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pause = self._delay_for(scope["path"])
+        if pause:
+            await asyncio.sleep(pause)
+        fault = self._take(scope["path"])
         if fault is None:
             await self.app(scope, receive, send)
             return

@@ -19,12 +19,18 @@ Bucket names are unique per call, so tests do not see each other's objects.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import boto3
 import pytest
 from botocore.config import Config
@@ -155,3 +161,48 @@ SMALL_PARTS = S3Tuning(
     read_timeout=30.0,
     max_attempts=2,
 )
+
+
+@attrs.frozen
+class MotoProcess:
+    """A moto S3 server running as a process of its own."""
+
+    endpoint_url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def moto_process(log_dir: Path) -> Iterator[MotoProcess]:
+    """A moto S3 server in a process of its own on 127.0.0.1, for tests that measure the
+    client's process: an in-process server would take the clients' GIL and CPU.
+    Its state is its own (IAM is not enforced there); stopped with SIGTERM, then SIGKILL."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(log_dir / f"moto-{port}.log", "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the moto server exited with {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the moto server did not start") from None
+                time.sleep(0.1)
+        yield MotoProcess(endpoint, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

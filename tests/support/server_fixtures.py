@@ -25,6 +25,7 @@ import pytest
 from splitvault.adapters.postgres_store import PostgresStore
 from splitvault.app.server.accounts import add_user, set_cdn_config
 from splitvault.app.server.runner import RunningServer
+from splitvault.domain.ports import ServerStore
 from tests.support.results import value
 from tests.support.server_world import (
     AppSlot,
@@ -153,25 +154,31 @@ def serve_process(
                 process.wait(timeout=10)
 
 
-def prepare_database(stack: Stack, url: str) -> None:
+def prepare_database(stack: Stack, url: str, *, endpoint: str | None = None) -> None:
     """Users and the stack's bucket as the CDN config, in the PostgreSQL store at ``url``."""
     with value(PostgresStore.open(url)) as store:
-        for email, role in (
-            (UPLOADER, "uploader"),
-            (DOWNLOADER, "downloader"),
-            (OTHER_DOWNLOADER, "downloader"),
-        ):
-            value(add_user(store, email, PASSWORD, role))
-        grant_test_accounts(store)
-        value(
-            set_cdn_config(
-                store,
-                {
-                    "endpoint": stack.moto.endpoint_url,
-                    "bucket": stack.bucket,
-                    "region": stack.moto.region,
-                    "read": attrs.asdict(stack.read_keys),
-                    "write": attrs.asdict(stack.write_keys),
-                },
-            )
+        prepare_store(store, stack, endpoint=endpoint)
+
+
+def prepare_store(store: ServerStore, stack: Stack, *, endpoint: str | None = None) -> None:
+    """The test accounts, their grants and the stack's bucket as the CDN config in ``store``;
+    ``endpoint`` points the CDN config at another S3 server (the bucket must exist there)."""
+    for email, role in (
+        (UPLOADER, "uploader"),
+        (DOWNLOADER, "downloader"),
+        (OTHER_DOWNLOADER, "downloader"),
+    ):
+        value(add_user(store, email, PASSWORD, role))
+    grant_test_accounts(store)
+    value(
+        set_cdn_config(
+            store,
+            {
+                "endpoint": endpoint or stack.moto.endpoint_url,
+                "bucket": stack.bucket,
+                "region": stack.moto.region,
+                "read": attrs.asdict(stack.read_keys),
+                "write": attrs.asdict(stack.write_keys),
+            },
         )
+    )

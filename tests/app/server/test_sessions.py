@@ -191,3 +191,32 @@ def test_concurrent_logins_of_one_machine_are_one_device(world: ServerWorld) -> 
         thread.join(timeout=60)
     assert statuses == [200] * 8
     assert [d.device_id for d in value(world.store.list_devices(DOWNLOADER))] == [key.device_id]
+
+
+def test_eight_machines_enrolling_at_once_get_one_device_in(world: ServerWorld) -> None:
+    """Eight *different* machines of one account enrolling at the same instant under the limit
+    of one: exactly one gets in (200), seven get 409 HardwareMismatch, one device is stored."""
+    with httpx.Client(base_url=world.url, timeout=30) as http:
+        login = login_answer(http, DOWNLOADER, PASSWORD).json()
+    salt = bytes.fromhex(login["salt"])
+    keys = [derive(PASSWORD, salt, f"machine-{index}") for index in range(8)]
+    barrier = threading.Barrier(8)
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def enrol_once(index: int) -> None:
+        with httpx.Client(base_url=world.url, timeout=30) as http:
+            token = login_answer(http, DOWNLOADER, PASSWORD).json()["token"]
+            barrier.wait(timeout=30)
+            answer = enrol(http, token, keys[index])
+            code = answer.json().get("ErrorCode", "") if answer.status_code != 200 else ""
+            with lock:
+                answers.append((answer.status_code, code))
+
+    threads = [threading.Thread(target=enrol_once, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(answers) == [(200, "")] + [(409, "HardwareMismatch")] * 7
+    assert len(value(world.store.list_devices(DOWNLOADER))) == 1
