@@ -9,6 +9,7 @@ directory, no temp file beside the archive).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -51,6 +52,7 @@ SERVICES = ("api",)
 ROGUE = "rogue-publisher@example.com"
 LOADER = "loader@example.com"  # the CLI's account: its own machine, its own device slot
 WIRE_READER = "wire-reader@example.com"  # raw HTTP: another device of its own
+CLI_PUBLISHER = "cli-publisher@example.com"  # the CLI's publisher: this machine's own device
 PUBLISHER_SEED = bytes(range(32))
 ROGUE_SEED = bytes(range(1, 33))
 PUBLISHER = signature.PublisherKey.from_seed(PUBLISHER_SEED)
@@ -92,6 +94,8 @@ def world(
         for reader in (LOADER, WIRE_READER):
             ok(add_user(stack.store, reader, PASSWORD, "downloader"))
             ok(grant(stack.store, reader, [wire.FRAGMENTS_GRANT_FOLDER], read=True, write=False))
+        ok(add_user(stack.store, CLI_PUBLISHER, PASSWORD, "uploader"))
+        ok(grant(stack.store, CLI_PUBLISHER, [wire.FRAGMENTS_GRANT_FOLDER], read=True, write=True))
         yield World(
             stack,
             root,
@@ -422,3 +426,51 @@ def test_an_unsigned_archive_in_place_of_a_signed_version_is_refused(
     assert isinstance(refused, UntrustedPublisher), refused
     assert "replaced" in refused.describe()
     _loaded_nothing(dockerd, before, workdir, sealed.archive)
+
+
+def test_the_seal_images_command_signs_with_the_configured_key(
+    *,
+    world: World,
+    dockerd: PrivateDockerd,
+    tmp_path: Path,
+    workdir: Path,
+    version: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``splitvault --json seal-images`` with ``SPLITVAULT_PUBLISHER_SIGNING_KEY_FILE`` writes a
+    signed archive, says which key signed it, and registers the fragment under that key (the
+    server records the account's key); a loader pinning that key unlocks it."""
+    names = _names(version)
+    for name in names:
+        import_image(dockerd, name)
+    out = tmp_path / "cli" / "images.svlt"
+    out.parent.mkdir()
+    for key, value in {
+        "SPLITVAULT_API_URL": world.stack.url,
+        "SPLITVAULT_EMAIL": CLI_PUBLISHER,
+        "SPLITVAULT_PASSWORD": PASSWORD,
+        "SPLITVAULT_CACHE_DIR": str(tmp_path / "cli-cache"),
+        "SPLITVAULT_CONFIG": str(tmp_path / "absent.yaml"),
+        "SPLITVAULT_PUBLISHER_SIGNING_KEY_FILE": str(world.publisher_file),
+        "SPLITVAULT_IMAGE_REGISTRY": REGISTRY,
+        "SPLITVAULT_IMAGE_SERVICES": ",".join(SERVICES),
+        "DOCKER_HOST": dockerd.docker_host,
+    }.items():
+        monkeypatch.setenv(key, value)
+
+    code = main(["--json", "seal-images", *names, "--version", version, "--out", str(out)])
+
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert json.loads(printed)["publisher_key"] == PUBLISHER.key_id
+    assert out.read_bytes().startswith(signature.SIGNED_MAGIC + PUBLISHER.public)
+    assert ok(world.stack.store.publisher_key(CLI_PUBLISHER)) == PUBLISHER.public
+    record = ok(world.stack.store.fragment_record(version))
+    assert record is not None
+    assert (record.publisher, record.publisher_key) == (CLI_PUBLISHER, PUBLISHER.public)
+    remove_images(dockerd, names)
+    engine = DockerApiEngine(dockerd.socket_path)
+    report = ok(_unlock(world, out, version, engine, workdir, pinned=(PUBLISHER.public,)))
+    assert report.publisher_key == PUBLISHER.public
+    assert set(names) <= list_images(dockerd)
