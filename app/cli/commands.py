@@ -314,6 +314,7 @@ def serve(args: argparse.Namespace) -> Report:
         tls_key=args.tls_key,
         concurrency=args.concurrency,
         keep_alive=args.keep_alive,
+        header_timeout=args.header_timeout,
         graceful_seconds=args.graceful_seconds,
         device_limit=args.device_limit,
         approve_devices=args.approve_devices,

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     p.add_argument("--concurrency", type=int, default=1024, help="open connections at most")
     p.add_argument("--keep-alive", type=float, default=5.0, help="idle keep-alive seconds")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request's head may take before the connection is closed",
+    )
     p.add_argument("--graceful-seconds", type=float, default=30.0, help="drain time on SIGTERM")
     p.add_argument(
         "--device-limit", type=int, default=1, help="active devices per account (default 1)"

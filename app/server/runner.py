@@ -16,6 +16,8 @@ from types import TracebackType
 import uvicorn
 from starlette.types import ASGIApp
 
+from splitvault.app.server.head_timeout import HEAD_TIMEOUT_PROTOCOL
+
 log = logging.getLogger("splitvault.server.runner")
 
 
@@ -84,6 +86,7 @@ class RunningServer:
             timeout_graceful_shutdown=2,
             ssl_certfile=self._ssl_certfile,
             ssl_keyfile=self._ssl_keyfile,
+            http=HEAD_TIMEOUT_PROTOCOL,
         )
         server = uvicorn.Server(config)
         self._server = server

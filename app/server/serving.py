@@ -5,7 +5,8 @@ must be one all of them can share: the SQLite file under ``--data`` for workers 
 PostgreSQL for servers on several. The store is opened (and migrated) once here first, so a wrong
 URL or a schema newer than this build stops the command with a clear message before any worker
 starts. uvicorn handles SIGTERM and SIGINT by refusing new connections and finishing the requests
-in flight (up to ``graceful_seconds``); TLS, keep-alive and a concurrency limit are uvicorn's.
+in flight (up to ``graceful_seconds``); TLS, keep-alive and a concurrency limit are uvicorn's,
+the request-head deadline ours (``head_timeout``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from splitvault.app.server.api import (
     ENV_DEVICE_LIMIT,
     ENV_TOKEN_LIFETIME,
 )
+from splitvault.app.server.head_timeout import (
+    DEFAULT_HEADER_TIMEOUT,
+    ENV_HEADER_TIMEOUT,
+    HEAD_TIMEOUT_PROTOCOL,
+)
 from splitvault.app.server.routes import MULTIPROCESS_ENV
 from splitvault.app.server.stores import open_store
 from splitvault.domain.errors import ConfigInvalid
@@ -43,9 +49,11 @@ class ServeOptions:
 
     ``database_url`` wins over ``data``; ``tls_cert``/``tls_key`` switch on HTTPS;
     ``concurrency`` caps open connections (uvicorn answers 503 past it); ``keep_alive`` closes idle
-    connections after that many seconds; ``graceful_seconds`` bounds the drain on shutdown;
-    ``device_limit`` and ``approve_devices`` are the device policy for accounts that already have
-    one device (up to that many active, or every further one pending an operator's approval).
+    connections after that many seconds; ``header_timeout`` closes a connection whose request
+    head is not complete that many seconds after it began (slowloris); ``graceful_seconds``
+    bounds the drain on shutdown; ``device_limit`` and ``approve_devices`` are the device policy
+    for accounts that already have one device (up to that many active, or every further one
+    pending an operator's approval).
     """
 
     data: Path | None = None
@@ -57,6 +65,7 @@ class ServeOptions:
     tls_key: Path | None = None
     concurrency: int | None = 1024
     keep_alive: float = 5.0
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
     graceful_seconds: float = 30.0
     token_lifetime: float = 900.0
     device_limit: int = 1
@@ -67,6 +76,8 @@ def check(options: ServeOptions) -> ConfigInvalid | StoreFailure | None:
     """Why ``options`` cannot serve (bad flags, unreachable or too-new store), or ``None``."""
     if options.workers < 1:
         return ConfigInvalid("--workers", "must be at least 1")
+    if not options.header_timeout > 0:
+        return ConfigInvalid("--header-timeout", "must be a positive number of seconds")
     if options.device_limit < 1:
         return ConfigInvalid(
             "--device-limit", "must be at least 1 (the first device of an account)"
@@ -102,6 +113,7 @@ def serve(options: ServeOptions) -> None:
     os.environ[ENV_TOKEN_LIFETIME] = str(options.token_lifetime)
     os.environ[ENV_DEVICE_LIMIT] = str(options.device_limit)
     os.environ[ENV_APPROVE_DEVICES] = "1" if options.approve_devices else "0"
+    os.environ[ENV_HEADER_TIMEOUT] = str(options.header_timeout)
     metrics_dir = None
     if options.workers > 1:
         # Each worker counts into files here and /metrics sums them, whichever worker answers.
@@ -125,6 +137,7 @@ def _run(options: ServeOptions) -> None:
         ssl_keyfile=str(options.tls_key) if options.tls_key else None,
         limit_concurrency=options.concurrency,
         timeout_keep_alive=int(options.keep_alive),
+        http=HEAD_TIMEOUT_PROTOCOL,
         timeout_graceful_shutdown=int(options.graceful_seconds),
         lifespan="off",
         access_log=False,  # ours (splitvault.server.access) names routes, never raw paths

@@ -136,3 +136,46 @@ def test_the_device_policy_reaches_every_worker(
         assert app.state.server.devices == DevicePolicy()  # the original's one device
     finally:
         app.state.store.close()
+
+
+def _dribble(sock: socket.socket, head: bytes, pause: float) -> bool:
+    """Send ``head`` a byte at a time; ``False`` as soon as the server has closed on us."""
+    for byte in head:
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        time.sleep(pause)
+    return True
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closed the connection (EOF or reset) instead of answering."""
+    sock.settimeout(10)
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_slow_request_head_is_cut_off(data: Path, tmp_path: Path) -> None:
+    """``--header-timeout 1``: a client dribbling its request head a byte every 0.1 s (about
+    5 s for the whole head) is disconnected before it finishes, on a fresh connection and on a
+    keep-alive one after a good request; a normal client is served meanwhile."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris-test-client\r\n\r\n"
+    with serve_process(tmp_path, "--data", str(data), "--header-timeout", "1") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            finished = _dribble(slow, head, 0.1)
+            assert not finished or _closed(slow)
+            assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+            kept.sendall(head)  # a whole head at once: answered, the connection kept alive
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            finished = _dribble(kept, head, 0.1)
+            assert not finished or _closed(kept)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as patient:
+            for part in (head[:10], head[10:40], head[40:]):  # three pieces within the deadline
+                patient.sendall(part)
+                time.sleep(0.1)
+            assert patient.recv(4096).startswith(b"HTTP/1.1 200")
