@@ -34,7 +34,7 @@ import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
-from splitvault.domain import wire
+from splitvault.domain import signature, wire
 from splitvault.domain.config import ApiCredentials
 from splitvault.domain.device import DeviceKey, Kind, Sealed, open_delivered
 from splitvault.domain.errors import (
@@ -47,7 +47,7 @@ from splitvault.domain.errors import (
     TimedOut,
     Transient,
 )
-from splitvault.domain.ports import ApiFailure, Clock, Random
+from splitvault.domain.ports import ApiFailure, Clock, Random, VouchedFragment
 from splitvault.domain.ref import ResourceRef, check_name, parse_folder
 from splitvault.domain.retry import (
     GiveUp,
@@ -135,6 +135,7 @@ class LoginTokenAuth(httpx.Auth):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._timing: TokenTiming | None = None
+        self._publisher_key: bytes | None = None
         self.logins = 0  # successful logins by this client; observable, not secret
 
     def __repr__(self) -> str:
@@ -174,13 +175,20 @@ class LoginTokenAuth(httpx.Auth):
         token, salt = login
         key, tag = self._derive(salt)
         self._device = key
+        body = {wire.FIELD_PUBLIC_KEY: key.public.hex(), wire.FIELD_FINGERPRINT_TAG: tag}
+        if self._publisher_key is not None:
+            body[wire.FIELD_PUBLISHER_KEY] = self._publisher_key.hex()
         return httpx.Request(
             "POST",
             self._devices_url,
             extensions={"timeout": self._timeout.as_dict()},
-            json={wire.FIELD_PUBLIC_KEY: key.public.hex(), wire.FIELD_FINGERPRINT_TAG: tag},
+            json=body,
             headers={"Accept-Encoding": "identity", "Authorization": f"Bearer {token}"},
         )
+
+    def declare_publisher_key(self, public: bytes | None) -> None:
+        """Send ``public`` (the signing key's public half) with every enrolment from now on."""
+        self._publisher_key = public
 
     def accept_enrolment(self, response: httpx.Response) -> None:
         """Install the device token of an enrolment answer, or raise ``LoginRefused``."""
@@ -269,6 +277,7 @@ class _Answer:
     body: bytes
     device: str = ""  # of a sealed answer: the device and version its envelope binds
     version: str = ""
+    publisher: str = ""  # of a key fragment: the publisher key the server vouches for (hex)
 
 
 @attrs.frozen
@@ -398,6 +407,11 @@ class HttpResourceApi:
         """This session's device key (``None`` before the first login; never log it)."""
         return self._auth.device_key()
 
+    def declare_publisher_key(self, public: bytes | None) -> None:
+        """Have enrolment declare this publisher key, so the server records it (first use) or
+        refuses the enrolment when the account is recorded with another (403)."""
+        self._auth.declare_publisher_key(public)
+
     def session_token(self) -> IOResult[str, ApiFailure]:
         """This session's bearer token, logging in first when there is none or it is due.
 
@@ -482,12 +496,14 @@ class HttpResourceApi:
         """``config/cdn.yaml`` for this user's role."""
         return self.download_small_part(CONFIG_REF)
 
-    def _open(self, answer: _Answer, kind: Kind, subject: str) -> IOResult[bytes, ApiFailure]:
+    def _open(
+        self, answer: _Answer, kind: Kind, subject: str, publisher: bytes = b""
+    ) -> IOResult[bytes, ApiFailure]:
         key = self._auth.device_key()
         if key is None:
             return IOFailure(RemoteError(subject, answer.status, "a sealed answer before a login"))
         opened = open_delivered(
-            Sealed(answer.body, answer.device, answer.version), key, kind, subject
+            Sealed(answer.body, answer.device, answer.version, publisher), key, kind, subject
         )
         if isinstance(opened, Failure):
             return IOFailure(opened.failure())
@@ -511,25 +527,43 @@ class HttpResourceApi:
 
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
         """The key fragment of an image archive version."""
+        return self.vouched_fragment(version).map(lambda vouched: vouched.fragment)
+
+    def vouched_fragment(self, version: str) -> IOResult[VouchedFragment, ApiFailure]:
+        """The key fragment of a version and the publisher key the server vouches for with it
+        (bound by the envelope's ``info``: a changed or stripped header does not open)."""
         what = f"key fragment {version}"
         url = self._url(wire.KEYS, _checked_version(version))
+
+        def opened(answer: _Answer) -> IOResult[VouchedFragment, ApiFailure]:
+            vouched = signature.public_key_from_hex(answer.publisher) if answer.publisher else None
+            if answer.publisher and vouched is None:
+                return IOFailure(RemoteError(what, answer.status, "a malformed publisher key"))
+            return self._open(answer, "key-fragment", version, vouched or b"").map(
+                lambda fragment: VouchedFragment(fragment, vouched)
+            )
+
         return (
             self._exchange(
                 what, lambda: self._client.build_request("GET", url), body_cap=MAX_ENVELOPE_BYTES
             )
             .bind(lambda answer: _expect(what, what, answer, 200, answer))
-            .bind(lambda answer: self._open(answer, "key-fragment", version))
+            .bind(opened)
         )
 
-    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
-        """Register the key fragment of a version (uploader role)."""
+    def put_fragment(
+        self, version: str, fragment: bytes, publisher_key: bytes | None = None
+    ) -> IOResult[None, ApiFailure]:
+        """Register the key fragment of a version (uploader role), declaring the publisher key
+        that signed its archive (checked by the server against the account's recorded key)."""
         what = f"key fragment {version}"
         url = self._url(wire.KEYS, _checked_version(version))
+        headers = {"Content-Type": "application/octet-stream"}
+        if publisher_key is not None:
+            headers[wire.PUBLISHER_KEY_HEADER] = publisher_key.hex()
 
         def build() -> httpx.Request:
-            return self._client.build_request(
-                "PUT", url, content=fragment, headers={"Content-Type": "application/octet-stream"}
-            )
+            return self._client.build_request("PUT", url, content=fragment, headers=headers)
 
         return self._exchange(what, build).bind(
             lambda answer: _expect(what, what, answer, 201, None)
@@ -650,6 +684,7 @@ class HttpResourceApi:
             body,
             _clean(headers.get(wire.DEVICE_HEADER, "")),
             _clean(headers.get(wire.VERSION_HEADER, "")),
+            _clean(headers.get(wire.PUBLISHER_KEY_HEADER, "")),
         )
 
     def _transport_failure(self, what: str, exc: httpx.HTTPError) -> _Retryable | _Final:

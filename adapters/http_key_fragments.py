@@ -1,9 +1,11 @@
 """The ``KeyFragments`` port over the resource API's ``/keys/{version}`` with a bearer token.
 
 ``GET /keys/{version}`` answers the fragment sealed with HPKE to the token's device (protocol 2,
-``domain.device``; the device and version in ``X-Splitvault-Device``/``X-Splitvault-Version``),
-which this adapter opens with the device key it is given; ``PUT`` stores one (uploader role);
-``GET /keys`` answers the latest registered one. This adapter is the plain, token-holding client
+``domain.device``; the device and version in ``X-Splitvault-Device``/``X-Splitvault-Version``, and
+the publisher key the server vouches for in ``X-Splitvault-Publisher-Key``, which the envelope's
+``info`` binds), which this adapter opens with the device key it is given; ``PUT`` stores one
+(uploader role), declaring the key that signed the archive; ``GET /keys`` answers the latest
+registered one. This adapter is the plain, token-holding client
 the original ``download_key_fragment(url, token)`` needs: it makes one request per call and does
 not retry or log in again (the full resource API client does both). Errors map onto the API
 failures of ``domain.errors``; the token and the fragment never reach a log line or a failure value.
@@ -20,7 +22,7 @@ import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
-from splitvault.domain import wire
+from splitvault.domain import signature, wire
 from splitvault.domain.device import DeviceKey, Sealed, open_delivered
 from splitvault.domain.errors import (
     AccessDenied,
@@ -32,7 +34,7 @@ from splitvault.domain.errors import (
     Transient,
     WrongKey,
 )
-from splitvault.domain.ports import ApiFailure
+from splitvault.domain.ports import ApiFailure, VouchedFragment
 from splitvault.domain.retry import TRANSIENT_STATUSES
 
 log = logging.getLogger("splitvault.http_key_fragments")
@@ -50,6 +52,7 @@ class _Answer:
     retry_after: float | None
     version: str | None = None
     device: str = ""
+    publisher: str = ""
 
 
 def _error_body(answer: _Answer) -> tuple[str, str]:
@@ -112,7 +115,11 @@ class HttpKeyFragments:
         return f"HttpKeyFragments(base_url={self._base_url!r})"
 
     def _request(
-        self, method: str, version: str | None, content: bytes | None = None
+        self,
+        method: str,
+        version: str | None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> IOResult[_Answer, ApiFailure]:
         # No version: the latest registered one (the original's call had no version).
         path = f"/{wire.KEYS}" if version is None else f"/{wire.KEYS}/{quote(version, safe='')}"
@@ -126,7 +133,7 @@ class HttpKeyFragments:
                     headers={"Authorization": f"Bearer {self._token}"},
                 ) as client,
                 # The version goes in as one path segment, whatever it contains.
-                client.stream(method, path, content=content) as response,
+                client.stream(method, path, content=content, headers=headers) as response,
             ):
                 body = bytearray()
                 for piece in response.iter_bytes():
@@ -142,6 +149,7 @@ class HttpKeyFragments:
                         _retry_after(response),
                         response.headers.get(LATEST_VERSION_HEADER),
                         response.headers.get(wire.DEVICE_HEADER, "")[:64],
+                        response.headers.get(wire.PUBLISHER_KEY_HEADER, "")[:128],
                     )
                 )
         except httpx.TimeoutException:
@@ -167,7 +175,12 @@ class HttpKeyFragments:
             return Transient(what, f"HTTP {status}: {message}", answer.retry_after)
         return RemoteError(what, status, message)
 
-    def _open(self, answer: _Answer, version: str) -> IOResult[bytes, ApiFailure]:
+    def _open(self, answer: _Answer, version: str) -> IOResult[VouchedFragment, ApiFailure]:
+        vouched = signature.public_key_from_hex(answer.publisher) if answer.publisher else None
+        if answer.publisher and vouched is None:
+            return IOFailure(
+                RemoteError(f"GET /keys/{version}", answer.status, "a malformed publisher key")
+            )
         if self._device is None:
             return IOFailure(
                 WrongKey(
@@ -175,17 +188,21 @@ class HttpKeyFragments:
                     f"{answer.device!r}; this client was given no device key)"
                 )
             )
-        sealed = Sealed(answer.body, answer.device, version)
+        sealed = Sealed(answer.body, answer.device, version, vouched or b"")
         opened = open_delivered(sealed, self._device, "key-fragment", version)
         if isinstance(opened, Failure):
             return IOFailure(opened.failure())
-        return IOSuccess(opened.unwrap())
+        return IOSuccess(VouchedFragment(opened.unwrap(), vouched))
 
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
         """``GET /keys/{version}``: the fragment that unlocks the version's archive."""
+        return self.vouched_fragment(version).map(lambda vouched: vouched.fragment)
+
+    def vouched_fragment(self, version: str) -> IOResult[VouchedFragment, ApiFailure]:
+        """``GET /keys/{version}``: the fragment and the publisher key the server vouches for."""
         what = f"GET /keys/{version}"
 
-        def outcome(answer: _Answer) -> IOResult[bytes, ApiFailure]:
+        def outcome(answer: _Answer) -> IOResult[VouchedFragment, ApiFailure]:
             if answer.status != httpx.codes.OK:
                 return IOFailure(self._failure(what, version, answer))
             if not answer.body:
@@ -206,13 +223,17 @@ class HttpKeyFragments:
                 return IOFailure(RemoteError(what, answer.status, "no fragment or no version"))
             latest = answer.version
             log.info("fetched the key fragment of the latest version, %s", latest)
-            return self._open(answer, latest).map(lambda fragment: (latest, fragment))
+            return self._open(answer, latest).map(lambda vouched: (latest, vouched.fragment))
 
         return self._request("GET", None).bind(outcome)
 
-    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
-        """``PUT /keys/{version}``: register the fragment of a newly sealed archive."""
+    def put_fragment(
+        self, version: str, fragment: bytes, publisher_key: bytes | None = None
+    ) -> IOResult[None, ApiFailure]:
+        """``PUT /keys/{version}``: register the fragment of a newly sealed archive, declaring
+        the publisher key that signed it (``None``: an unsigned archive)."""
         what = f"PUT /keys/{version}"
+        headers = {} if publisher_key is None else {wire.PUBLISHER_KEY_HEADER: publisher_key.hex()}
 
         def outcome(answer: _Answer) -> IOResult[None, ApiFailure]:
             if not 200 <= answer.status < 300:
@@ -220,4 +241,4 @@ class HttpKeyFragments:
             log.info("registered the key fragment of version %s", version)
             return IOSuccess(None)
 
-        return self._request("PUT", version, fragment).bind(outcome)
+        return self._request("PUT", version, fragment, headers).bind(outcome)

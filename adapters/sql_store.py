@@ -24,7 +24,9 @@ from splitvault.domain.ports import (
     Account,
     Device,
     Grant,
+    Publisher,
     ResourceVersion,
+    StoredFragment,
     StoreFailure,
 )
 
@@ -131,12 +133,31 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 2: no hardware fingerprint is kept on the server any more (protocol 2 binds a device by
     # its enrolled key); scrub the values a protocol-1 import copied from users.json.
     ("UPDATE accounts SET fingerprint = NULL",),
+    # 3: publisher keys get a table of their own (they were settings named
+    # "publisher-key:<e-mail>", which an operator could not list or re-key), and each fragment
+    # records who registered it under which key, so the server vouches per version and a
+    # re-keyed publisher's earlier versions keep the key they were signed with.
+    (
+        """CREATE TABLE publishers (
+            email TEXT PRIMARY KEY,
+            public_key {blob} NOT NULL,
+            recorded_at {real} NOT NULL
+        )""",
+        # No LIKE: a '%' would be a placeholder to the PostgreSQL driver.
+        "INSERT INTO publishers (email, public_key, recorded_at) "
+        "SELECT SUBSTR(name, 15), value, 0 FROM settings "
+        "WHERE SUBSTR(name, 1, 14) = 'publisher-key:'",
+        "DELETE FROM settings WHERE SUBSTR(name, 1, 14) = 'publisher-key:'",
+        "ALTER TABLE fragments ADD COLUMN publisher TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE fragments ADD COLUMN publisher_key {blob}",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _ACCOUNT_COLUMNS = "email, role, password_hash, salt, generation"
 _DEVICE_COLUMNS = "device_id, email, public_key, fingerprint_hash, status, created_at"
 _VERSION_COLUMNS = "v.folder, v.name, v.version, v.small_part, v.publisher, v.created_at"
+_FRAGMENT_COLUMNS = "version, fragment, publisher, publisher_key"
 
 
 def _account(row: Row) -> Account:
@@ -157,6 +178,15 @@ def _device(row: Row) -> Device:
         fingerprint_hash=bytes(row[3]),
         status=row[4],
         created_at=float(row[5]),
+    )
+
+
+def _fragment(row: Row) -> StoredFragment:
+    return StoredFragment(
+        version=str(row[0]),
+        fragment=bytes(row[1]),
+        publisher=str(row[2]),
+        publisher_key=None if row[3] is None else bytes(row[3]),
     )
 
 
@@ -295,6 +325,7 @@ class SqlStore:
         def work(cursor: Cursor) -> bool:
             cursor.execute("DELETE FROM grants WHERE email = ?", (email,))
             cursor.execute("DELETE FROM devices WHERE email = ?", (email,))
+            cursor.execute("DELETE FROM publishers WHERE email = ?", (email,))
             cursor.execute("DELETE FROM accounts WHERE email = ?", (email,))
             return cursor.rowcount > 0
 
@@ -523,9 +554,12 @@ class SqlStore:
     ) -> IOResult[None, StoreFailure]:
         def work(cursor: Cursor) -> None:
             if replace:
+                # An administrator's fragment vouches for no publisher: whoever signed the old
+                # archive did not sign one under this fragment.
                 cursor.execute(
                     "INSERT INTO fragments (version, fragment) VALUES (?, ?) "
-                    "ON CONFLICT (version) DO UPDATE SET fragment = excluded.fragment",
+                    "ON CONFLICT (version) DO UPDATE SET fragment = excluded.fragment, "
+                    "publisher = '', publisher_key = NULL",
                     (version, fragment),
                 )
                 return
@@ -576,6 +610,101 @@ class SqlStore:
             return cursor.rowcount > 0
 
         return self._run(True, work)
+
+    def register_fragment(self, fragment: StoredFragment) -> IOResult[None, StoreFailure]:
+        def work(cursor: Cursor) -> None:
+            cursor.execute(
+                f"INSERT INTO fragments ({_FRAGMENT_COLUMNS}) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (version) DO NOTHING",
+                (
+                    fragment.version,
+                    fragment.fragment,
+                    fragment.publisher,
+                    fragment.publisher_key,
+                ),
+            )
+            cursor.execute(
+                f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE version = ?",
+                (fragment.version,),
+            )
+            held = _fragment(cursor.fetchone())
+            # A retry sends the same bytes and key; the same bytes under another key would let
+            # whoever read the fragment re-register it as theirs and take the vouching over.
+            if (held.fragment, held.publisher_key) != (fragment.fragment, fragment.publisher_key):
+                raise _Refused(
+                    Conflict(
+                        f"the key fragment of version {fragment.version}",
+                        "another fragment (or publisher key) is registered; archives of that "
+                        "version need it, so only an administrator may replace it",
+                    )
+                )
+
+        return self._run(True, work)
+
+    def fragment_record(self, version: str | None) -> IOResult[StoredFragment | None, StoreFailure]:
+        def work(cursor: Cursor) -> StoredFragment | None:
+            if version is None:
+                cursor.execute(
+                    f"SELECT {_FRAGMENT_COLUMNS} FROM fragments ORDER BY seq DESC LIMIT 1"
+                )
+            else:
+                cursor.execute(
+                    f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE version = ?", (version,)
+                )
+            row = cursor.fetchone()
+            return _fragment(row) if row else None
+
+        return self._run(False, work)
+
+    # -- publisher keys --
+
+    def record_publisher_key(
+        self, email: str, public_key: bytes, at: float
+    ) -> IOResult[bytes, StoreFailure]:
+        def work(cursor: Cursor) -> bytes:
+            # Insert-if-absent, then read: of two first uploads under different keys, one wins.
+            cursor.execute(
+                "INSERT INTO publishers (email, public_key, recorded_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (email) DO NOTHING",
+                (email, public_key, at),
+            )
+            cursor.execute("SELECT public_key FROM publishers WHERE email = ?", (email,))
+            return bytes(cursor.fetchone()[0])
+
+        return self._run(True, work)
+
+    def publisher_key(self, email: str) -> IOResult[bytes | None, StoreFailure]:
+        def work(cursor: Cursor) -> bytes | None:
+            cursor.execute("SELECT public_key FROM publishers WHERE email = ?", (email,))
+            row = cursor.fetchone()
+            return bytes(row[0]) if row else None
+
+        return self._run(False, work)
+
+    def set_publisher_key(
+        self, email: str, public_key: bytes | None, at: float
+    ) -> IOResult[bool, StoreFailure]:
+        def work(cursor: Cursor) -> bool:
+            cursor.execute("DELETE FROM publishers WHERE email = ?", (email,))
+            existed = cursor.rowcount > 0
+            if public_key is not None:
+                cursor.execute(
+                    "INSERT INTO publishers (email, public_key, recorded_at) VALUES (?, ?, ?)",
+                    (email, public_key, at),
+                )
+            return existed
+
+        return self._run(True, work)
+
+    def list_publishers(self) -> IOResult[tuple[Publisher, ...], StoreFailure]:
+        def work(cursor: Cursor) -> tuple[Publisher, ...]:
+            cursor.execute("SELECT email, public_key, recorded_at FROM publishers ORDER BY email")
+            return tuple(
+                Publisher(email=str(row[0]), public_key=bytes(row[1]), recorded_at=float(row[2]))
+                for row in cursor.fetchall()
+            )
+
+        return self._run(False, work)
 
     # -- settings --
 

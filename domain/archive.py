@@ -12,7 +12,14 @@ An image archive is a ``docker save`` tar encrypted under a key fragment the API
   small part is protected in transit), which an archive file on disk must not: the data key is
   stored wrapped under a second key derived from the fragment, so the file alone reveals nothing.
 
-``detect_archive`` tells the kinds apart by the v1 magic.
+A v1 archive may be **signed**: the publisher's Ed25519 signature over its header, in the
+small part's ``SVSIG2`` framing in front of the file (``domain.signature``). ``archive_start``
+says where the v1 bytes begin, and ``check_archive_publisher`` decides whether a loader may trust
+the archive before anything is decrypted: against the keys it pins, else the key the server vouches
+for with the version's fragment. Unsigned archives (legacy, or v1 from before signatures) pass only
+when nothing is pinned and the server vouches for no key.
+
+``detect_archive`` tells the kinds apart by the v1 magic (or the signed framing's).
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 from returns.result import Failure, Result, Success
 
+from splitvault.domain import signature
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.errors import (
     CorruptResource,
@@ -31,6 +40,7 @@ from splitvault.domain.errors import (
     LimitExceeded,
     PartMismatch,
     UnsupportedFormat,
+    UntrustedPublisher,
     WrongKey,
 )
 from splitvault.domain.format_v1 import (
@@ -56,7 +66,8 @@ IMAGES_FOLDER = "images"
 LEGACY_WHAT = "legacy image archive"
 V1_WHAT = "v1 image archive"
 TAR_BLOCK = 512
-HEAD_BYTES = MAX_HEADER_BYTES  # what a reader should read before choosing a kind
+# What a reader should read before choosing a kind: the signed framing and a whole v1 header.
+HEAD_BYTES = signature.SIGNED_PREFIX_BYTES + MAX_HEADER_BYTES
 _NO_SPLIT = SplitRule(cap=0)
 _CHECKSUM = slice(148, 156)
 
@@ -75,7 +86,62 @@ def detect_archive(head: bytes) -> ArchiveKind:
     so the test is safe in practice. A head shorter than the magic is legacy (and then fails the
     legacy length check).
     """
+    if signature.is_signed(head):
+        return ArchiveKind.V1
     return ArchiveKind.V1 if head[: len(MAGIC)] == MAGIC else ArchiveKind.LEGACY_CBC
+
+
+def archive_start(head: bytes) -> int:
+    """Where the v1 archive begins in a file starting with ``head``: after the signed framing,
+    or at 0 (unsigned v1, legacy)."""
+    return signature.SIGNED_PREFIX_BYTES if signature.is_signed(head) else 0
+
+
+def check_archive_publisher(
+    head: bytes,
+    version: str,
+    *,
+    pinned: Sequence[bytes] = (),
+    vouched: bytes | None = None,
+) -> Result[bytes | None, UntrustedPublisher | FormatFailure]:
+    """Whether a loader may trust the archive starting with ``head``, before decrypting it.
+
+    A signed archive must verify under a pinned key when any is pinned, else under ``vouched``
+    (the key the server names with the version's fragment); the key that verified is returned.
+    An unsigned archive (legacy, or v1 from before signatures) returns ``None`` (the caller
+    warns) only when nothing is pinned and the server vouches for no key: once the server says
+    the version was signed, an unsigned file in its place is a substitute made by somebody who
+    holds the fragment, and is refused. The framing's own public key is never trusted by itself.
+    """
+    what = f"the image archive of version {version}"
+    if not signature.is_signed(head):
+        if pinned:
+            return Failure(
+                UntrustedPublisher(what, f"it is unsigned and {len(pinned)} key(s) are pinned")
+            )
+        if vouched is not None:
+            return Failure(
+                UntrustedPublisher(
+                    what,
+                    f"it is unsigned, but the server says version {version} is signed by key "
+                    f"{signature.key_id(vouched)} (was the archive replaced?)",
+                )
+            )
+        return Success(None)
+    part = signature.split_signed(head)
+    if part is None:
+        return Failure(CorruptResource(V1_WHAT, "its signed framing is truncated"))
+    if part.inner[: len(MAGIC)] != MAGIC:
+        return Failure(CorruptResource(V1_WHAT, "its signed framing holds no v1 archive"))
+    parsed = parse_header(part.inner[:MAX_HEADER_BYTES])
+    if isinstance(parsed, Failure):
+        return Failure(parsed.failure())
+    header_length = parsed.unwrap()[1]
+    message = signature.archive_statement(part.inner[:header_length])
+    verified = signature.verify(what, part.signature, message, pinned=pinned, vouched=vouched)
+    if isinstance(verified, Failure):
+        return Failure(verified.failure())
+    return Success(verified.unwrap())
 
 
 def check_legacy_archive_length(length: int) -> Result[int, CorruptResource]:
@@ -242,8 +308,10 @@ def seal_v1_archive_bytes(
     fragment: bytes,
     file_id: bytes,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    signing_key: signature.PublisherKey | None = None,
 ) -> Result[bytes, InvalidRef | LimitExceeded]:
-    """Seal an in-memory tar as a v1 archive. For tests and tiny files."""
+    """Seal an in-memory tar as a v1 archive, signed when given a key. For tests and tiny files."""
 
     def run(sealer: Sealer) -> bytes:
         layout = sealer.layout
@@ -255,7 +323,8 @@ def seal_v1_archive_bytes(
             sealer.seal_chunk_into(index, tar[pt_start:pt_end], view[ct_start:])
         header = finish_v1_archive(sealer, digest_bytes(stream, *layout.big_segmentation()))
         assert len(header) == v1_archive_header_length(sealer)
-        return header + bytes(stream)
+        framing = b"" if signing_key is None else signature.sign_archive(signing_key, header)
+        return framing + header + bytes(stream)
 
     return start_v1_archive(version, len(tar), fragment, file_id, chunk_size).map(run)
 
@@ -278,6 +347,7 @@ def _open_legacy(data: bytes, fragment: bytes) -> Result[bytes, FormatFailure]:
 
 
 def _open_v1(data: bytes, fragment: bytes) -> Result[bytes, FormatFailure]:
+    data = data[archive_start(data) :]  # the signature is the loader's to check, not this one's
     started = open_v1_archive_header(data[:HEAD_BYTES], fragment)
     if isinstance(started, Failure):
         return Failure(started.failure())

@@ -140,14 +140,20 @@ def fingerprint_tag(password_key_bytes: bytes, fingerprint: str) -> str:
     ).hexdigest()
 
 
-def envelope_info(kind: Kind, device: str, subject: str, version: str) -> bytes:
-    """HPKE ``info``: label, protocol, then length-prefixed device id, kind, subject, version."""
+def envelope_info(
+    kind: Kind, device: str, subject: str, version: str, publisher: bytes = b""
+) -> bytes:
+    """HPKE ``info``: label, protocol, then length-prefixed device id, kind, subject, version,
+    and, only when the answer vouches for a publisher key (a key fragment's), that key."""
     if kind not in KINDS:
         raise ValueError(f"unknown envelope kind {kind!r}")
+    # Appended only when present, so every envelope without one keeps the info it always had.
+    vouched = _field(publisher) if publisher else b""
     return (
         ENVELOPE_LABEL
         + PROTOCOL.to_bytes(1, "big")
         + b"".join(_field(part.encode()) for part in (device, kind, subject, version))
+        + vouched
     )
 
 
@@ -192,6 +198,7 @@ class Sealed:
     envelope: bytes = attrs.field(repr=False)
     device: str
     version: str
+    publisher: bytes = b""  # the publisher key a key fragment's answer vouches for, if any
 
 
 def open_delivered(
@@ -208,5 +215,5 @@ def open_delivered(
                 f"{key.device_id}): log in again from this machine"
             )
         )
-    info = envelope_info(kind, key.device_id, subject, sealed.version)
+    info = envelope_info(kind, key.device_id, subject, sealed.version, sealed.publisher)
     return open_envelope(sealed.envelope, key.private, info)

@@ -197,6 +197,16 @@ class ResourceApi(Protocol):
         ...
 
 
+@attrs.frozen
+class VouchedFragment:
+    """A version's key fragment and the publisher key the server vouches for with it: the key
+    the registering account declared (and the server checked against the key it records for that
+    account), or ``None`` when the fragment was registered without one."""
+
+    fragment: bytes = attrs.field(repr=False)
+    publisher_key: bytes | None
+
+
 class KeyFragments(Protocol):
     """Key fragments of encrypted image archives, one per version."""
 
@@ -204,8 +214,14 @@ class KeyFragments(Protocol):
         """The fragment that unlocks a version's archive."""
         ...
 
-    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
-        """Register the fragment of a newly sealed archive."""
+    def vouched_fragment(self, version: str) -> IOResult[VouchedFragment, ApiFailure]:
+        """The fragment with the publisher key the server vouches for (what a loader checks)."""
+        ...
+
+    def put_fragment(
+        self, version: str, fragment: bytes, publisher_key: bytes | None = None
+    ) -> IOResult[None, ApiFailure]:
+        """Register the fragment of a newly sealed archive, declaring the key that signed it."""
         ...
 
 
@@ -307,6 +323,26 @@ class ResourceVersion:
     small_part: bytes = attrs.field(repr=False)
     publisher: str
     created_at: float
+
+
+@attrs.frozen
+class Publisher:
+    """The Ed25519 public key the server records for an account that publishes signed content."""
+
+    email: str
+    public_key: bytes
+    recorded_at: float
+
+
+@attrs.frozen
+class StoredFragment:
+    """A version's key fragment as stored: who registered it and the publisher key it declared
+    (``None``: registered unsigned, or by an administrator's replacement)."""
+
+    version: str
+    fragment: bytes = attrs.field(repr=False)
+    publisher: str
+    publisher_key: bytes | None
 
 
 class Accounts(Protocol):
@@ -441,6 +477,50 @@ class FragmentAdmin(Protocol):
         ...
 
 
+class VouchedFragments(Protocol):
+    """Fragments with the publisher each was registered under: what the server vouches for."""
+
+    def register_fragment(self, fragment: StoredFragment) -> IOResult[None, StoreFailure]:
+        """Store a fragment write-once with its publisher; the same fragment and key again
+        succeed (a retry), anything else for a stored version is a ``Conflict``."""
+        ...
+
+    def fragment_record(self, version: str | None) -> IOResult[StoredFragment | None, StoreFailure]:
+        """The version's fragment with its publisher (``None``: the latest registered one)."""
+        ...
+
+
+class Publishers(Protocol):
+    """Publisher keys, one per account: recorded on first use, re-keyed by operators."""
+
+    def record_publisher_key(
+        self, email: str, public_key: bytes, at: float
+    ) -> IOResult[bytes, StoreFailure]:
+        """Record ``public_key`` when the account has none (trust on first use); returns the
+        key recorded afterwards, which a caller compares with the one it offered."""
+        ...
+
+    def publisher_key(self, email: str) -> IOResult[bytes | None, StoreFailure]:
+        """The account's recorded key, or ``None``."""
+        ...
+
+
+class PublisherAdmin(Protocol):
+    """What operators do to publisher keys (a leaked or rotated key)."""
+
+    def set_publisher_key(
+        self, email: str, public_key: bytes | None, at: float
+    ) -> IOResult[bool, StoreFailure]:
+        """Replace the account's key (``None`` clears it: the next signed upload records one);
+        ``True`` when a key was recorded before. Versions signed earlier keep the key recorded
+        with them."""
+        ...
+
+    def list_publishers(self) -> IOResult[tuple[Publisher, ...], StoreFailure]:
+        """Every recorded key, by e-mail."""
+        ...
+
+
 class Settings(Protocol):
     """Named server settings (the CDN config, the token signing key)."""
 
@@ -497,6 +577,9 @@ class ServerStore(
     ResourceAdmin,
     Fragments,
     FragmentAdmin,
+    VouchedFragments,
+    Publishers,
+    PublisherAdmin,
     Settings,
     LoginFailures,
     StoreHealth,

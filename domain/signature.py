@@ -10,7 +10,8 @@ where ``header`` is the resource header without its signature field (it holds th
 folder, name, lengths, key commitment and the collision-resistant digest of the big part) and
 ``head`` is the ciphertext carried in the small part after the header (at most 3 KiB, hashed here
 because the big-part digest does not reach it). Image archives sign the same statement with an
-empty head.
+empty head (their v1 header binds the digest of the whole ciphertext after it), framed the same way
+in front of the archive file.
 
 Trust: when the client pins publisher keys, a signature must verify under one of them, whatever
 the server says (a compromised API or bucket cannot substitute content); otherwise it must verify
@@ -61,6 +62,17 @@ class PublisherKey:
 def key_id(public: bytes) -> str:
     """16 hex digits naming a publisher public key (for logs, ``ls`` and error messages)."""
     return hashlib.sha256(KEY_ID_LABEL + public).digest()[:8].hex()
+
+
+def public_key_from_hex(text: str) -> bytes | None:
+    """A public key written as 64 hex digits (the wire's and the admin CLI's form), or ``None``."""
+    text = text.strip()
+    if len(text) != 2 * PUBLIC_KEY_BYTES:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
 
 
 def statement(header: bytes, head: bytes) -> bytes:
@@ -168,3 +180,23 @@ def signed_public(part: SignedPart, header_length: int) -> bytes | None:
     """The signer's key when the signature verifies under the key the part names, else None."""
     message = part_statement(part.inner, header_length)
     return part.public if _verifies(part.public, part.signature, message) else None
+
+
+# --- the signed image archive --------------------------------------------------------------------
+#
+# A signed image archive is ``SIGNED_MAGIC || public key (32) || signature (64) || v1 archive``: the
+# small part's framing in front of the unchanged archive file, so the archive stays one
+# self-contained file that can travel by any route. The statement is ``statement(header, b"")``
+# over the v1 archive header, which binds the version, the lengths, the wrapped data key and the
+# digest of every ciphertext byte after it. The public key in the framing only names the signer:
+# a loader trusts the keys it pins, or the key the server vouches for with the version's fragment.
+
+
+def archive_statement(header: bytes) -> bytes:
+    """The statement of an image archive whose v1 header is ``header``."""
+    return statement(header, b"")
+
+
+def sign_archive(key: PublisherKey, header: bytes) -> bytes:
+    """The framing (``SIGNED_PREFIX_BYTES`` long) to write in front of the v1 archive ``header``."""
+    return SIGNED_MAGIC + key.public + sign(key, archive_statement(header))

@@ -40,6 +40,10 @@ FRAGMENTS_GRANT_FOLDER: Final = "keys"
 LATEST_VERSION_HEADER: Final = "X-Splitvault-Version"
 VERSION_HEADER: Final = LATEST_VERSION_HEADER
 DEVICE_HEADER: Final = "X-Splitvault-Device"
+# ``PUT keys/{version}``: the Ed25519 public key (64 hex digits) that signed the version's archive,
+# checked against the key the server records for the account; ``GET keys[/{version}]`` answers
+# the key recorded with the fragment (absent when none), and the envelope's ``info`` binds it.
+PUBLISHER_KEY_HEADER: Final = "X-Splitvault-Publisher-Key"
 
 # JSON fields.
 FIELD_EMAIL: Final = "email"
@@ -50,6 +54,7 @@ FIELD_SALT: Final = "salt"  # the account's 16-byte salt, 32 lowercase hex digit
 FIELD_PUBLIC_KEY: Final = "public_key"  # a device's X25519 public key, 64 hex digits
 FIELD_FINGERPRINT_TAG: Final = "fingerprint_tag"  # domain.device.fingerprint_tag, 64 hex digits
 FIELD_DEVICE: Final = "device"  # a device id, 32 hex digits
+FIELD_PUBLISHER_KEY: Final = "publisher_key"  # optional at enrolment: Ed25519, 64 hex digits
 FIELD_STATUS: Final = "status"
 FIELD_FILES: Final = "files"
 FIELD_NAME: Final = "name"

@@ -25,7 +25,7 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client.errors import to_exception
 from splitvault.domain.errors import ConfigInvalid, NotFound, Problem
-from splitvault.domain.ports import ROLES, Device, Grant, ResourceVersion, ServerStore
+from splitvault.domain.ports import ROLES, Device, Grant, Publisher, ResourceVersion, ServerStore
 
 Report = dict[str, Any]
 Command = Callable[[str, Callable[[argparse.Namespace], Report], str], argparse.ArgumentParser]
@@ -232,6 +232,61 @@ def devices_revoke(args: argparse.Namespace, store: ServerStore) -> Report:
     }
 
 
+# --- publisher keys -------------------------------------------------------------------------------
+
+
+def _publisher_view(publisher: Publisher) -> dict[str, Any]:
+    from splitvault.domain.signature import key_id
+
+    return {
+        "email": publisher.email,
+        "public_key": publisher.public_key.hex(),
+        "key_id": key_id(publisher.public_key),
+        "recorded_at": publisher.recorded_at,
+    }
+
+
+def publishers_list(args: argparse.Namespace, store: ServerStore) -> Report:
+    """Recorded publisher keys (the Ed25519 public keys the server vouches for), of one or all."""
+    chosen = _email(args.email) if args.email else None
+    publishers = [p for p in _ok(store.list_publishers()) if chosen in (None, p.email)]
+    views = [_publisher_view(p) for p in publishers]
+    lines = [f"{v['email']:40} {v['key_id']}  {v['public_key']}" for v in views]
+    return {"publishers": views, "text": "\n".join(lines) or "no publisher keys"}
+
+
+def publishers_set(args: argparse.Namespace, store: ServerStore) -> Report:
+    """Re-key a publisher: only the new key is accepted from now on (a leaked or rotated key)."""
+    from splitvault.domain.signature import key_id, public_key_from_hex
+
+    email = _email(args.email)
+    public = public_key_from_hex(args.key)
+    if public is None:
+        raise to_exception(
+            ConfigInvalid("--key", "a publisher public key is 64 hex digits (32 bytes)")
+        )
+    if _ok(store.get_account(email)) is None:
+        raise to_exception(NotFound(f"the account {email}"))
+    replaced = _ok(store.set_publisher_key(email, public, time.time()))
+    return {
+        "email": email,
+        "public_key": public.hex(),
+        "key_id": key_id(public),
+        "replaced": replaced,
+        "text": f"{email} now publishes with key {key_id(public)}"
+        + ("; the previous key is refused from now on" if replaced else ""),
+    }
+
+
+def publishers_clear(args: argparse.Namespace, store: ServerStore) -> Report:
+    """Forget a publisher's key: the account's next signed upload or registration records one."""
+    email = _email(args.email)
+    _confirm(args, f"clearing the publisher key of {email} (its next signed upload is trusted)")
+    if not _ok(store.set_publisher_key(email, None, time.time())):
+        raise to_exception(NotFound(f"a publisher key of {email}"))
+    return {"email": email, "cleared": True, "text": f"cleared the publisher key of {email}"}
+
+
 # --- the CDN config -------------------------------------------------------------------------------
 
 
@@ -289,9 +344,32 @@ def cdn_show(_args: argparse.Namespace, store: ServerStore) -> Report:
 
 
 def fragments_list(_args: argparse.Namespace, store: ServerStore) -> Report:
-    """Versions that have an image key fragment (the fragments themselves are never shown)."""
+    """Versions that have an image key fragment, who registered each and the key the server
+    vouches for with it (the fragments themselves are never shown)."""
+    from splitvault.domain.signature import key_id
+
     versions = _ok(store.fragment_versions())
-    return {"versions": list(versions), "text": "\n".join(versions) or "no fragments"}
+    views: list[dict[str, Any]] = []
+    for version in versions:
+        record = _ok(store.fragment_record(version))
+        if record is None:  # removed between the two reads
+            continue
+        views.append(
+            {
+                "version": version,
+                "publisher": record.publisher or None,
+                "key_id": None if record.publisher_key is None else key_id(record.publisher_key),
+            }
+        )
+    lines = [
+        f"{v['version']:32} {v['publisher'] or '(admin)':40} {v['key_id'] or 'unsigned'}"
+        for v in views
+    ]
+    return {
+        "versions": [v["version"] for v in views],
+        "fragments": views,
+        "text": "\n".join(lines) or "no fragments",
+    }
 
 
 def fragments_remove(args: argparse.Namespace, store: ServerStore) -> Report:
@@ -470,6 +548,15 @@ def register(command: Command) -> None:
     leaf(cdn, "set", cdn_set).add_argument("file", type=Path)
     leaf(cdn, "show", cdn_show)
 
+    publishers = group(
+        "publishers", "publisher signing keys the server vouches for: list, set, clear"
+    )
+    leaf(publishers, "list", publishers_list).add_argument("email", nargs="?")
+    p = leaf(publishers, "set", publishers_set)
+    p.add_argument("email")
+    p.add_argument("--key", required=True, help="the Ed25519 public key, 64 hex digits")
+    leaf(publishers, "clear", publishers_clear, destructive=True).add_argument("email")
+
     fragments = group("fragments", "image key fragments: list, remove")
     leaf(fragments, "list", fragments_list)
     leaf(fragments, "remove", fragments_remove, destructive=True).add_argument("version")
@@ -492,5 +579,8 @@ def register(command: Command) -> None:
 
 def _no_group(_args: argparse.Namespace) -> Report:
     raise to_exception(
-        ConfigInvalid("admin", "choose a group: users, grants, devices, cdn, fragments, resources")
+        ConfigInvalid(
+            "admin",
+            "choose a group: users, grants, devices, publishers, cdn, fragments, resources",
+        )
     )

@@ -360,6 +360,8 @@ def seal_images(args: argparse.Namespace) -> Report:
 
     client = _client(args)
     try:
+        # The key file's key, else the account's default key (derived at login), as uploads.
+        signing_key = unwrap_or_raise(client.upload_signing_key())
         with transfer_progress(f"sealing images {args.version}", 0) as progress:
             report = unwrap_or_raise(
                 seal(
@@ -370,11 +372,26 @@ def seal_images(args: argparse.Namespace) -> Report:
                     fragments=client.api,
                     random=client.random,
                     progress=progress,
+                    signing_key=signing_key,
                 )
             )
     finally:
         client.close()
-    return {"out": str(args.out), "version": args.version, "text": f"sealed {report}"}
+    signer = _key_id(report.publisher_key)
+    return {
+        "out": str(args.out),
+        "version": args.version,
+        "publisher_key": signer,
+        "text": f"sealed {len(report.images)} image(s) as version {args.version} into "
+        f"{args.out} ({report.archive_bytes} bytes, "
+        + (f"signed by {signer})" if signer else "unsigned)"),
+    }
+
+
+def _key_id(public: bytes | None) -> str | None:
+    from splitvault.domain.signature import key_id
+
+    return None if public is None else key_id(public)
 
 
 def unlock_images(args: argparse.Namespace) -> Report:
@@ -396,11 +413,20 @@ def unlock_images(args: argparse.Namespace) -> Report:
                     services=config.services,
                     registry=config.registry,
                     progress=progress,
+                    pinned=client.config.publisher_keys,
                 )
             )
     finally:
         client.close()
-    return {"version": args.version, "text": f"unlocked {report}"}
+    signer = _key_id(report.publisher_key)
+    return {
+        "version": args.version,
+        "kind": report.kind.value,
+        "images": list(report.images),
+        "publisher_key": signer,
+        "text": f"unlocked version {args.version}: {len(report.images)} image(s) present ("
+        + (f"signed by {signer})" if signer else "unsigned)"),
+    }
 
 
 def demo(args: argparse.Namespace) -> Report:

@@ -435,6 +435,11 @@ def bootstrap(
     def make(
         the_cache: Cache, publisher_key: bytes | None, signing_key: PublisherKey | None
     ) -> Client:
+        # Enrolment declares a configured key file's key, so the server records it for the
+        # account. The default (derived) key is not declared: on an account recorded with a key
+        # file's key, every machine without that file would then be refused even to download;
+        # it is recorded at its first signed upload instead.
+        built_api.declare_publisher_key(None if signing_key is None else signing_key.public)
         return Client(
             config=config,
             api=built_api,

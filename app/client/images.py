@@ -1,12 +1,15 @@
 """Encrypted container images: decrypt an archive, load it, check a version's images are there.
 
-The loader side (``unlock_images``) asks the engine first (a daemon that is down fails before a
-long decryption), fetches the version's key fragment, decrypts the archive into a private temp
-directory, checks the tar names every image the version needs, loads it and asks the engine for
-each ``{registry}/{service}:{version}``. The decrypted tar is deleted whatever happens. The
-publisher side (``seal_images``) ``docker save``s images, seals the tar as an authenticated v1
-archive under a new random fragment and registers the fragment before the archive is renamed
-into place.
+The loader side (``unlock_images``) asks the engine first (a read-only probe: a daemon that is
+down fails before a long decryption), fetches the version's key fragment with the publisher key
+the server vouches for, checks the archive's publisher signature (``domain.archive.
+check_archive_publisher``: pinned keys, else the vouched key) before a byte is decrypted, decrypts
+the archive into a private temp directory, checks the tar names every image the version needs,
+loads it and asks the engine for each ``{registry}/{service}:{version}``. The decrypted tar is
+deleted whatever happens. The publisher side (``seal_images``) ``docker save``s images, seals the
+tar as an authenticated v1 archive under a new random fragment, signs its header with the
+publisher key when one is configured, and registers the fragment (declaring that key) before the
+archive is renamed into place.
 
 ``decrypt_archive`` streams in fixed-size pieces (memory does not grow with the archive), tells
 the two archive kinds apart by magic and writes a 0600 temp file beside the output that is renamed
@@ -37,12 +40,14 @@ from returns.result import Failure, Result, Success
 from splitvault.adapters.atomic_file import write_atomically
 from splitvault.adapters.image_archive import inspect_image_archive
 from splitvault.app.client import pipeline
-from splitvault.domain import digest
+from splitvault.domain import digest, signature
 from splitvault.domain.archive import (
     HEAD_BYTES,
     TAR_BLOCK,
     V1_WHAT,
     ArchiveKind,
+    archive_start,
+    check_archive_publisher,
     check_legacy_archive_length,
     check_tar_start,
     check_v1_archive_length,
@@ -66,7 +71,7 @@ from splitvault.domain.errors import (
 )
 from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE
 from splitvault.domain.keys import KEY_BYTES, TAG_BYTES
-from splitvault.domain.ports import ContainerEngine, KeyFragments, Random
+from splitvault.domain.ports import ContainerEngine, KeyFragments, Random, VouchedFragment
 from splitvault.domain.ref import check_name
 
 log = logging.getLogger("splitvault.images")
@@ -231,6 +236,8 @@ def _open_v1(
     expected_version: str | None,
     progress: Progress | None,
 ) -> IOResult[None, Problem]:
+    start = archive_start(head)  # after the signed framing, which the caller has checked
+    head, size = head[start:], size - start
     started = open_v1_archive_header(head, fragment, expected_version=expected_version)
     if isinstance(started, Failure):
         failure = started.failure()
@@ -250,7 +257,7 @@ def _open_v1(
     cipher = memoryview(bytearray(span + TAG_BYTES))
     plain = memoryview(bytearray(span))
     leaves: list[bytes] = []
-    source.seek(header_length)
+    source.seek(start + header_length)
     for index in range(layout.chunk_count):
         start, end = layout.ciphertext_span(index)
         piece = cipher[: end - start]
@@ -305,6 +312,15 @@ def _unreadable(source: Path, output: Path, error: OSError) -> StorageFailed:
     return StorageFailed(str(output), f"cannot read {source}: {error.strerror or error}")
 
 
+@attrs.frozen
+class PublisherTrust:
+    """What an archive's publisher signature must verify under: any of the ``pinned`` keys when
+    there are some, else the key the server ``vouched`` for with the version's fragment."""
+
+    pinned: tuple[bytes, ...] = ()
+    vouched: bytes | None = None
+
+
 def decrypt_archive(
     encrypted_path: Path,
     key_fragment: bytes,
@@ -312,14 +328,63 @@ def decrypt_archive(
     *,
     expected_version: str | None = None,
     progress: Progress | None = None,
+    trust: PublisherTrust | None = None,
 ) -> IOResult[ArchiveKind, Problem]:
-    """Decrypt an image archive (legacy or v1, told apart by magic) into ``output_path``.
+    """Decrypt an image archive (legacy or v1, signed or not) into ``output_path``.
 
     Streams in fixed pieces; ``output_path`` appears (mode 0600) only when the whole archive
     checked. With ``expected_version``, a v1 archive for another version is a ``PartMismatch``.
-    Fails with ``NotFound`` for a missing archive, ``WrongKey`` for a wrong, truncated or empty
+    With ``trust`` (and ``expected_version``), the publisher signature is checked before the
+    output's temp file is created: ``UntrustedPublisher`` then. Without it the signature is not
+    checked (the original call, which knows no keys; ``unlock_images`` always checks). Fails
+    with ``NotFound`` for a missing archive, ``WrongKey`` for a wrong, truncated or empty
     fragment, ``CorruptResource`` for a truncated or altered archive, ``StorageFailed`` on I/O.
     """
+    return _decrypt(
+        encrypted_path,
+        key_fragment,
+        output_path,
+        expected_version=expected_version,
+        progress=progress,
+        trust=trust,
+    ).map(lambda done: done[0])
+
+
+def _trusted(
+    head: bytes, version: str | None, trust: PublisherTrust | None
+) -> Result[bytes | None, Problem]:
+    """The key that signed the archive starting with ``head``, ``None`` when it may pass
+    unsigned or nobody asked (``trust`` is ``None``); a refusal otherwise."""
+    if trust is None:
+        return Success(None)
+    checked = check_archive_publisher(
+        head, version or "(any)", pinned=trust.pinned, vouched=trust.vouched
+    )
+    if isinstance(checked, Failure):
+        return Failure(checked.failure())
+    signer = checked.unwrap()
+    if signer is None:
+        log.warning(
+            "the image archive of version %s carries no publisher signature (legacy, or sealed "
+            "before signatures); pin publisher_keys to refuse unsigned archives",
+            version,
+        )
+    else:
+        log.info(
+            "the image archive of version %s is signed by %s", version, signature.key_id(signer)
+        )
+    return Success(signer)
+
+
+def _decrypt(
+    encrypted_path: Path,
+    key_fragment: bytes,
+    output_path: Path,
+    *,
+    expected_version: str | None,
+    progress: Progress | None,
+    trust: PublisherTrust | None,
+) -> IOResult[tuple[ArchiveKind, bytes | None], Problem]:
     if not key_fragment:
         return IOFailure(WrongKey("image archive (the key fragment is empty)"))
     try:
@@ -337,6 +402,12 @@ def decrypt_archive(
                 StorageFailed(str(output_path), f"cannot read {encrypted_path}: {error}")
             )
         kind = detect_archive(head)
+        # Checked on the very bytes (the same open file) that are decrypted next, and before the
+        # output's temp file exists: an untrusted archive writes nothing.
+        trusted = _trusted(head, expected_version, trust)
+        if isinstance(trusted, Failure):
+            return IOFailure(trusted.failure())
+        signer = trusted.unwrap()
         log.info("decrypting %s (%s, %d bytes)", encrypted_path, kind.value, size)
 
         def write(sink: BinaryIO) -> IOResult[None, Problem]:
@@ -353,7 +424,7 @@ def decrypt_archive(
                 )
             return _open_legacy(source, sink, size=size, fragment=key_fragment, progress=progress)
 
-        return _write_beside(output_path, write).map(lambda _: kind)
+        return _write_beside(output_path, write).map(lambda _: (kind, signer))
 
 
 # --- unlocking: fragment, decrypt, load, check ----------------------------------------------------
@@ -368,6 +439,7 @@ class UnlockReport:
     loaded: tuple[str, ...]
     images: tuple[str, ...]
     archive_bytes: int
+    publisher_key: bytes | None = None  # the key that signed it (None: unsigned, allowed)
 
 
 def find_missing(
@@ -414,14 +486,19 @@ def unlock_images(
     registry: str,
     workdir: Path | None = None,
     progress: Progress | None = None,
+    pinned: Sequence[bytes] = (),
 ) -> IOResult[UnlockReport, Problem]:
-    """Unlock ``archive`` for ``version``: fragment, decrypt, load, check every service's image.
+    """Unlock ``archive`` for ``version``: fragment, signature, decrypt, load, check each image.
 
-    ``workdir`` holds the private temp directory for the decrypted tar (the system temp dir by
-    default); the tar is deleted whatever happens. Fails with ``InvalidRef``/``ConfigInvalid``
-    for a bad version or config, ``EngineFailed`` when the engine is down or refuses the tar,
-    the fragment's API failure, the archive's format failure (nothing is loaded then), or
-    ``ImagesMissing`` listing the ``{registry}/{service}:{version}`` names that are absent.
+    The archive's publisher signature must verify under one of ``pinned`` (the configured
+    ``publisher_keys``) when any, else under the key the server vouches for with the fragment;
+    it is checked before anything is decrypted or loaded. ``workdir`` holds the private temp
+    directory for the decrypted tar (the system temp dir by default); the tar is deleted whatever
+    happens. Fails with ``InvalidRef``/``ConfigInvalid`` for a bad version or config,
+    ``EngineFailed`` when the engine is down or refuses the tar, the fragment's API failure,
+    ``UntrustedPublisher`` for an unsigned or untrusted archive, the archive's format failure
+    (nothing is loaded then), or ``ImagesMissing`` listing the ``{registry}/{service}:{version}``
+    names that are absent.
     """
     config = ImagesConfig.parse(registry, services)
     if isinstance(config, Failure):
@@ -434,37 +511,40 @@ def unlock_images(
         return IOFailure(NotFound(f"the image archive {archive}"))
     archive_bytes = archive.stat().st_size
 
-    # Asking the engine first makes a daemon that is down fail before a long decryption.
+    # Asking the engine first makes a daemon that is down fail before a long decryption. It is
+    # a read-only question; nothing reaches the engine before the signature has been checked.
     probe: IOResult[bool, Problem] = engine.has_image(names[0])
 
-    def fetch(_: bool) -> IOResult[bytes, Problem]:
-        return fragments.get_fragment(version)
+    def fetch(_: bool) -> IOResult[VouchedFragment, Problem]:
+        return fragments.vouched_fragment(version)
 
-    def unlock(fragment: bytes) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Problem]:
+    def unlock(vouched: VouchedFragment) -> IOResult[_Unlocked, Problem]:
         return _decrypt_and_load(
             archive,
-            fragment,
+            vouched.fragment,
             version=version,
             names=names,
             engine=engine,
             workdir=workdir,
             progress=progress,
+            trust=PublisherTrust(tuple(pinned), vouched.publisher_key),
         )
 
-    def check(
-        done: tuple[ArchiveKind, tuple[str, ...]],
-    ) -> IOResult[UnlockReport, Problem]:
-        kind, loaded = done
+    def check(done: _Unlocked) -> IOResult[UnlockReport, Problem]:
+        kind, signer, loaded = done
 
         def report(missing: tuple[str, ...]) -> IOResult[UnlockReport, Problem]:
             if missing:
                 return IOFailure(ImagesMissing(missing))
             log.info("version %s: %d image(s) loaded and present", version, len(names))
-            return IOSuccess(UnlockReport(version, kind, loaded, names, archive_bytes))
+            return IOSuccess(UnlockReport(version, kind, loaded, names, archive_bytes, signer))
 
         return find_missing(engine, names).bind(report)
 
     return probe.bind(fetch).bind(unlock).bind(check)
+
+
+_Unlocked = tuple[ArchiveKind, bytes | None, tuple[str, ...]]  # kind, signer, names loaded
 
 
 def _decrypt_and_load(
@@ -476,7 +556,8 @@ def _decrypt_and_load(
     engine: ContainerEngine,
     workdir: Path | None,
     progress: Progress | None,
-) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Problem]:
+    trust: PublisherTrust,
+) -> IOResult[_Unlocked, Problem]:
     try:
         private = Path(tempfile.mkdtemp(prefix="splitvault-unlock-", dir=workdir))
     except OSError as error:
@@ -484,14 +565,15 @@ def _decrypt_and_load(
     tar = private / "images.tar"
     try:
 
-        def load(kind: ArchiveKind) -> IOResult[tuple[ArchiveKind, tuple[str, ...]], Problem]:
+        def load(done: tuple[ArchiveKind, bytes | None]) -> IOResult[_Unlocked, Problem]:
             loaded: IOResult[tuple[str, ...], Problem] = engine.load(tar)
-            return loaded.map(lambda names_loaded: (kind, names_loaded))
+            return loaded.map(lambda names_loaded: (*done, names_loaded))
 
-        return (
-            decrypt_archive(archive, fragment, tar, expected_version=version, progress=progress)
-            .bind(lambda kind: _check_contents(tar, names).map(lambda _: kind))
-            .bind(load)
+        decrypted = _decrypt(
+            archive, fragment, tar, expected_version=version, progress=progress, trust=trust
+        )
+        return decrypted.bind(lambda done: _check_contents(tar, names).map(lambda _: done)).bind(
+            load
         )
     finally:
         # The decrypted tar is the plaintext the whole scheme protects: never leave it behind.
@@ -518,6 +600,7 @@ class SealImagesReport:
     images: tuple[str, ...]
     tar_bytes: int
     archive_bytes: int
+    publisher_key: bytes | None = None  # the key that signed it (None: unsigned)
 
 
 def _seal_v1(
@@ -529,6 +612,7 @@ def _seal_v1(
     file_id: bytes,
     chunk_size: int,
     progress: Progress | None,
+    signing_key: signature.PublisherKey | None,
 ) -> IOResult[int, Problem]:
     size = tar.stat().st_size
     started = start_v1_archive(version, size, fragment, file_id, chunk_size)
@@ -536,8 +620,10 @@ def _seal_v1(
         return IOFailure(started.failure())
     sealer = started.unwrap()
     layout = sealer.layout
-    header_length = v1_archive_header_length(sealer)
-    # The header needs the ciphertext's hash: reserve its bytes, write it last.
+    framing = 0 if signing_key is None else signature.SIGNED_PREFIX_BYTES
+    header_length = framing + v1_archive_header_length(sealer)
+    # The header needs the ciphertext's hash and the signature the header: reserve their bytes,
+    # write them last.
     sink.write(bytes(header_length))
     plain = memoryview(bytearray(layout.chunk_size))
     cipher = memoryview(bytearray(layout.chunk_size + TAG_BYTES))
@@ -552,8 +638,11 @@ def _seal_v1(
             leaves.append(digest.leaf(cipher[:written]))
             sink.write(cipher[:written])
             _report(progress, len(piece))
+    header = finish_v1_archive(sealer, digest.root(layout.big_length, leaves))
     sink.seek(0)
-    sink.write(finish_v1_archive(sealer, digest.root(layout.big_length, leaves)))
+    if signing_key is not None:
+        sink.write(signature.sign_archive(signing_key, header))
+    sink.write(header)
     return IOSuccess(header_length + layout.ciphertext_length)
 
 
@@ -568,12 +657,16 @@ def seal_images(
     workdir: Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
+    signing_key: signature.PublisherKey | None = None,
 ) -> IOResult[SealImagesReport, Problem]:
     """Seal ``images`` as the v1 archive of ``version`` at ``out`` under a new key fragment.
 
-    ``docker save`` goes to a private temp directory (deleted afterwards); the archive is written
-    to a temp file beside ``out``; the fragment is registered with ``fragments.put_fragment``
-    before the rename, so ``out`` never appears without a fragment that opens it. Fails with
+    With ``signing_key`` (the configured ``publisher_signing_key_file``) the archive's header is
+    signed and the fragment is registered declaring that key, so the server vouches for it;
+    without one the archive is unsigned (loaders that pin keys refuse it). ``docker save`` goes
+    to a private temp directory (deleted afterwards); the archive is written to a temp file
+    beside ``out``; the fragment is registered with ``fragments.put_fragment`` before the rename,
+    so ``out`` never appears without a fragment that opens it. Fails with
     ``InvalidRef`` for a bad version, ``EngineFailed`` when the save fails, ``ImagesMissing``
     when the saved tar lacks a requested image, the API's failure, or ``StorageFailed``.
     """
@@ -583,6 +676,12 @@ def seal_images(
     if not images:
         return IOFailure(ConfigInvalid("images", "name at least one image to seal"))
     wanted = tuple(images)
+    if signing_key is None:
+        log.warning(
+            "sealing version %s unsigned (no publisher_signing_key_file): loaders that pin "
+            "publisher_keys will refuse it",
+            version,
+        )
     try:
         private = Path(tempfile.mkdtemp(prefix="splitvault-seal-", dir=workdir or out.parent))
     except OSError as error:
@@ -602,15 +701,26 @@ def seal_images(
                 file_id=file_id,
                 chunk_size=chunk_size,
                 progress=progress,
+                signing_key=signing_key,
             )
+            declared = None if signing_key is None else signing_key.public
             # Register before the rename: an archive nobody can open must never appear.
             return sealed.bind(
-                lambda length: fragments.put_fragment(version, fragment).map(lambda _: length)
+                lambda length: fragments.put_fragment(version, fragment, declared).map(
+                    lambda _: length
+                )
             )
 
         def report(archive_bytes: int) -> SealImagesReport:
             log.info("sealed %d image(s) as version %s into %s", len(wanted), version, out)
-            return SealImagesReport(version, out, wanted, tar.stat().st_size, archive_bytes)
+            return SealImagesReport(
+                version,
+                out,
+                wanted,
+                tar.stat().st_size,
+                archive_bytes,
+                None if signing_key is None else signing_key.public,
+            )
 
         return (
             saved.bind(lambda _: _check_contents(tar, wanted))

@@ -44,7 +44,14 @@ from splitvault.domain import signature, wire
 from splitvault.domain.config import cdn_config_from_mapping
 from splitvault.domain.errors import Conflict
 from splitvault.domain.format_v1 import parse_header
-from splitvault.domain.ports import Account, Device, ResourceVersion, ServerStore, StoreFailure
+from splitvault.domain.ports import (
+    Account,
+    Device,
+    ResourceVersion,
+    ServerStore,
+    StoredFragment,
+    StoreFailure,
+)
 from splitvault.domain.ref import ResourceRef, check_name, parse_folder
 
 log = logging.getLogger("splitvault.server")
@@ -327,15 +334,29 @@ def _ref(folder: object, name: object) -> ResourceRef:
     return parsed.unwrap()
 
 
-PUBLISHER_KEY_SETTING: Final = "publisher-key:"
+def require_publisher_key(state: ServerState, principal: Principal, public_key: bytes) -> None:
+    """Refuse (403) unless ``public_key`` is the account's recorded publisher key.
+
+    The key is recorded on the account's first use of one (trust on first use); an operator
+    re-keys an account with ``splitvault admin publishers set|clear``. Runs in the thread pool.
+    """
+    recorded = stored(state.store.record_publisher_key(principal.email, public_key, state.now()))
+    if recorded != public_key:
+        raise Refusal(
+            403,
+            "UntrustedPublisher",
+            f"this account publishes with key {signature.key_id(recorded)}, not "
+            f"{signature.key_id(public_key)}; sign with it, or ask an administrator to re-key "
+            f"it (splitvault admin publishers set {principal.email} --key HEX)",
+        )
 
 
 def check_publisher(state: ServerState, principal: Principal, small_part: bytes) -> None:
     """Refuse a signed small part unless it verifies under the uploader's recorded key.
 
-    The key is recorded on the account's first signed upload (trust on first use; an
-    administrator removes the setting to rotate it); every later upload must be signed by it.
-    This is what the server vouches for: a download's signer is the publisher it accepted.
+    This is what the server vouches for: a download's signer is the publisher it accepted, and
+    the signed part itself (its framing names the key) is the per-version record, so versions
+    signed before an operator re-keyed the account keep verifying under the key they carry.
     Unsigned parts (the original client's, older uploads) are stored as they are; clients that
     pin publisher keys refuse them.
     """
@@ -347,15 +368,7 @@ def check_publisher(state: ServerState, principal: Principal, small_part: bytes)
         raise Refusal(400, "BadRequest", "the signed small part holds no valid v1 header")
     if signature.signed_public(part, parsed.unwrap()[1]) is None:
         raise Refusal(400, "BadSignature", "the publisher signature does not verify")
-    name = PUBLISHER_KEY_SETTING + principal.email
-    recorded = stored(state.store.setting_or_create(name, part.public))
-    if recorded != part.public:
-        raise Refusal(
-            403,
-            "UntrustedPublisher",
-            f"this account publishes with key {signature.key_id(recorded)}, not "
-            f"{signature.key_id(part.public)}; sign with it, or ask an administrator to rotate it",
-        )
+    require_publisher_key(state, principal, part.public)
 
 
 def version_of(small_part: bytes) -> str:
@@ -412,9 +425,22 @@ async def enrol_device(state: ServerState, request: Request) -> Response:
     body = await _json_object(request)
     public_key = _hex_field(body, wire.FIELD_PUBLIC_KEY, envelopes.PUBLIC_KEY_BYTES)
     tag = _hex_field(body, wire.FIELD_FINGERPRINT_TAG, 32)
+    declared = None
+    if body.get(wire.FIELD_PUBLISHER_KEY) is not None:
+        declared = _hex_field(body, wire.FIELD_PUBLISHER_KEY, signature.PUBLIC_KEY_BYTES)
+    if principal.role not in WRITE_ROLES:
+        declared = None  # a reader publishes nothing; its (shared) config may still name a key
 
     def work() -> tuple[Device, str]:
+        if declared is not None:
+            held = stored(state.store.publisher_key(principal.email))
+            if held is not None and held != declared:
+                require_publisher_key(state, principal, declared)  # refuses, saying why
         device = state.enrol(principal, public_key, tag)
+        # Recorded only once the device is in: a password alone (no device slot, or a device
+        # waiting for approval) must not choose the account's publisher key.
+        if declared is not None:
+            require_publisher_key(state, principal, declared)
         account = stored(state.store.get_account(principal.email))
         if account is None:
             raise Refusal(401, "InvalidToken", "the account no longer exists")
@@ -428,22 +454,32 @@ async def enrol_device(state: ServerState, request: Request) -> Response:
 
 
 def sealed_response(
-    principal: Principal, kind: envelopes.Kind, subject: str, version: str, plaintext: bytes
+    principal: Principal,
+    kind: envelopes.Kind,
+    subject: str,
+    version: str,
+    plaintext: bytes,
+    *,
+    publisher: bytes | None = None,
 ) -> Response:
-    """``plaintext`` sealed with HPKE to the token's device, ``info`` binding kind, subject and
-    version; the headers name the device and version a client needs to rebuild ``info``."""
+    """``plaintext`` sealed with HPKE to the token's device, ``info`` binding kind, subject,
+    version and (a key fragment's) the publisher key vouched for; the headers name the device,
+    version and publisher key a client needs to rebuild ``info``."""
     device = principal.device
     if device is None:  # authenticate() gives no device-less principal beyond enrolment
         raise Refusal(401, wire.ERROR_NOT_ENROLLED, "enrol this device before downloading")
-    info = envelopes.envelope_info(kind, device.device_id, subject, version)
+    info = envelopes.envelope_info(kind, device.device_id, subject, version, publisher or b"")
+    headers = {
+        "Cache-Control": "no-store",
+        wire.VERSION_HEADER: version,
+        wire.DEVICE_HEADER: device.device_id,
+    }
+    if publisher:
+        headers[wire.PUBLISHER_KEY_HEADER] = publisher.hex()
     return Response(
         envelopes.seal(plaintext, device.public_key, info),
         media_type="application/octet-stream",
-        headers={
-            "Cache-Control": "no-store",
-            wire.VERSION_HEADER: version,
-            wire.DEVICE_HEADER: device.device_id,
-        },
+        headers=headers,
     )
 
 
@@ -590,11 +626,34 @@ async def latest_key_fragment(state: ServerState, request: Request) -> Response:
     no-version ``download_key_fragment(url, token)``)."""
     principal = await run_in_threadpool(state.authenticate, request)
     await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "read")
-    found = await run_in_threadpool(lambda: stored(state.store.latest_fragment()))
+    found = await run_in_threadpool(lambda: stored(state.store.fragment_record(None)))
     if found is None:
         raise Refusal(404, "NotFound", "no key fragment is registered yet")
-    version, fragment = found
-    return sealed_response(principal, "key-fragment", version, version, fragment)
+    return _fragment_response(principal, found)
+
+
+def _fragment_response(principal: Principal, found: StoredFragment) -> Response:
+    # The publisher key recorded with the fragment is what the server vouches for: the archive
+    # of this version must be signed by it (loaders that pin keys check their own instead).
+    version = found.version
+    return sealed_response(
+        principal, "key-fragment", version, version, found.fragment, publisher=found.publisher_key
+    )
+
+
+def _declared_key(request: Request) -> bytes | None:
+    """The publisher key a ``PUT /keys/{version}`` declares, or ``None`` (an unsigned archive)."""
+    text = request.headers.get(wire.PUBLISHER_KEY_HEADER)
+    if text is None:
+        return None
+    public = signature.public_key_from_hex(text)
+    if public is None:
+        raise Refusal(
+            400,
+            "BadRequest",
+            f"{wire.PUBLISHER_KEY_HEADER} must be {2 * signature.PUBLIC_KEY_BYTES} hex digits",
+        )
+    return public
 
 
 async def key_fragment(state: ServerState, request: Request) -> Response:
@@ -607,17 +666,27 @@ async def key_fragment(state: ServerState, request: Request) -> Response:
         await run_in_threadpool(
             require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "read"
         )
-        fragment = await run_in_threadpool(lambda: stored(state.store.get_fragment(version)))
-        if fragment is None:
+        found = await run_in_threadpool(lambda: stored(state.store.fragment_record(version)))
+        if found is None:
             raise Refusal(404, "NotFound", f"no key fragment for version {version}")
-        return sealed_response(principal, "key-fragment", version, version, fragment)
+        return _fragment_response(principal, found)
     await run_in_threadpool(require_grant, state, principal, wire.FRAGMENTS_GRANT_FOLDER, "write")
+    declared = _declared_key(request)
     fragment = await request.body()
     if not fragment:
         raise Refusal(400, "BadRequest", "a key fragment is never empty")
     if len(fragment) > wire.MAX_FRAGMENT_BYTES:
         raise Refusal(413, "TooLarge", f"a key fragment is at most {wire.MAX_FRAGMENT_BYTES} bytes")
-    await run_in_threadpool(lambda: stored(state.store.put_fragment(version, fragment)))
+    record = StoredFragment(version, fragment, principal.email, declared)
+
+    def register() -> None:
+        # The declared key must be the account's (recorded now if it has none): the server
+        # vouches for this version's archive with it, and only for this account's key.
+        if declared is not None:
+            require_publisher_key(state, principal, declared)
+        stored(state.store.register_fragment(record))
+
+    await run_in_threadpool(register)
     log.info("stored key fragment for version %s", version)
     return JSONResponse({wire.FIELD_VERSION: version}, status_code=201)
 

@@ -56,7 +56,7 @@ from splitvault.domain.errors import (
     RemoteError,
     WrongKey,
 )
-from splitvault.domain.ports import ApiFailure, ContainerEngine
+from splitvault.domain.ports import ApiFailure, ContainerEngine, VouchedFragment
 from tests.support.dockerd import (  # noqa: F401 - `dockerd` is a fixture pytest finds by name
     PrivateDockerd,
     dockerd,
@@ -79,23 +79,31 @@ _counter = itertools.count()
 
 
 class FakeKeyFragments:
-    """Fragments in a dict; ``gets`` records every version asked for."""
+    """Fragments in a dict; ``gets`` records every version asked for; ``keys`` the publisher
+    key each was registered under (what the fake vouches for)."""
 
     def __init__(self, stored: dict[str, bytes] | None = None, *, refuse_put: bool = False):
         self.stored = dict(stored or {})
+        self.keys: dict[str, bytes | None] = {}
         self.gets: list[str] = []
         self.refuse_put = refuse_put
 
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
+        return self.vouched_fragment(version).map(lambda vouched: vouched.fragment)
+
+    def vouched_fragment(self, version: str) -> IOResult[VouchedFragment, ApiFailure]:
         self.gets.append(version)
         if version not in self.stored:
             return IOFailure(NotFound(f"the key fragment of version {version}"))
-        return IOSuccess(self.stored[version])
+        return IOSuccess(VouchedFragment(self.stored[version], self.keys.get(version)))
 
-    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
+    def put_fragment(
+        self, version: str, fragment: bytes, publisher_key: bytes | None = None
+    ) -> IOResult[None, ApiFailure]:
         if self.refuse_put:
             return IOFailure(RemoteError(f"PUT /keys/{version}", 500, "refused by the test"))
         self.stored[version] = fragment
+        self.keys[version] = publisher_key
         return IOSuccess(None)
 
 

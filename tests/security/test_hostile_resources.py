@@ -37,7 +37,7 @@ from splitvault.domain.errors import (
 )
 from splitvault.domain.format_v1 import MAX_CHUNK_SIZE, MAX_PLAINTEXT_LENGTH, Sealer, seal_bytes
 from splitvault.domain.legacy import seal_legacy_bytes
-from splitvault.domain.ports import ApiFailure
+from splitvault.domain.ports import ApiFailure, VouchedFragment
 from splitvault.domain.ref import ResourceRef
 from tests.security.hostile import RecordingEngine, failure, ok
 from tests.support.dockerd import handmade_archive
@@ -336,7 +336,12 @@ class Fragments:
     def get_fragment(self, version: str) -> IOResult[bytes, ApiFailure]:
         return IOSuccess(self.fragment)
 
-    def put_fragment(self, version: str, fragment: bytes) -> IOResult[None, ApiFailure]:
+    def vouched_fragment(self, version: str) -> IOResult[VouchedFragment, ApiFailure]:
+        return IOSuccess(VouchedFragment(self.fragment, None))
+
+    def put_fragment(
+        self, version: str, fragment: bytes, publisher_key: bytes | None = None
+    ) -> IOResult[None, ApiFailure]:
         return IOSuccess(None)
 
 
