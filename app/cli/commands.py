@@ -356,8 +356,12 @@ def _engine() -> Any:
 
 def seal_images(args: argparse.Namespace) -> Report:
     """``splitvault seal-images``: docker save, encrypt under a new fragment, register it."""
+    from splitvault.app.client.images import check_version
     from splitvault.app.client.images import seal_images as seal
 
+    bad_version = check_version(args.version)
+    if bad_version is not None:  # before the login that the signing key may need
+        raise to_exception(bad_version)
     client = _client(args)
     try:
         # The key file's key, else the account's default key (derived at login), as uploads.
