@@ -299,7 +299,7 @@ def test_upload_parts_go_unsigned_and_whole(s3_cdn: S3Cdn, tmp_path: Path) -> No
             signed = request.headers.get("X-Amz-Content-SHA256", b"")  # prepared: bytes
             sent.append((length, signed.decode() if isinstance(signed, bytes) else signed))
 
-    events: Any = s3_cdn._client.meta.events  # type: ignore[attr-defined]
+    events: Any = s3_cdn._client.meta.events
     events.register("before-send.s3.UploadPart", note)
     try:
         value_of(s3_cdn.upload_file(REF, write(tmp_path / "src", data)))
