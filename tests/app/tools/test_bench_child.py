@@ -17,7 +17,5 @@ def test_the_measuring_child_does_not_import_the_parents_machinery() -> None:
         " 'splitvault.app.tools.bench']\n"
         "print(json.dumps([name for name in heavy if name in sys.modules]))\n"
     )
-    done = subprocess.run(  # noqa: S603 -- our own interpreter
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
