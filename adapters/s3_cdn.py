@@ -569,7 +569,7 @@ class S3Cdn:
 
 def _read_part(fd: int, low: int, size: int, into: bytearray | None = None) -> bytearray:
     """Bytes ``[low, low + size)`` of the file, read into ``into`` when given (it is ``size``
-    long). Raises ``OSError`` (``EIO``-like, naming the cause) when the file ends first."""
+    long). Raises ``OSError`` for a read error, or one saying so when the file ends first."""
     buffer = into if into is not None else bytearray(size)
     view = memoryview(buffer)
     done = 0
