@@ -1,15 +1,16 @@
 """File-to-file seal and open: the parallel, streaming pipeline behind upload, download and bench.
 
-A resource is processed chunk by chunk on a small thread pool. Each worker reads its chunk with a
-positional read into a reused buffer and seals or opens it with the AES ``*_into`` calls, which
-release the GIL, so the cores really work at once. The steps that must follow the file's order (a
-serial CBC encryption, the legacy suite's hash, and the writes, since parallel writers to one file
-only contend for its lock) are passed from chunk to chunk like a relay baton, on the worker that
-holds the bytes while they are still in its cache. The big part's digest (``domain.digest``) is
-hashed per chunk, by the worker that produced it, so it runs on every core and overlaps the
-encryption instead of costing a second pass over the file. At most ``2 * workers`` chunk buffers
-exist at any time, so memory does not grow with the resource. Where each chunk's ciphertext lives
-(small part, big part or both) comes from ``domain.format_v1.Layout``; this module moves bytes.
+A resource is processed chunk by chunk by ``workers`` threads, the caller's among them. Each owns
+one pair of chunk buffers and claims chunk after chunk from a shared counter (no task object,
+future or hand-off per chunk): it reads its chunk with a positional read into its buffer, seals or
+opens it with the AES ``*_into`` calls and hashes its share of the big part with BLAKE3, which all
+release the GIL, so the cores really work at once and the digest costs no second pass over the
+file. Writes go to an output sized up front, one writer at a time (parallel writers to one file
+only spin on its inode lock) but in any order, so no core waits for a chunk that runs late. The
+legacy suite's serial steps (CBC encryption, its hash) are passed from chunk to chunk like a relay
+baton, in file order, on the worker that holds the bytes. ``workers`` buffer pairs exist in all, so
+memory does not grow with the resource. Where each chunk's ciphertext lives (small part, big part
+or both) comes from ``domain.format_v1.Layout``; this module moves bytes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import hmac
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -116,6 +115,49 @@ class _Turns:
 _Task = Callable[[int, _Slot, _Turns], "errors.Problem | None"]
 
 
+class _Claims:
+    """The shared state of one run: the next chunk to claim, bytes done, the first failure.
+
+    Chunks are claimed in index order and a worker claims its next chunk only once its current
+    one is done, so the chunk a relay baton waits for is always being worked on.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._next = 0
+        self._done_bytes = 0
+        self._reported = 0
+        self._lock = threading.Lock()
+        self.failure: tuple[int, errors.Problem] | None = None
+        self.error: BaseException | None = None
+
+    def claim(self) -> int | None:
+        with self._lock:
+            if self._next >= self.count or self.failure is not None or self.error is not None:
+                return None
+            index = self._next
+            self._next += 1
+            return index
+
+    def finish(self, index: int, size: int, failure: errors.Problem | None) -> None:
+        with self._lock:
+            if failure is None:
+                self._done_bytes += size
+            elif self.failure is None or index < self.failure[0]:
+                self.failure = (index, failure)
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+
+    def unreported(self) -> int:
+        with self._lock:
+            delta = self._done_bytes - self._reported
+            self._reported = self._done_bytes
+            return delta
+
+
 def _run_chunks(
     count: int,
     *,
@@ -126,37 +168,59 @@ def _run_chunks(
     chunk_bytes: Callable[[int], int],
     progress: Progress | None,
 ) -> errors.Problem | None:
-    """Run ``task`` for chunks ``0..count-1`` on a pool with at most ``2 * workers`` in flight.
+    """Run ``task`` for chunks ``0..count-1`` on ``workers`` threads, the caller's among them.
 
-    The calling thread waits for chunks in order, reports progress and stops at the first
-    failure, returning it once every task already started has finished: no worker touches a
-    file descriptor or buffer after this returns.
+    Each worker owns one slot (a plaintext and a ciphertext buffer) and claims chunk after chunk
+    until none is left: no task objects, futures or hand-offs per chunk, and ``workers`` slots in
+    all, so memory does not grow with the resource. The caller's thread is a worker too and
+    reports progress (the bytes every worker finished since its last report) between its own
+    chunks. The run stops claiming at the first failure and returns the failure of the lowest
+    chunk that failed, once every worker has stopped: no worker touches a file descriptor or
+    buffer after this returns. An exception raised by a task is re-raised here.
     """
+    claims = _Claims(count)
     turns = _Turns(stages)
-    slots = deque(_Slot(*slot_sizes) for _ in range(min(count, 2 * workers)))
-    inflight: deque[tuple[int, _Slot, Future[errors.Problem | None]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-chunk") as pool:
+    threads = max(1, min(workers, count))
+
+    def work(report: bool) -> None:
+        slot = _Slot(*slot_sizes)
         try:
-            next_index = 0
-            while next_index < count or inflight:
-                while next_index < count and slots:
-                    slot = slots.popleft()
-                    future = pool.submit(task, next_index, slot, turns)
-                    inflight.append((next_index, slot, future))
-                    next_index += 1
-                index, slot, future = inflight.popleft()
-                failure = future.result()
+            while (index := claims.claim()) is not None:
+                failure = task(index, slot, turns)
+                claims.finish(index, chunk_bytes(index), failure)
                 if failure is not None:
-                    return failure
-                slots.append(slot)
-                if progress is not None:
-                    progress(chunk_bytes(index))
-            return None
-        finally:
+                    turns.stop()
+                elif report and progress is not None and (delta := claims.unreported()):
+                    progress(delta)
+        except BaseException as error:
+            claims.fail(error)
             turns.stop()
-            for _, _, pending in inflight:
-                pending.cancel()
-            wait([pending for _, _, pending in inflight])
+            if not report:
+                return  # a helper thread: the caller re-raises it
+            raise
+
+    helpers = [
+        threading.Thread(target=work, args=(False,), name=f"splitvault-chunk-{n}", daemon=True)
+        for n in range(threads - 1)
+    ]
+    for helper in helpers:
+        helper.start()
+    try:
+        work(True)
+    finally:
+        # No stop here: on success the helpers still finish their last chunks (and their turns).
+        # A failure or an exception has already stopped the turns inside ``work``.
+        for helper in helpers:
+            helper.join()
+    if claims.error is not None:
+        raise claims.error
+    if claims.failure is not None:
+        return claims.failure[1]
+    if progress is not None:
+        rest = claims.unreported()
+        if rest:
+            progress(rest)
+    return None
 
 
 def _os_failure(what: str, exc: OSError, action: str = "write") -> errors.Problem:
@@ -272,7 +336,7 @@ def _plain_length(layout: Layout) -> Callable[[int], int]:
 def _run_v1_chunks(
     layout: Layout, workers: int, task: _Task, progress: Progress | None
 ) -> errors.Problem | None:
-    """``_run_chunks`` over a v1 layout, with one ordered stage (the writes)."""
+    """``_run_chunks`` over a v1 layout; no step of a v1 chunk depends on another's order."""
     # Buffers as large as the largest chunk present, not the chunk size the header claims: a
     # 1 KB resource sealed with 64 MiB chunks must not cost 128 MiB per slot. (Callers check the
     # big part's length first, so this is bounded by real data.)
@@ -281,7 +345,7 @@ def _run_v1_chunks(
         layout.chunk_count,
         workers=workers,
         slot_sizes=(span, span + TAG_BYTES),
-        stages=1,
+        stages=0,
         task=task,
         chunk_bytes=_plain_length(layout),
         progress=progress,
@@ -361,6 +425,7 @@ def seal_file(
                 _prepare_output(big_fd, layout.big_length)
             small = memoryview(bytearray(layout.small_ciphertext_length))
             leaves: list[bytes | None] = [None] * layout.chunk_count
+            write_lock = threading.Lock()
 
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 pt_start, pt_end = layout.plaintext_span(index)
@@ -377,11 +442,11 @@ def seal_file(
                     share = sealed[_small_share(layout.small_ciphertext_length, ct_start, size) :]
                     if share:
                         leaves[index] = digest.leaf(share)
-                    # One writer at a time, in file order: parallel writers to one file only
-                    # spin on its inode lock.
-                    with turns.turn(0, index) as go, _blame(writing):
-                        if go:
-                            _scatter(layout.segments(ct_start, ct_end), sealed, small, big_fd)
+                    # One writer at a time, in any order (the file is sized up front): parallel
+                    # writers to one file only spin on its inode lock, and waiting for the
+                    # previous chunk's turn would idle a core whenever that chunk runs late.
+                    with write_lock, _blame(writing):
+                        _scatter(layout.segments(ct_start, ct_end), sealed, small, big_fd)
                 except _Blamed as blamed:
                     return blamed.problem
                 return None
@@ -471,6 +536,7 @@ def open_with(
                 stack.callback(os.close, out_fd)
                 _prepare_output(out_fd, layout.plaintext_length)
             leaves: list[bytes | None] = [None] * layout.chunk_count
+            write_lock = threading.Lock()
 
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
                 ct_start, ct_end = layout.ciphertext_span(index)
@@ -487,9 +553,8 @@ def open_with(
                     if not is_successful(opened):
                         return opened.failure()
                     pt_start, pt_end = layout.plaintext_span(index)
-                    with turns.turn(0, index) as go, _blame(writing):
-                        if go:
-                            _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
+                    with write_lock, _blame(writing):  # one writer at a time, in any order
+                        _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
                 except _Blamed as blamed:
                     return blamed.problem
                 return None

@@ -27,7 +27,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -38,26 +37,24 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
-from returns.io import IOResult
-from returns.pipeline import is_successful
-from returns.unsafe import unsafe_perform_io
 
-from splitvault.domain import errors
+from splitvault.app.tools.bench_child import BENCH_REF as _BENCH_REF
+from splitvault.app.tools.bench_child import BUCKET as _BUCKET
+from splitvault.app.tools.bench_child import child_main, peak_rss_of
+from splitvault.app.tools.bench_child import unwrap as _unwrap
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.sizes import GIB, MIB, format_size
 
-_T = TypeVar("_T")
+__all__ = ["BenchFailed", "BenchReport", "Measurement", "peak_rss_of", "run_bench"]
 
-_BENCH_REF = ResourceRef("bench", "resource")
 _WARM_REF = ResourceRef("bench", "warm-8mib")
 WARM_SIZE = 8 * MIB
 DEFAULT_ONLINE_SIZE = 256 * MIB
 # Room the run needs on disk, in multiples of the size: source, big part, output and scratch.
 _DISK_FACTOR = 4.2
-_BUCKET = "bench"
 _PARAMS_COUNTER = itertools.count()
 
 
@@ -137,113 +134,6 @@ def generate_file(path: Path, size: int) -> None:
             turn = (turn + 4099) % MIB
 
 
-# --- the child side: one operation per process ---------------------------------------------------
-
-
-def _child_operation(op: str, args: dict[str, Any]) -> None:
-    """Run one operation; it imports only what it needs, so its start-up cost is its own."""
-    workers = args.get("workers")
-    if op == "baseline":
-        return
-    if op in {"v1-seal", "v1-open"}:
-        from splitvault.app.client import pipeline
-
-        if op == "v1-seal":
-            sealed = pipeline.seal_file(
-                Path(args["source"]),
-                Path(args["big"]),
-                ref=_BENCH_REF,
-                dek=bytes.fromhex(args["key"]),
-                file_id=bytes.fromhex(args["file_id"]),
-                workers=workers,
-            )
-            Path(args["small"]).write_bytes(_unwrap(sealed).small_part)
-        else:
-            opened = pipeline.open_file(
-                Path(args["small"]).read_bytes(),
-                Path(args["big"]),
-                Path(args["out"]),
-                workers=workers,
-            )
-            _unwrap(opened)
-        return
-    if op in {"upload", "download"}:
-        client = _bench_client(args)
-        try:
-            ref = ResourceRef(args["folder"], args["name"])
-            if op == "upload":
-                _unwrap(client.upload(ref, Path(args["source"])))
-            else:
-                report = _unwrap(client.download(ref, Path(args["out"])))
-                if report.cache_hit != args["expect_hit"]:
-                    raise SystemExit(f"bench operation failed: cache hit was {report.cache_hit}")
-        finally:
-            client.close()
-        return
-    if op in {"boto3-upload", "boto3-download"}:
-        import boto3
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=args["endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench-secret",  # noqa: S106 - loopback moto only
-        )
-        if op == "boto3-upload":
-            s3.upload_file(args["source"], _BUCKET, args["key"])
-        else:
-            s3.download_file(_BUCKET, args["key"], args["out"])
-        return
-    raise ValueError(f"unknown bench operation {op!r}")
-
-
-def _bench_client(args: dict[str, Any]) -> Any:
-    """A client of the bench's reference server, through the real composition root."""
-    from splitvault.adapters.fixed_hardware import FixedHardware
-    from splitvault.app.client.bootstrap import bootstrap
-    from splitvault.domain.config import ClientConfig
-
-    config = ClientConfig(
-        cache_dir=Path(args["cache"]),
-        api_url=args["url"],
-        email=args["email"],
-        password=args["password"],
-        workers=args["workers"],
-    )
-    return _unwrap(bootstrap(config, hardware=FixedHardware("bench")))
-
-
-def _unwrap(result: IOResult[_T, errors.Problem]) -> _T:
-    """The success value of an IOResult, or exit the child with the failure's description."""
-    if not is_successful(result):
-        failure = unsafe_perform_io(result.failure())
-        raise SystemExit(f"bench operation failed: {failure.describe()}")
-    return unsafe_perform_io(result.unwrap())
-
-
-def peak_rss_of(pid: int | str = "self") -> int | None:
-    """A process's own peak RSS in bytes (``VmHWM``), or None where /proc does not say.
-
-    Not ``ru_maxrss``: Linux carries the parent's peak across fork and exec into it, so a child
-    of a large parent would report the parent's size.
-    """
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def child_main(argv: Sequence[str]) -> None:
-    """Entry point of a measuring child: run one operation, print its own peak RSS as JSON."""
-    op = argv[0]
-    args = json.loads(Path(argv[1]).read_text()) if len(argv) > 1 else {}
-    _child_operation(op, args)
-    print(json.dumps({"peak_rss": peak_rss_of()}))
-
-
 # --- the parent side -----------------------------------------------------------------------------
 
 
@@ -320,6 +210,9 @@ class _Step:
     cleanup: tuple[Path, ...] = ()
     stdin: Path | None = None
     before: Callable[[], None] | None = None
+    # How many times ``bytes_moved`` the step writes to new files: our cold download writes the
+    # cache entry and the output, so it gets twice the freshly freed page cache to write into.
+    writes: int = 1
 
 
 def _python_command(base: Path, op: str, params: dict[str, Any]) -> tuple[str, ...]:
@@ -328,7 +221,7 @@ def _python_command(base: Path, op: str, params: dict[str, Any]) -> tuple[str, .
     fd = os.open(params_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(params, handle)
-    return (sys.executable, "-m", "splitvault.app.tools.bench", "--child", op, str(params_path))
+    return (sys.executable, "-m", "splitvault.app.tools.bench_child", op, str(params_path))
 
 
 def _offline_plan(
@@ -589,6 +482,7 @@ class _OnlineWorld:
                 verify=(self.source, base / "cold.out"),
                 cleanup=(base / "cold.out",),
                 before=clear(cold_cache),
+                writes=2,
             ),
             _Step(
                 "boto3 download_file",
@@ -782,7 +676,7 @@ def _measure(
             if step.before is not None:
                 step.before()
             if step.bytes_moved >= MIB:
-                _prime_page_cache(base, step.bytes_moved)
+                _prime_page_cache(base, step.writes * step.bytes_moved)
             run = _run_child(step.command, base, ours=step.ours, stdin=step.stdin)
             if step.verify is not None and not _same_bytes(*step.verify):
                 raise BenchFailed(f"{step.name} did not give back the source's bytes")
@@ -905,7 +799,7 @@ def report_json(report: BenchReport) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
+    if sys.argv[1:2] == ["--child"]:  # the measuring child's old entry point
         child_main(sys.argv[2:])
     else:
         raise SystemExit(

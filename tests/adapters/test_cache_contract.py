@@ -471,7 +471,8 @@ def test_store_moves_a_verified_entry_into_place(cache: FileCache) -> None:
 
 
 def test_failed_store_keeps_the_previous_entry(cache: FileCache) -> None:
-    """A produce that fails, or lies about its digest, leaves the old entry and no temp file."""
+    """A produce that fails, or wrote another length than it reported, leaves the old entry
+    and no temp file."""
     old = blob(1000, seed=13)
     old_path = value_of(cache.store(REF, produce_bytes(old)))
 
@@ -480,10 +481,32 @@ def test_failed_store_keeps_the_previous_entry(cache: FileCache) -> None:
         return IOFailure(StorageFailed("seal", "disk full"))
 
     assert failure_of(cache.store(REF, failing)) == StorageFailed("seal", "disk full")
-    lying = produce_bytes(blob(1000, seed=14), claim=blob(1000, seed=15))
-    assert isinstance(failure_of(cache.store(REF, lying)), PartMismatch)
+    short = produce_bytes(blob(999, seed=14), claim=blob(1000, seed=15))
+    mismatch = failure_of(cache.store(REF, short))
+    assert isinstance(mismatch, PartMismatch)
+    assert "999 bytes" in mismatch.describe()
     assert old_path.read_bytes() == old
     assert leftovers(cache) == []
+
+
+def test_store_trusts_the_producers_digest_without_reading_the_part(
+    cache: FileCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store files the entry under the digest its producer computed while writing: the part is
+    not read again before the upload's commit point (the producer hashed it as it wrote it)."""
+    data = blob(300_000, seed=16)
+    reads: list[int] = []
+    real_preadv = os.preadv
+
+    def counting_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reads.append(offset)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting_preadv)
+    path = value_of(cache.store(REF, produce_bytes(data)))
+    assert reads == []
+    assert path == cache.version_path(REF, digest_of(data))
+    assert path.read_bytes() == data
 
 
 def test_discard_removes_entries_and_partials(ranged: FileCache) -> None:

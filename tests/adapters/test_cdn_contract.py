@@ -9,6 +9,7 @@ object under the final key after a failure part-way through an upload.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import socket
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -280,6 +282,59 @@ def test_failed_multipart_upload_is_aborted(
     assert isinstance(s3_cdn.upload_file(REF, source, progress=FailAfter(6 * MIB)), IOFailure)
     uploads = moto_s3.s3_client().list_multipart_uploads(Bucket=s3_bucket)
     assert uploads.get("Uploads", []) == []
+
+
+def test_upload_parts_go_unsigned_and_whole(s3_cdn: S3Cdn, tmp_path: Path) -> None:
+    """Each part is sent as one request whose payload is not SHA-256 signed (UNSIGNED-PAYLOAD:
+    the bytes are authenticated ciphertext under a signed digest) and whose body is the whole
+    part in one buffer (not a file wrapper read in small blocks); the object comes back whole."""
+    data = payload(MULTIPART_SIZE, seed=32)
+    sent: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def note(request: Any, **_: Any) -> None:
+        body = request.body
+        length = len(body) if isinstance(body, bytes | bytearray) else -1
+        with lock:
+            signed = request.headers.get("X-Amz-Content-SHA256", b"")  # prepared: bytes
+            sent.append((length, signed.decode() if isinstance(signed, bytes) else signed))
+
+    events: Any = s3_cdn._client.meta.events
+    events.register("before-send.s3.UploadPart", note)
+    try:
+        value_of(s3_cdn.upload_file(REF, write(tmp_path / "src", data)))
+    finally:
+        events.unregister("before-send.s3.UploadPart", note)
+    part = SMALL_PARTS.multipart_chunksize
+    expected = [min(part, len(data) - low) for low in range(0, len(data), part)]
+    assert sorted(length for length, _ in sent) == sorted(expected)
+    assert {signed for _, signed in sent} == {"UNSIGNED-PAYLOAD"}
+    assert round_trip(s3_cdn, REF, tmp_path / "dest") == data
+
+
+def test_a_source_that_shrinks_mid_upload_fails_and_is_aborted(
+    moto_s3: MotoS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A source cut short while its parts are read fails as a storage problem naming it; the
+    multipart upload is aborted and no object appears."""
+    # One part in flight, so the cut lands between part 1's read and part 2's.
+    tuning = attrs.evolve(SMALL_PARTS, max_concurrency=1)
+    s3_cdn = S3Cdn.writer(
+        moto_s3.endpoint_url, s3_bucket, ADMIN_KEYS, region=moto_s3.region, tuning=tuning
+    )
+    source = write(tmp_path / "src", payload(MULTIPART_SIZE, seed=33))
+
+    def truncate_once(_: int) -> None:
+        if source.stat().st_size == MULTIPART_SIZE:
+            os.truncate(source, 6 * MIB)
+
+    problem = failure_of(s3_cdn.upload_file(REF, source, progress=truncate_once))
+    assert isinstance(problem, StorageFailed)
+    assert "shrank" in problem.describe() and str(source) in problem.describe()
+    assert isinstance(failure_of(s3_cdn.size(REF)), NotFound)
+    uploads = moto_s3.s3_client().list_multipart_uploads(Bucket=s3_bucket)
+    assert uploads.get("Uploads", []) == []
+    s3_cdn.close()
 
 
 def test_the_next_upload_aborts_stale_multipart_uploads_of_its_key(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,14 +154,34 @@ def test_any_size_and_chunking_round_trips(
 
 
 def test_progress_reports_deltas_that_add_up_to_the_bytes_moved(tmp_path: Path) -> None:
-    """Progress is one delta per chunk, in order, summing to the plaintext size (seal and open)."""
+    """Progress is one delta per chunk with one worker, summing to the plaintext size (seal and
+    open); with several workers the deltas are whole chunks' worth and add up the same."""
     data = _data(5 * CHUNK + 9)
     seen: list[int] = []
-    parts, big = _seal(tmp_path, data, progress=seen.append)
-    assert seen == [CHUNK] * 5 + [9] and sum(seen) == len(data)
+    parts, big = _seal(tmp_path, data, progress=seen.append, workers=1)
+    assert seen == [CHUNK] * 5 + [9]
     opened: list[int] = []
-    _ok(open_file(parts.small_part, big, tmp_path / "out", progress=opened.append))
+    _ok(open_file(parts.small_part, big, tmp_path / "out", progress=opened.append, workers=1))
     assert opened == seen
+    for workers in (2, 4):
+        both: list[int] = []
+        parts, big = _seal(tmp_path, data, progress=both.append, workers=workers)
+        _ok(open_file(parts.small_part, big, tmp_path / "out", progress=both.append))
+        assert sum(both) == 2 * len(data)
+        assert all(delta > 0 and delta % CHUNK in {0, 9} for delta in both)
+
+
+def test_progress_is_reported_on_the_callers_thread(tmp_path: Path) -> None:
+    """The progress callback runs on the thread that called seal or open, whatever the workers."""
+    data = _data(64 * CHUNK)
+    threads: set[int] = set()
+
+    def note(_: int) -> None:
+        threads.add(threading.get_ident())
+
+    parts, big = _seal(tmp_path, data, progress=note, workers=4)
+    _ok(open_file(parts.small_part, big, tmp_path / "out", progress=note, workers=4))
+    assert threads == {threading.get_ident()}
 
 
 def test_legacy_progress_adds_up_to_the_bytes_moved(tmp_path: Path) -> None:
