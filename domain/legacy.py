@@ -67,6 +67,29 @@ def check_legacy_stream_length(
     return Success((length - IV_BYTES) // BLOCK)
 
 
+def check_legacy_pair(
+    small_length: int,
+    big_length: int,
+    what: str = "legacy resource",
+    rule: SplitRule = DEFAULT_RULE,
+) -> Result[int, CorruptResource | PartMismatch]:
+    """The stream length of a legacy (small part, big part) pair, once it is known to be a
+    legacy stream (``check_legacy_stream_length``) split as ``rule`` splits it."""
+    stream_length = small_length + big_length
+    checked = check_legacy_stream_length(stream_length, what)
+    if isinstance(checked, Failure):
+        return Failure(checked.failure())
+    expected = rule.small_length(stream_length)
+    if small_length != expected:
+        return Failure(
+            PartMismatch(
+                f"the small part is {small_length} bytes; the split rule gives {expected} for "
+                f"a {stream_length}-byte stream"
+            )
+        )
+    return Success(stream_length)
+
+
 def _cipher(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     if len(key) != KEY_BYTES:
         raise ValueError("the legacy key is 32 bytes")

@@ -65,7 +65,6 @@ from splitvault.domain.keys import TAG_BYTES
 from splitvault.domain.ports import BigPartDigest, Cdn, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.signature import PublisherKey
-from splitvault.domain.split import DEFAULT_RULE
 
 log = logging.getLogger("splitvault.in_memory")
 
@@ -227,17 +226,10 @@ def open_legacy_into_memory(
     except OSError as error:
         return IOFailure(_storage(str(big_path), error, "read"))
     try:
-        stream_length = len(small) + os.fstat(fd).st_size
-        checked = legacy.check_legacy_stream_length(stream_length, what)
+        checked = legacy.check_legacy_pair(len(small), os.fstat(fd).st_size, what)
         if isinstance(checked, Failure):
             return IOFailure(checked.failure())
-        if len(small) != DEFAULT_RULE.small_length(stream_length):
-            return IOFailure(
-                PartMismatch(
-                    f"the small part is {len(small)} bytes; the split rule gives "
-                    f"{DEFAULT_RULE.small_length(stream_length)} for a {stream_length}-byte stream"
-                )
-            )
+        stream_length = checked.unwrap()
         small_view = memoryview(small)
 
         def stream(start: int, buffer: memoryview) -> bool:

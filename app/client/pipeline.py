@@ -717,19 +717,12 @@ def open_file_legacy(
             with _blame(reading, "read"):
                 big_fd = _open_fd(big_path, os.O_RDONLY)
                 stack.callback(os.close, big_fd)
-                stream_length = len(small) + os.fstat(big_fd).st_size
+                big_length = os.fstat(big_fd).st_size
                 _advise_sequential(big_fd)
-            checked = legacy.check_legacy_stream_length(stream_length, _LEGACY)
+            checked = legacy.check_legacy_pair(len(small), big_length, _LEGACY)
             if not is_successful(checked):
                 return IOFailure(checked.failure())
-            if len(small) != DEFAULT_RULE.small_length(stream_length):
-                return IOFailure(
-                    PartMismatch(
-                        f"the small part is {len(small)} bytes; the split rule gives "
-                        f"{DEFAULT_RULE.small_length(stream_length)} for a "
-                        f"{stream_length}-byte stream"
-                    )
-                )
+            stream_length = checked.unwrap()
             tail = memoryview(bytearray(2 * legacy.BLOCK))
             with _blame(reading, "read"):
                 whole = _read_stream(small, big_fd, stream_length - len(tail), tail)
