@@ -218,9 +218,15 @@ class Client:
         return self.api.session_token().map(lambda _: identity.publisher_key())
 
     def upload(
-        self, ref: ResourceRef, source: Path, *, progress: Progress | None = None
+        self,
+        ref: ResourceRef,
+        source: Path,
+        *,
+        progress: Progress | None = None,
+        publisher_key: bytes | None = None,
     ) -> IOResult[UploadReport, Problem]:
-        """``upload_resource`` with this client's API, write-capable CDN, cache and keys."""
+        """``upload_resource`` with this client's API, write-capable CDN, cache and keys;
+        ``publisher_key`` (a call's own key wrapping the data key) replaces the configured one."""
 
         def run(cdn: Cdn, signing_key: PublisherKey | None) -> IOResult[UploadReport, Problem]:
             return upload_resource(
@@ -230,7 +236,7 @@ class Client:
                 cdn=cdn,
                 cache=self.cache,
                 random=self.random,
-                publisher_key=self.publisher_key,
+                publisher_key=publisher_key or self.publisher_key,
                 signing_key=signing_key,
                 workers=self.config.workers,
                 progress=progress,

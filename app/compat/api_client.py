@@ -43,16 +43,14 @@ from splitvault.app.client.in_memory import (
 from splitvault.app.client.usecases import (
     DownloadReport,
     UploadReport,
-    upload_resource,
 )
 from splitvault.cdn_manager import download_bytes, ref_for, upload_bytes
 from splitvault.domain.config import ApiCredentials, ClientConfig
 from splitvault.domain.device import DeviceKey
 from splitvault.domain.errors import LimitExceeded, Problem
 from splitvault.domain.legacy import parse_shared_key
-from splitvault.domain.ports import Cdn, Hardware
+from splitvault.domain.ports import Hardware
 from splitvault.domain.ref import ResourceRef, parse_folder
-from splitvault.domain.signature import PublisherKey
 from splitvault.domain.token import read_claims
 
 __all__ = ["ApiClient", "ApiCredentials"]
@@ -226,27 +224,7 @@ class ApiClient:
             return unwrap_or_raise(
                 upload_from_memory(client, ref, resource, publisher_key=publisher_key)
             )
-        source = Path(resource)
-
-        def run(cdn: Cdn, signing_key: PublisherKey | None) -> IOResult[UploadReport, Problem]:
-            return upload_resource(
-                ref,
-                source,
-                api=client.api,
-                cdn=cdn,
-                cache=client.cache,
-                random=client.random,
-                publisher_key=publisher_key or client.publisher_key,
-                signing_key=signing_key,
-                workers=client.config.workers,
-                retrier=client.retrier,
-            )
-
-        return unwrap_or_raise(
-            client.upload_signing_key().bind(
-                lambda signing_key: client.with_cdn(True, lambda cdn: run(cdn, signing_key))
-            )
-        )
+        return unwrap_or_raise(client.upload(ref, Path(resource), publisher_key=publisher_key))
 
     def upload_to_cdn(self, bucket: str, filename: str, file_bytes: Bytes) -> None:
         """Store ``file_bytes`` as object ``filename`` in ``bucket`` with the uploader's keys."""
