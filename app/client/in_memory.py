@@ -179,41 +179,38 @@ def open_v1_into_memory(opener: Opener, big_path: Path, workers: int) -> IOResul
     chunk that does not authenticate, ``StorageFailed`` for I/O.
     """
     layout = opener.layout
-    try:
-        fd = os.open(big_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        return IOFailure(_storage(str(big_path), error, "read"))
-    try:
-        checked = check_big_part(opener, os.fstat(fd).st_size)
-        if isinstance(checked, Failure):
-            return IOFailure(checked.failure())
-        holder, view = _preallocated(layout.plaintext_length)
-        source = _ChunkSource(opener, fd)
-        count = layout.chunk_count
-        threads = max(1, min(workers, count))
-        span = min(layout.chunk_size, layout.plaintext_length) + TAG_BYTES
 
-        def run(worker: int) -> Problem | None:
-            # Each worker takes every threads-th chunk with its own buffer: memory is bounded by
-            # the worker count, and AES-GCM releases the GIL, so the cores really work at once.
-            buffer = memoryview(bytearray(span))
-            for index in range(worker, count, threads):
-                pt_start, pt_end = layout.plaintext_span(index)
-                problem = source.open_into(index, buffer, view[pt_start:pt_end])
-                if problem is not None:
-                    return problem
-            return None
+    def decrypt(fd: int) -> IOResult[bytes, Problem]:
+        try:
+            holder, view = _preallocated(layout.plaintext_length)
+            source = _ChunkSource(opener, fd)
+            count = layout.chunk_count
+            threads = max(1, min(workers, count))
+            span = min(layout.chunk_size, layout.plaintext_length) + TAG_BYTES
 
-        with ThreadPoolExecutor(threads, thread_name_prefix="splitvault-open") as pool:
-            problems = [problem for problem in pool.map(run, range(threads)) if problem]
-        view.release()
-        if problems:
-            return IOFailure(problems[0])
-        return IOSuccess(holder.getvalue())
-    except OSError as error:
-        return IOFailure(_storage(str(big_path), error, "read"))
-    finally:
-        os.close(fd)
+            def run(worker: int) -> Problem | None:
+                # Each worker takes every threads-th chunk with its own buffer: memory is bounded by
+                # the worker count, and AES-GCM releases the GIL, so the cores really work at once.
+                buffer = memoryview(bytearray(span))
+                for index in range(worker, count, threads):
+                    pt_start, pt_end = layout.plaintext_span(index)
+                    problem = source.open_into(index, buffer, view[pt_start:pt_end])
+                    if problem is not None:
+                        return problem
+                return None
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="splitvault-open") as pool:
+                problems = [problem for problem in pool.map(run, range(threads)) if problem]
+            view.release()
+            if problems:
+                return IOFailure(problems[0])
+            return IOSuccess(holder.getvalue())
+        except OSError as error:
+            return IOFailure(_storage(str(big_path), error, "read"))
+        finally:
+            os.close(fd)
+
+    return _open_big_part(opener, big_path).bind(decrypt)
 
 
 def open_legacy_into_memory(
@@ -500,7 +497,9 @@ def open_reader(
     return _small_part(client, ref).bind(with_small)
 
 
-def _reader_over(opener: Opener, path: Path, ref: ResourceRef) -> IOResult[ResourceReader, Problem]:
+def _open_big_part(opener: Opener, path: Path) -> IOResult[int, Problem]:
+    """An open descriptor of the big part at ``path`` whose length ``opener``'s header expects
+    (the caller closes it); ``PartMismatch`` for another length, ``StorageFailed`` for I/O."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
@@ -513,7 +512,11 @@ def _reader_over(opener: Opener, path: Path, ref: ResourceRef) -> IOResult[Resou
     if isinstance(checked, Failure):
         os.close(fd)
         return IOFailure(checked.failure())
-    return IOSuccess(ResourceReader(opener, fd, str(ref)))
+    return IOSuccess(fd)
+
+
+def _reader_over(opener: Opener, path: Path, ref: ResourceRef) -> IOResult[ResourceReader, Problem]:
+    return _open_big_part(opener, path).map(lambda fd: ResourceReader(opener, fd, str(ref)))
 
 
 # --- sealing from memory --------------------------------------------------------------------
