@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
-import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 
 from splitvault.adapters.image_archive import check_image_archive
+from splitvault.adapters.lean_httpx import httpx
 from splitvault.domain.errors import EngineFailed, EngineFailure
 
 log = logging.getLogger("splitvault.docker_api")

@@ -30,10 +30,10 @@ from typing import Final, TypeVar
 from urllib.parse import quote
 
 import attrs
-import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
+from splitvault.adapters.lean_httpx import httpx
 from splitvault.domain import signature, wire
 from splitvault.domain.config import ApiCredentials
 from splitvault.domain.device import DeviceKey, Kind, Sealed, open_delivered

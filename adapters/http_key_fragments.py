@@ -18,10 +18,10 @@ import logging
 from urllib.parse import quote
 
 import attrs
-import httpx
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure
 
+from splitvault.adapters.lean_httpx import httpx
 from splitvault.domain import signature, wire
 from splitvault.domain.device import DeviceKey, Sealed, open_delivered
 from splitvault.domain.errors import (

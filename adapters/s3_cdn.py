@@ -1,33 +1,32 @@
-"""An S3-compatible bucket as the CDN for big parts, behind the ``Cdn`` port (botocore).
+"""An S3-compatible bucket as the CDN for big parts, behind the ``Cdn`` port.
 
 Read and write credentials are separate: ``S3Cdn.reader`` is built from the read keys only and has
 no upload path (it answers ``AccessDenied`` without a request); ``S3Cdn.writer`` is built from the
 write keys. A download-only process therefore never holds write keys, and the bucket policy
 enforces the same split on the server side.
 
-Uploads are botocore's own multipart calls, driven here: above ``multipart_threshold`` the file is
-sent in parts of ``multipart_chunksize``, ``max_concurrency`` in flight, each read with one
-positional read into its worker's reused buffer and handed to ``upload_part`` as that buffer (one
-``sendall``, no 8-16 KiB read loop, no per-part allocation); a failed upload is aborted, so the key
-never shows a partial object. Why not s3transfer's ``TransferManager``: it costs the same bytes
-more Python (a file wrapper read in small blocks, queues, callbacks) and an import of its own; with
-our parts the transfer costs little more than the socket copies. The payload is not SHA-256 signed
-(``payload_signing_enabled=False``, ``UNSIGNED-PAYLOAD``): the bytes are ciphertext whose every
-chunk is authenticated and whose digest the publisher signs, and TLS guards them in transit, so the
-signature's 0.6 CPU-s per GiB would protect nothing. Downloads are ranged GETs of
-``multipart_chunksize`` bytes run in parallel and written with ``pwrite`` at their own offsets into
-the destination, streamed in 1 MiB pieces; every range carries ``If-Match`` with the ETag read
-first, so an object replaced mid-download fails instead of mixing two versions. ``start`` resumes
+The requests are ``adapters.s3_http``'s: SigV4 over pooled ``http.client`` connections, with no
+botocore (its import and client cost 0.2-0.3 CPU-s per process; see that module). Uploads above
+``multipart_threshold`` are sent in parts of ``multipart_chunksize``, ``max_concurrency`` in
+flight, each read with one positional read into its worker's reused buffer and sent as that buffer
+(one ``sendall``, no read loop, no per-part allocation); a failed upload is aborted, so the key
+never shows a partial object. The payload is not SHA-256 signed (``UNSIGNED-PAYLOAD``): the bytes
+are ciphertext whose every chunk is authenticated and whose digest the publisher signs, and TLS
+guards them in transit, so the signature's 0.6 CPU-s per GiB would protect nothing. Downloads are
+ranged GETs of ``multipart_chunksize`` bytes run in parallel, each read with ``readinto`` into its
+worker's reused 1 MiB buffer and written with ``pwrite`` at its own offset into the destination;
+every range carries ``If-Match`` with the ETag read first, so an object replaced mid-download
+fails instead of mixing two versions. ``start`` resumes
 a download: bytes before it are not touched. On failure the destination is cut back to the bytes
 known good from ``start`` on, so its length is always a safe resume point.
 
 Retries: none here. There is one retry layer for CDN transfers and it is the core's:
 ``app.client.retrying`` repeats a whole ``download_file``/``upload_file`` as ``domain.retry.decide``
 says (full jitter, attempt cap, total time budget, ``Retry-After``; only ``Transient`` and
-``TimedOut`` are retried). botocore therefore runs with ``max_attempts=1`` by default. Why not
-botocore's own retries: they stop at the response headers — a connection reset in the middle of a
-ranged GET's body is not retried by botocore at all — and they would multiply with ours (3 x 6
-attempts, and a budget nobody sees). A retried download resumes from the destination's length (the
+``TimedOut`` are retried), and this adapter makes exactly one request per call: a second layer
+would multiply with it (3 x 6 attempts, and a budget nobody sees), and botocore's, which this
+replaced, stopped at the response headers, so a reset in the middle of a ranged body was never
+retried there anyway. A retried download resumes from the destination's length (the
 cache's partial file), which this adapter keeps a safe resume point, so the unit of retry costs only
 the bytes not yet on disk. A retried upload starts that upload again (a failed multipart upload is
 aborted). Failures are classified here: throttling codes, 5xx and connection errors are
@@ -37,7 +36,6 @@ aborted). Failures are classified here: throttling codes, 5xx and connection err
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -46,27 +44,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Literal
 
 import attrs
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    HTTPClientError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    SSLError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure, Result, Success
 
 from splitvault.adapters.ranges import download_into_file
+from splitvault.adapters.s3_http import (
+    S3BadAnswer,
+    S3ConnectionFailed,
+    S3ConnectTimeout,
+    S3Error,
+    S3Failure,
+    S3Http,
+    S3ReadTimeout,
+    S3TlsFailed,
+)
 from splitvault.domain.cdn_layout import ObjectLayout, SharedBucket
 from splitvault.domain.config import DEFAULT_REGION, CdnConfig, S3Keys
 from splitvault.domain.errors import (
@@ -81,9 +75,6 @@ from splitvault.domain.errors import (
 from splitvault.domain.ports import CdnFailure, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.retry import TRANSIENT_SERVICE_CODES, parse_retry_after
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("splitvault.s3_cdn")
 
@@ -119,9 +110,6 @@ class S3Tuning:
             part is 5 MiB).
         max_concurrency: parts or ranges in flight at once; the connection pool is at least this.
         connect_timeout, read_timeout: seconds before a connect or a stalled read fails.
-        max_attempts: total attempts per request in botocore's standard retry mode. Keep the
-            default 1 (no botocore retries) when ``client.retrying`` drives retries, or the layers
-            multiply.
         addressing_style: ``path`` works with every S3-compatible store and with IP endpoints.
     """
 
@@ -130,32 +118,18 @@ class S3Tuning:
     max_concurrency: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    max_attempts: int = 1
     addressing_style: Literal["path", "virtual", "auto"] = "path"
 
     def __attrs_post_init__(self) -> None:
         if self.multipart_chunksize < 5 * MIB or self.multipart_threshold < 5 * MIB:
             raise ValueError("S3 parts are at least 5 MiB")
-        if self.max_concurrency < 1 or self.max_attempts < 1:
-            raise ValueError("max_concurrency and max_attempts must be >= 1")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
 
-    def botocore_config(self) -> Config:
-        """The botocore client configuration these settings imply."""
-        return Config(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-            # Every part or range in flight needs its own connection, or threads queue for one.
-            max_pool_connections=max(self.max_concurrency, 10),
-            # UNSIGNED-PAYLOAD: the body is authenticated ciphertext under a signed digest, and
-            # TLS protects it in transit; hashing it for the signature would add 0.6 CPU-s/GiB.
-            s3={"addressing_style": self.addressing_style, "payload_signing_enabled": False},
-            # Integrity is end to end (the big part's digest is in the small part's header);
-            # the newer default checksums break several S3-compatible stores.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            user_agent_extra="splitvault",
-        )
+    @property
+    def pool_size(self) -> int:
+        """Idle connections kept: every part or range in flight needs its own, or threads queue."""
+        return max(self.max_concurrency, 10)
 
 
 def _versioned_ref(key: str) -> ResourceRef | None:
@@ -172,53 +146,16 @@ def _versioned_ref(key: str) -> ResourceRef | None:
         return None
 
 
-def _client_error_failure(error: ClientError, what: str) -> CdnFailure:
-    details: Any = error.response
-    code = str(details.get("Error", {}).get("Code", ""))
-    metadata = details.get("ResponseMetadata", {})
-    status = int(metadata.get("HTTPStatusCode", 0) or 0)
+def _client_error_failure(error: S3Error, what: str) -> CdnFailure:
+    code, status = error.code, error.status
     shown = f"{code or 'error'} (HTTP {status})"
     if code in _NOT_FOUND_CODES or (status == 404 and not code):
         return NotFound(what)
     if code in _DENIED_CODES or status == 403:
         return AccessDenied(what, shown)
     if code in _TRANSIENT_CODES or status in {408, 429} or status >= 500:
-        headers = metadata.get("HTTPHeaders", {})
-        retry_after = headers.get("retry-after") if isinstance(headers, dict) else None
-        return Transient(what, shown, parse_retry_after(retry_after, time.time()))
+        return Transient(what, shown, parse_retry_after(error.retry_after, time.time()))
     return RemoteError(what, status, code or "unexpected answer")
-
-
-_SESSION_LOCK = threading.Lock()
-
-
-@functools.cache
-def _shared_session() -> botocore.session.Session:
-    # botocore directly, not boto3: boto3's session adds nothing we use but its import (and
-    # s3transfer's), about 0.06 CPU-s per process.
-    return botocore.session.get_session()
-
-
-def _new_s3_client(endpoint_url: str, region: str, keys: S3Keys, config: Config) -> S3Client:
-    """An S3 client holding exactly ``keys``, built from one process-wide botocore session.
-
-    A session of its own costs each client about 0.12 CPU-s (botocore loads and parses the S3
-    service model and endpoint rules per session); clients of one shared session reuse its loader
-    cache and cost about 0.015 s. That matters where one process runs many clients (an inference
-    host serving several models, the 32-client load test: 3.8 CPU-s under one GIL before the first
-    byte moved). The keys are passed per client, never stored on the session, so two clients never
-    share credentials; sessions are not thread-safe, so creation is serialised (clients are).
-    """
-    with _SESSION_LOCK:
-        client: S3Client = _shared_session().create_client(  # type: ignore[assignment]
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=keys.access_key_id,
-            aws_secret_access_key=keys.secret_access_key,
-            config=config,
-        )
-    return client
 
 
 class S3Cdn:
@@ -258,8 +195,14 @@ class S3Cdn:
         self._layout: ObjectLayout = layout if layout is not None else SharedBucket(bucket)
         self._writable = writable
         self._tuning = tuning or S3Tuning()
-        self._client: S3Client = _new_s3_client(
-            endpoint_url, region, keys, self._tuning.botocore_config()
+        self._client = S3Http(
+            endpoint_url,
+            region,
+            keys,
+            pool_size=self._tuning.pool_size,
+            connect_timeout=self._tuning.connect_timeout,
+            read_timeout=self._tuning.read_timeout,
+            addressing_style=self._tuning.addressing_style,
         )
 
     @classmethod
@@ -344,24 +287,25 @@ class S3Cdn:
         # Both layouts make ``folder/name.big`` the object's bucket-qualified name.
         return f"CDN object {ref.key}"
 
-    def _failure(self, error: Exception, what: str) -> CdnFailure:
-        if isinstance(error, ClientError):
-            if _code(error) == "NoSuchBucket":
+    def _failure(self, error: S3Failure, what: str) -> CdnFailure:
+        if isinstance(error, S3Error):
+            if error.code == "NoSuchBucket":
                 if isinstance(self._layout, SharedBucket):
                     return NotFound(f"bucket {self._layout.bucket}")
                 return NotFound(f"the bucket of {what}")
             return _client_error_failure(error, what)
-        if isinstance(error, ReadTimeoutError):
+        if isinstance(error, S3ReadTimeout):
             return TimedOut(what, self._tuning.read_timeout)
-        if isinstance(error, ConnectTimeoutError):
+        if isinstance(error, S3ConnectTimeout):
             return TimedOut(what, self._tuning.connect_timeout)
-        if isinstance(error, SSLError):
+        if isinstance(error, S3TlsFailed):
             # Retrying does not fix a certificate; say what it is instead.
             return RemoteError(what, 0, "TLS handshake or certificate verification failed")
-        transient = BotoConnectionError | HTTPClientError | IncompleteReadError
-        if isinstance(error, transient):
-            return Transient(what, type(error).__name__)
-        # Parameter or credential problems: not worth retrying.
+        if isinstance(error, S3ConnectionFailed):
+            return Transient(what, str(error))
+        if isinstance(error, S3BadAnswer):
+            # A store that answers a range with other bytes, or a listing that is not XML.
+            return RemoteError(what, 0, str(error))
         return RemoteError(what, 0, type(error).__name__)
 
     def upload_file(
@@ -391,10 +335,10 @@ class S3Cdn:
                 body = _read_part(fd, 0, size)
                 if progress is not None:
                     progress(size)
-                self._client.put_object(Bucket=bucket, Key=key, Body=_bytes_like(body))
+                self._client.put_object(bucket, key, body)
             else:
                 _MultipartUpload(self._client, bucket, key, self._tuning).run(fd, size, progress)
-        except (ClientError, BotoCoreError) as error:
+        except S3Failure as error:
             failure = self._failure(error, what)
             log.warning("upload of %s failed: %s", what, failure.describe())
             return IOFailure(failure)
@@ -415,15 +359,11 @@ class S3Cdn:
             return IOSuccess(())
         found: list[tuple[ResourceRef, float]] = []
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self._layout.bucket
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    ref = _versioned_ref(item.get("Key", ""))
-                    if ref is not None:
-                        found.append((ref, item["LastModified"].timestamp()))
-        except (ClientError, BotoCoreError) as error:
+            for key, modified in self._client.list_objects(self._layout.bucket):
+                ref = _versioned_ref(key)
+                if ref is not None:
+                    found.append((ref, modified.timestamp()))
+        except S3Failure as error:
             return IOFailure(self._failure(error, f"listing of bucket {self._layout.bucket}"))
         return IOSuccess(tuple(found))
 
@@ -431,8 +371,8 @@ class S3Cdn:
         """Delete the object of ``ref`` (a versioned big part ``gc`` found unreferenced)."""
         bucket, key = self._layout.locate(ref)
         try:
-            self._client.delete_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as error:
+            self._client.delete_object(bucket, key)
+        except S3Failure as error:
             return IOFailure(self._failure(error, self._what(ref)))
         return IOSuccess(None)
 
@@ -443,17 +383,12 @@ class S3Cdn:
         bucket = self._layout.bucket
         aborted = 0
         try:
-            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    key = upload.get("Key", "")
-                    if _versioned_ref(key) is None or upload.get("Initiated", before) >= before:
-                        continue
-                    self._client.abort_multipart_upload(
-                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
-        except (ClientError, BotoCoreError) as error:
+            for upload in list(self._client.list_multipart_uploads(bucket)):
+                if _versioned_ref(upload.key) is None or upload.initiated >= before:
+                    continue
+                self._client.abort_multipart_upload(bucket, upload.key, upload.upload_id)
+                aborted += 1
+        except S3Failure as error:
             return IOFailure(self._failure(error, f"multipart uploads of bucket {bucket}"))
         return IOSuccess(aborted)
 
@@ -477,24 +412,18 @@ class S3Cdn:
         prefix = versions_prefix or key
         aborted = 0
         try:
-            pages = self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=bucket, Prefix=prefix
-            )
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    theirs = upload.get("Key", "")
-                    ours = theirs == key or (
-                        versions_prefix is not None
-                        and theirs.startswith(versions_prefix)
-                        and "/" not in theirs[len(versions_prefix) :]
-                    )
-                    if not ours or upload.get("Initiated", before) >= before:
-                        continue
-                    self._client.abort_multipart_upload(
-                        Bucket=bucket, Key=theirs, UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
-        except (ClientError, BotoCoreError) as error:
+            for upload in list(self._client.list_multipart_uploads(bucket, prefix)):
+                theirs = upload.key
+                ours = theirs == key or (
+                    versions_prefix is not None
+                    and theirs.startswith(versions_prefix)
+                    and "/" not in theirs[len(versions_prefix) :]
+                )
+                if not ours or upload.initiated >= before:
+                    continue
+                self._client.abort_multipart_upload(bucket, theirs, upload.upload_id)
+                aborted += 1
+        except S3Failure as error:
             failure = self._failure(error, self._what(ref))
             log.warning("could not abort stale uploads of %s: %s", key, failure.describe())
         if aborted:
@@ -513,11 +442,10 @@ class S3Cdn:
         what = self._what(ref)
         try:
             bucket, key = self._layout.locate(ref)
-            answer = self._client.head_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as error:
+            # "*" (any version) only if a store omits the ETag; S3 always sends one.
+            return IOSuccess(self._client.head_object(bucket, key))
+        except S3Failure as error:
             return IOFailure(self._failure(error, what))
-        # "*" (any version) only if a store omits the ETag; S3 always sends one.
-        return IOSuccess((int(answer["ContentLength"]), str(answer.get("ETag") or "*")))
 
     def download_ranges(
         self, ref: ResourceRef, ranges: Sequence[Span], sink: RangeSink
@@ -586,7 +514,7 @@ class S3Cdn:
             return StorageFailed(f"download of {what}", error.reason)
         if isinstance(error, _ShortRange):
             return Transient(what, str(error))
-        if isinstance(error, ClientError | BotoCoreError):
+        if isinstance(error, S3Failure):
             return self._failure(error, what)
         if isinstance(error, OSError):
             return StorageFailed(f"download of {what}", _reason(error))
@@ -607,22 +535,16 @@ def _read_part(fd: int, low: int, size: int, into: bytearray | None = None) -> b
     return buffer
 
 
-def _bytes_like(buffer: bytearray) -> bytes:
-    # botocore takes any bytes-like body and sends a bytearray as it is (a ``bytes`` body it
-    # would wrap in a BytesIO and read in 16 KiB copies); its stubs only say ``bytes``.
-    return cast(bytes, buffer)
-
-
 class _MultipartUpload:
     """One multipart upload: parts read and sent in parallel, completed in order or aborted.
 
-    Every worker thread reads its parts into one buffer of its own, reused from part to part (a
-    bytearray: botocore sends it with one ``sendall`` and does not copy it into a file wrapper), so
-    at most ``max_concurrency`` part buffers exist. The first failure stops the parts not yet
-    begun; the upload is then aborted, so its parts are not left billed in the bucket.
+    Every worker thread reads its parts into one buffer of its own, reused from part to part and
+    sent with one ``sendall``, so at most ``max_concurrency`` part buffers exist. The first failure
+    stops the parts not yet begun; the upload is then aborted, so its parts are not left billed in
+    the bucket.
     """
 
-    def __init__(self, client: S3Client, bucket: str, key: str, tuning: S3Tuning) -> None:
+    def __init__(self, client: S3Http, bucket: str, key: str, tuning: S3Tuning) -> None:
         self._client = client
         self._bucket = bucket
         self._key = key
@@ -632,24 +554,12 @@ class _MultipartUpload:
         self._stop = threading.Event()
 
     def run(self, fd: int, size: int, progress: Progress | None) -> None:
-        """Upload the ``size`` bytes of ``fd``; raises botocore's errors or ``OSError``."""
+        """Upload the ``size`` bytes of ``fd``; raises ``S3Failure`` or ``OSError``."""
         count = -(-size // self._part)
-        upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)[
-            "UploadId"
-        ]
+        upload_id = self._client.create_multipart_upload(self._bucket, self._key)
         try:
             etags = self._send_all(fd, size, upload_id, count, progress)
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"ETag": etag, "PartNumber": number}
-                        for number, etag in enumerate(etags, start=1)
-                    ]
-                },
-            )
+            self._client.complete_multipart_upload(self._bucket, self._key, upload_id, etags)
         except BaseException:
             self._abort(upload_id)
             raise
@@ -688,24 +598,15 @@ class _MultipartUpload:
                 body = _read_part(fd, low, length)  # the short last part: once
             if progress is not None:
                 progress(length)
-            answer = self._client.upload_part(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=_bytes_like(body),
-            )
+            return self._client.upload_part(self._bucket, self._key, upload_id, number, body)
         except BaseException:
             self._stop.set()
             raise
-        return str(answer["ETag"])
 
     def _abort(self, upload_id: str) -> None:
         try:
-            self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=upload_id
-            )
-        except (ClientError, BotoCoreError) as error:
+            self._client.abort_multipart_upload(self._bucket, self._key, upload_id)
+        except S3Failure as error:
             # The next upload of this key, or the bucket's lifecycle rule, removes the parts.
             log.warning("could not abort the multipart upload of %s: %s", self._key, error)
 
@@ -728,7 +629,7 @@ class _RangedDownload:
     """The shared state of one parallel ranged download."""
 
     def __init__(
-        self, *, client: S3Client, bucket: str, key: str, etag: str, sink: RangeSink
+        self, *, client: S3Http, bucket: str, key: str, etag: str, sink: RangeSink
     ) -> None:
         self._client = client
         self._bucket = bucket
@@ -736,6 +637,7 @@ class _RangedDownload:
         self._etag = etag
         self._sink = sink
         self.stop = threading.Event()
+        self._buffers = threading.local()
 
     def run(self, ranges: list[Span], *, workers: int) -> BaseException | None:
         """Fetch every range; a remote failure stops only its own range. Returns the first."""
@@ -753,33 +655,30 @@ class _RangedDownload:
     def fetch(self, low: int, high: int) -> None:
         if self.stop.is_set():
             raise _Stopped
-        answer = self._client.get_object(
-            Bucket=self._bucket, Key=self._key, Range=f"bytes={low}-{high - 1}", IfMatch=self._etag
-        )
-        body = answer["Body"]
+        view: memoryview | None = getattr(self._buffers, "view", None)
+        if view is None:
+            view = self._buffers.view = memoryview(bytearray(STREAM_CHUNK))
+        answer = self._client.get_range(self._bucket, self._key, low, high, if_match=self._etag)
         offset = low
         try:
-            for piece in body.iter_chunks(STREAM_CHUNK):
+            while offset < high:
                 if self.stop.is_set():
                     raise _Stopped
-                if offset + len(piece) > high:
-                    raise _ShortRange(f"range {low}-{high} answered more bytes than asked")
+                got = answer.readinto(view[: min(len(view), high - offset)])
+                if not got:
+                    break
                 try:
-                    self._sink.write(offset, piece)
+                    # The sink hashes and writes the piece before it returns: the buffer is free.
+                    self._sink.write(offset, view[:got])
                 except OSError as error:
                     # The disk is full or gone: every other range would fail the same way.
                     self.stop.set()
                     raise _LocalWriteFailed(_reason(error)) from error
-                offset += len(piece)
+                offset += got
         finally:
-            body.close()
+            answer.close()
         if offset != high:
             raise _ShortRange(f"range {low}-{high} ended at byte {offset}")
-
-
-def _code(error: ClientError) -> str:
-    details: Any = error.response
-    return str(details.get("Error", {}).get("Code", ""))
 
 
 def _reason(error: OSError) -> str:

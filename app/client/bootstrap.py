@@ -6,13 +6,13 @@ fingerprint, a fake API) instead of patching. The CDN is built lazily from ``cdn
 through the API, with read keys only unless the caller uploads, so a download-only process never
 holds write keys; a CDN that refuses the keys it has is rebuilt once from a fresh ``cdn.yaml``
 (rotated keys) before the failure is reported. A download asks for the CDN only when the cache
-misses (``Client.download`` hands the use case an on-demand reader), and the S3 adapter (boto3) is
+misses (``Client.download`` hands the use case an on-demand reader), and the S3 adapter is
 imported only when one is built: a warm download loads neither.
 
 Retries: one ``RetryPolicy`` (the ``retry_policy`` override, else the default) drives both the API
 adapter's request retries and ``Client.retrier``, which the use cases use for CDN transfers. The S3
-adapter is built with botocore's retries off and the configured connect/read timeouts, so a stalled
-CDN fails as ``TimedOut`` within ``read_timeout`` and is retried by our loop alone.
+adapter makes one request per call, with the configured connect/read timeouts, so a stalled CDN
+fails as ``TimedOut`` within ``read_timeout`` and is retried by our loop alone.
 """
 
 from __future__ import annotations
@@ -168,9 +168,9 @@ class Client:
 
     def _prefetch_cdn(self, ref: ResourceRef) -> threading.Thread | None:
         """Build the read-only CDN client in the background when ``ref``'s download will miss
-        the cache: ``cdn.yaml`` and the S3 client (boto3's import and set-up, ~0.35 CPU-s in a
-        fresh process) then overlap the small part's round trip instead of following it. A
-        download that may hit the cache never starts it, so the warm path stays boto3-free.
+        the cache: ``cdn.yaml``, the S3 adapter's import and its first connection then overlap
+        the small part's round trip instead of following it. A download that may hit the cache
+        never starts it, so the warm path never loads the S3 adapter.
         The download joins the thread before it returns: none outlives the call (a facade
         closed right after a failed download would otherwise pull the API client away from it).
         """
@@ -291,13 +291,12 @@ class Client:
                         "the CDN", "this account's role has read keys only (uploader needed)"
                     )
                 )
-            # boto3 costs ~0.3 CPU-s to import: only a process that really talks S3 pays it.
+            # Only a process that really talks S3 loads the S3 adapter (and its XML and TLS).
             from splitvault.adapters.s3_cdn import S3Cdn, S3Tuning  # noqa: PLC0415
 
+            # The adapter makes one request per call: retries are Client.retrier's alone.
             tuning = S3Tuning(
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self.config.read_timeout,
-                max_attempts=1,  # retries are Client.retrier's alone: layers must not multiply
+                connect_timeout=self.config.connect_timeout, read_timeout=self.config.read_timeout
             )
             made = S3Cdn.from_config(config, write=write, tuning=tuning)
             if isinstance(made, Failure):
@@ -316,7 +315,8 @@ class _CdnOnDemand:
     """The read-only CDN, fetched (``cdn.yaml``) and built on the first big-part download.
 
     A download whose big part the cache holds never calls it, so it never fetches ``cdn.yaml``
-    nor imports boto3. ``AccessDenied`` refreshes the keys once, as ``Client.with_cdn`` does.
+    nor imports the S3 adapter. ``AccessDenied`` refreshes the keys once, as ``Client.with_cdn``
+    does.
     """
 
     def __init__(self, client: Client) -> None:

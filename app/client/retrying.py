@@ -5,7 +5,7 @@ An operation may report progress (``progress``: a counter that grows as bytes la
 cap and the budget count only attempts that made no progress (``domain.retry.Streak``).
 
 The API adapter retries its own requests (``adapters.http_api``); the CDN adapter does not retry
-at all (botocore runs with ``max_attempts=1``), so that a retried download can resume instead of
+at all (one request per call), so that a retried download can resume instead of
 starting over and two retry layers never multiply. ``Retrier.run`` repeats an operation while
 ``domain.retry.decide`` says so — full jitter, an attempt cap, a total time budget, ``Retry-After``
 — and only for ``Transient`` and ``TimedOut`` failures; anything else is returned at once. The

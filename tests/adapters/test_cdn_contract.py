@@ -15,7 +15,6 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -38,6 +37,7 @@ from splitvault.domain.errors import (
 )
 from splitvault.domain.ref import ResourceRef
 from tests.support.moto_server import ADMIN_KEYS, SMALL_PARTS, MotoS3
+from tests.support.recording_proxy import RecordingProxy
 
 AnyCdn = S3Cdn | DirectoryCdn
 
@@ -284,32 +284,40 @@ def test_failed_multipart_upload_is_aborted(
     assert uploads.get("Uploads", []) == []
 
 
-def test_upload_parts_go_unsigned_and_whole(s3_cdn: S3Cdn, tmp_path: Path) -> None:
-    """Each part is sent as one request whose payload is not SHA-256 signed (UNSIGNED-PAYLOAD:
-    the bytes are authenticated ciphertext under a signed digest) and whose body is the whole
-    part in one buffer (not a file wrapper read in small blocks); the object comes back whole."""
+def test_parts_go_unsigned_and_whole_through_a_proxy(
+    moto_s3: MotoS3, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through an ``HTTP_PROXY`` (honoured as botocore did), each part is one request whose
+    payload is not SHA-256 signed (UNSIGNED-PAYLOAD: the bytes are authenticated ciphertext under
+    a signed digest) and whose body is the whole part; ranged GETs ask for exactly their bytes with
+    ``If-Match``; the object comes back whole."""
     data = payload(MULTIPART_SIZE, seed=32)
-    sent: list[tuple[int, str]] = []
-    lock = threading.Lock()
-
-    def note(request: Any, **_: Any) -> None:
-        body = request.body
-        length = len(body) if isinstance(body, bytes | bytearray) else -1
-        with lock:
-            signed = request.headers.get("X-Amz-Content-SHA256", b"")  # prepared: bytes
-            sent.append((length, signed.decode() if isinstance(signed, bytes) else signed))
-
-    events: Any = s3_cdn._client.meta.events
-    events.register("before-send.s3.UploadPart", note)
+    proxy = RecordingProxy()
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    cdn = S3Cdn.writer(
+        moto_s3.endpoint_url, s3_bucket, ADMIN_KEYS, region=moto_s3.region, tuning=SMALL_PARTS
+    )
     try:
-        value_of(s3_cdn.upload_file(REF, write(tmp_path / "src", data)))
+        value_of(cdn.upload_file(REF, write(tmp_path / "src", data)))
+        assert round_trip(cdn, REF, tmp_path / "dest") == data
     finally:
-        events.unregister("before-send.s3.UploadPart", note)
+        cdn.close()
+        proxy.close()
+    parts = [one for one in proxy.requests("PUT") if "partNumber=" in one.target]
     part = SMALL_PARTS.multipart_chunksize
     expected = [min(part, len(data) - low) for low in range(0, len(data), part)]
-    assert sorted(length for length, _ in sent) == sorted(expected)
-    assert {signed for _, signed in sent} == {"UNSIGNED-PAYLOAD"}
-    assert round_trip(s3_cdn, REF, tmp_path / "dest") == data
+    assert sorted(one.body_length for one in parts) == sorted(expected)
+    assert {one.headers["x-amz-content-sha256"] for one in parts} == {"UNSIGNED-PAYLOAD"}
+    object_gets = [one for one in proxy.requests("GET") if "?" not in one.target]
+    ranges = sorted(one.headers["range"] for one in object_gets)
+    assert ranges == sorted(
+        f"bytes={low}-{min(low + part, len(data)) - 1}" for low in range(0, len(data), part)
+    )
+    assert all("if-match" in one.headers for one in object_gets)
+    assert all(one.target.startswith(moto_s3.endpoint_url + "/") for one in proxy.seen)
 
 
 def test_a_source_that_shrinks_mid_upload_fails_and_is_aborted(
@@ -386,18 +394,33 @@ def test_reader_refuses_uploads_without_asking_the_server(
 
 
 def test_reader_from_config_holds_only_the_read_keys() -> None:
-    """Built from a cdn.yaml that has both pairs, a reader's client signs with the read keys."""
+    """Built from a cdn.yaml that has both pairs, a reader signs with the read keys: the request
+    that reaches the endpoint names the read key and holds neither secret."""
+    server = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def answer_once() -> None:
+        connection, _ = server.accept()
+        with connection:
+            received.append(connection.recv(65536))
+            connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
     config = CdnConfig(
-        endpoint="http://127.0.0.1:9",
+        endpoint=f"http://127.0.0.1:{server.getsockname()[1]}",
         bucket="models",
         read_keys=S3Keys("AKIAREAD", "read-secret"),
         write_keys=S3Keys("AKIAWRITE", "write-secret"),
     )
     reader = value_of_result(S3Cdn.from_config(config, write=False))
-    # botocore keeps the signing credentials on the request signer; nothing else holds keys.
-    signer: Any = reader._client._request_signer  # type: ignore[attr-defined]
-    frozen = signer._credentials.get_frozen_credentials()
-    assert (frozen.access_key, frozen.secret_key) == ("AKIAREAD", "read-secret")
+    assert isinstance(failure_of(reader.size(REF)), NotFound)
+    thread.join(timeout=5)
+    server.close()
+    reader.close()
+    request = received[0]
+    assert b"Credential=AKIAREAD/" in request
+    assert b"AKIAWRITE" not in request and b"secret" not in request
     assert not reader.writable
     assert "secret" not in repr(reader)
     no_write = S3Cdn.from_config(config.without_write_keys(), write=True)
@@ -447,8 +470,9 @@ def _closed_port() -> int:
 
 
 def test_refused_connection_is_transient(tmp_path: Path) -> None:
-    """Nothing listening on the endpoint is a Transient failure after botocore's attempts."""
-    tuning = S3Tuning(max_attempts=1, connect_timeout=2.0, read_timeout=2.0)
+    """Nothing listening on the endpoint is a Transient failure (one attempt: retries are the
+    core's)."""
+    tuning = S3Tuning(connect_timeout=2.0, read_timeout=2.0)
     cdn = S3Cdn.reader(
         f"http://127.0.0.1:{_closed_port()}", "models", S3Keys("AKIAX", "s"), tuning=tuning
     )
@@ -484,17 +508,16 @@ def silent_endpoint() -> Iterator[str]:
 
 def test_stalled_endpoint_times_out(silent_endpoint: str, tmp_path: Path) -> None:
     """A peer that accepts but never answers fails as TimedOut with the configured read timeout."""
-    tuning = S3Tuning(max_attempts=1, connect_timeout=1.0, read_timeout=0.5)
+    tuning = S3Tuning(connect_timeout=1.0, read_timeout=0.5)
     cdn = S3Cdn.reader(silent_endpoint, "models", S3Keys("AKIAX", "s"), tuning=tuning)
     problem = failure_of(cdn.size(REF))
     assert problem == TimedOut(f"CDN object {REF.key}", 0.5)
 
 
 def test_tuning_keeps_the_pool_at_least_as_large_as_concurrency() -> None:
-    """Every part in flight gets a pooled connection, and retries are botocore's standard mode."""
-    config: Any = S3Tuning(max_concurrency=32, max_attempts=4).botocore_config()
-    assert config.max_pool_connections >= 32
-    assert config.retries == {"mode": "standard", "total_max_attempts": 4}
+    """Every part in flight gets a pooled connection; parts are at least S3's 5 MiB."""
+    assert S3Tuning(max_concurrency=32).pool_size >= 32
+    assert S3Tuning(max_concurrency=1).pool_size >= 1
     with pytest.raises(ValueError, match="5 MiB"):
         S3Tuning(multipart_chunksize=MIB)
 

@@ -159,7 +159,6 @@ SMALL_PARTS = S3Tuning(
     max_concurrency=4,
     connect_timeout=5.0,
     read_timeout=30.0,
-    max_attempts=2,
 )
 
 

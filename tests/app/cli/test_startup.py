@@ -1,4 +1,5 @@
-"""The CLI starts lean: ``--help`` loads no command code, a warm download never imports boto3.
+"""The CLI starts lean: ``--help`` loads no command code, a warm download never builds an S3
+client, and no download imports boto3, botocore or httpx's command-line tool.
 
 Each check runs the real entry point in a fresh interpreter and reports which heavy modules it
 loaded; CPU time is the bench's business, never asserted here.
@@ -19,6 +20,10 @@ from tests.support.stack import OTHER_DOWNLOADER, PASSWORD, UPLOADER, Stack, upl
 HEAVY = [
     "boto3",
     "botocore",
+    "s3transfer",
+    "splitvault.adapters.s3_http",
+    "click",  # httpx's command-line tool pulls in click, rich and pygments
+    "pygments",
     "httpx",
     "cryptography",
     "rich",
@@ -69,8 +74,9 @@ def test_a_bad_size_is_refused_by_the_one_parser() -> None:
     assert done.returncode == 2 and "64M" in done.stderr and "'1parsec'" in done.stderr
 
 
-def test_a_warm_download_never_imports_boto3(stack: Stack, tmp_path: Path) -> None:
-    """The cold download builds the S3 client; the warm one, served by the cache, does not."""
+def test_downloads_import_only_what_they_use(stack: Stack, tmp_path: Path) -> None:
+    """The cold download builds our S3 client and the warm one, served by the cache, does not;
+    neither loads boto3, botocore or httpx's command-line tool (click, rich, pygments)."""
     ref = ResourceRef("models", "warm.bin")
     data = write_model(tmp_path / "model.bin", 3 << 20)
     value(upload(stack.client(UPLOADER), ref, tmp_path / "model.bin"))
@@ -83,7 +89,9 @@ def test_a_warm_download_never_imports_boto3(stack: Stack, tmp_path: Path) -> No
         runs.append(_run(["--json", "download", "warm.bin", "--out", str(out), *flags], env))
         assert out.read_bytes() == data
     cold, warm = runs
-    # The S3 adapter is built on botocore alone (no boto3 session, no s3transfer).
-    assert cold["code"] == 0 and "botocore" in cold["loaded"]  # type: ignore[operator]
-    assert warm["code"] == 0 and "boto3" not in warm["loaded"]  # type: ignore[operator]
-    assert "botocore" not in warm["loaded"]  # type: ignore[operator]
+    never = {"boto3", "botocore", "s3transfer", "click", "rich", "pygments"}
+    assert cold["code"] == 0 and warm["code"] == 0
+    assert "splitvault.adapters.s3_http" in cold["loaded"]  # type: ignore[operator]
+    assert "splitvault.adapters.s3_http" not in warm["loaded"]  # type: ignore[operator]
+    assert "httpx" in warm["loaded"]  # type: ignore[operator]
+    assert never.isdisjoint(cold["loaded"]) and never.isdisjoint(warm["loaded"])  # type: ignore[arg-type]
