@@ -206,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     if level < logging.INFO:
-        # -vv is DEBUG for splitvault only: botocore's DEBUG records carry every request's
-        # Authorization header (its signature), and the others print wire detail.
+        # -vv is DEBUG for splitvault only: httpx's and httpcore's DEBUG records print request
+        # headers and wire detail (boto3's and botocore's, for code that embeds us, signatures).
         for name in LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
     from splitvault.app.client.errors import SplitvaultError
