@@ -21,7 +21,7 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from splitvault.domain import digest, errors, legacy
 from splitvault.domain.errors import NotFound, PartMismatch, StorageFailed
 from splitvault.domain.format_v1 import DEFAULT_CHUNK_SIZE, Layout, Opener, Sealer, check_big_part
 from splitvault.domain.keys import TAG_BYTES
-from splitvault.domain.ports import BigPartDigest
+from splitvault.domain.ports import BigPartDigest, RangeSink, Span
 from splitvault.domain.ref import ResourceRef
 from splitvault.domain.split import DEFAULT_RULE
 
@@ -502,6 +502,8 @@ def open_with(
     workers: int | None = None,
     progress: Progress | None = None,
     verify_big_digest: bool = True,
+    output_exists: bool = False,
+    already_open: frozenset[int] = frozenset(),
 ) -> IOResult[None, errors.Problem]:
     """Open the big part at ``big_path`` with an already checked ``opener`` into ``out``.
 
@@ -516,7 +518,14 @@ def open_with(
     ``NotFound``/``StorageFailed`` naming the file that failed (``big_path`` on a read error,
     ``out`` on a write error or a full disk). On failure ``out`` holds garbage: the caller
     deletes it.
+
+    ``output_exists`` keeps what ``out`` holds (it is sized, not truncated, once the big part's
+    length is checked). ``already_open`` (a ``ChunkTee``'s ``opened``) names chunks that are in
+    ``out`` already: they are neither read nor written, which needs ``output_exists`` and
+    ``verify_big_digest=False`` (their leaves are not read here).
     """
+    if already_open and (verify_big_digest or not output_exists):
+        raise ValueError("chunks opened elsewhere need the existing output and no digest pass")
     threads = _check_workers(workers)
     layout = opener.layout
     small_ct = memoryview(opener.small_ciphertext)
@@ -532,13 +541,16 @@ def open_with(
             if not is_successful(checked):
                 return IOFailure(checked.failure())
             with _blame(writing):
-                out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                keep = 0 if output_exists else os.O_TRUNC
+                out_fd = _open_fd(out, os.O_WRONLY | os.O_CREAT | keep)
                 stack.callback(os.close, out_fd)
                 _prepare_output(out_fd, layout.plaintext_length)
             leaves: list[bytes | None] = [None] * layout.chunk_count
             write_lock = threading.Lock()
 
             def task(index: int, slot: _Slot, turns: _Turns) -> errors.Problem | None:
+                if index in already_open:
+                    return None
                 ct_start, ct_end = layout.ciphertext_span(index)
                 cipher = slot.cipher[: ct_end - ct_start]
                 try:
@@ -572,6 +584,155 @@ def open_with(
             return IOFailure(PartMismatch("the big part's digest differs from the header's"))
     log.debug("opened %s: %d bytes", opener.header.ref, layout.plaintext_length)
     return IOSuccess(None)
+
+
+TEE_BUDGET = 16 << 20
+TEE_MAX_CHUNK = (4 << 20) + TAG_BYTES
+
+
+class ChunkTee:
+    """A ``RangeSink`` wrapper that opens each v1 chunk into the output as its bytes land.
+
+    A cold download hands the CDN's bytes to the cache's sink (which writes and hashes them) and,
+    through this tee, decrypts every chunk whose ciphertext arrived whole in this fill straight
+    into ``out`` at its plaintext offset: the open runs while the network waits, and the finished
+    entry is not read again. Chunks wholly in the small part are opened at once. ``opened`` names
+    the chunks in ``out``; ``open_with(..., already_open=tee.opened)`` opens the rest (chunks that
+    landed in an earlier attempt, chunks past the buffer bound) from the committed entry.
+
+    Nothing is trusted early: ``out`` is the caller's temp file, renamed into place only after the
+    cache has checked the whole big part against the signed digest, and a chunk's earlier opening
+    is forgotten whenever a fill asks for its bytes again (the cache refetching a part that did
+    not verify), so the output always holds the bytes the cache committed.
+
+    A chunk collects its bytes in a buffer of its own (from two ranges when it straddles them); at
+    most ``max_pending`` buffers exist (``TEE_BUDGET`` bytes by default, none for chunks over
+    4 MiB), beyond which chunks are left to ``open_with``.
+    A chunk that does not authenticate or an output write that fails is left to it too, which
+    reports the failure as it always does. Thread-safe: ranges land from several threads.
+    """
+
+    def __init__(self, opener: Opener, out_fd: int, *, max_pending: int | None = None) -> None:
+        self._opener = opener
+        self._layout = opener.layout
+        self._cut = opener.layout.small_ciphertext_length
+        self._step = opener.layout.chunk_size + TAG_BYTES
+        self._small = memoryview(opener.small_ciphertext)
+        self._fd = out_fd
+        # 16 MiB of chunks waiting at most (15 of 1 MiB); none for chunks above 4 MiB.
+        fits = TEE_BUDGET // self._step if self._step <= TEE_MAX_CHUNK else 0
+        self._max_pending = fits if max_pending is None else max_pending
+        self._pending: dict[int, tuple[memoryview, int]] = {}
+        self._opened: set[int] = set()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._plain = threading.local()
+        self._broken = False
+        # Chunks wholly in the small part need no byte from the CDN: opened now.
+        for index in range(min(self._cut // self._step, self._layout.chunk_count)):
+            start, end = self._layout.ciphertext_span(index)
+            if end <= self._cut:
+                self._open(index, self._small[start:end])
+
+    @property
+    def opened(self) -> frozenset[int]:
+        """The chunks now in the output, opened from the bytes last delivered for them."""
+        with self._lock:
+            return frozenset(self._opened)
+
+    def around(self, inner: RangeSink, ranges: Sequence[Span]) -> RangeSink:
+        """The sink for one fill of ``ranges`` into ``inner``: what lands goes to both."""
+        with self._lock:
+            self._pending.clear()  # a broken-off range of an earlier fill never continues here
+            for low, high in ranges:
+                first, last = self._chunks_of(low, high)
+                self._opened.difference_update(range(first, last + 1))
+        return _TeeSink(self, inner)
+
+    def _chunks_of(self, low: int, high: int) -> tuple[int, int]:
+        """The first and last chunk holding big-part bytes ``[low, high)``."""
+        return (self._cut + low) // self._step, (self._cut + high - 1) // self._step
+
+    def take(self, offset: int, data: memoryview) -> None:
+        """Collect big-part bytes at ``offset``; open every chunk they complete."""
+        position = self._cut + offset
+        while data:
+            index = position // self._step
+            start, end = self._layout.ciphertext_span(index)
+            size = min(len(data), end - position)
+            buffer = self._buffer_for(index, start, end)
+            if buffer is not None:
+                buffer[position - start : position - start + size] = data[:size]
+                self._landed(index, buffer, size)
+            position += size
+            data = data[size:]
+
+    def _buffer_for(self, index: int, start: int, end: int) -> memoryview | None:
+        with self._lock:
+            held = self._pending.get(index)
+            if held is not None:
+                return held[0]
+            if self._broken or len(self._pending) >= self._max_pending:
+                return None
+            buffer = memoryview(bytearray(end - start))
+            small = max(0, min(self._cut, end) - start)  # the chunk's head in the small part
+            buffer[:small] = self._small[start : start + small]
+            self._pending[index] = (buffer, small)
+            return buffer
+
+    def _landed(self, index: int, buffer: memoryview, size: int) -> None:
+        with self._lock:
+            held = self._pending.get(index)
+            if held is None or held[0] is not buffer:
+                return  # a fill began since: these bytes are its predecessor's
+            have = held[1] + size
+            if have < len(buffer):
+                self._pending[index] = (buffer, have)
+                return
+            del self._pending[index]
+        self._open(index, buffer)
+
+    def _open(self, index: int, cipher: memoryview) -> None:
+        plain: memoryview | None = getattr(self._plain, "buffer", None)
+        if plain is None or len(plain) < len(cipher):
+            plain = self._plain.buffer = memoryview(bytearray(len(cipher)))
+        opened = self._opener.open_chunk_into(index, cipher, plain)
+        if not is_successful(opened):
+            return  # open_with meets it again and says so
+        pt_start, pt_end = self._layout.plaintext_span(index)
+        try:
+            with self._write_lock:
+                _pwrite_all(self._fd, plain[: pt_end - pt_start], pt_start)
+        except OSError:
+            with self._lock:
+                self._broken = True  # a full disk: open_with reports it, naming the output
+            return
+        with self._lock:
+            self._opened.add(index)
+
+
+class _TeeSink:
+    """One fill's sink: the cache's sink first (its failure stops the range), then the tee."""
+
+    def __init__(self, tee: ChunkTee, inner: RangeSink) -> None:
+        self._tee = tee
+        self._inner = inner
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self._inner.write(offset, data)
+        self._tee.take(offset, memoryview(data))
+
+    def landed(self) -> int:
+        return self._inner.landed()
+
+
+def new_output(out: Path) -> int:
+    """An fd of ``out`` created empty (0600) for a ``ChunkTee``. Raises ``OSError``.
+
+    Not sized: the header's lengths are unchecked until the big part's length is known, and a
+    lying header must not make a download allocate (``open_with`` sizes it after that check).
+    """
+    return _open_fd(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
 
 
 # --- the legacy suite (AES-256-CBC, PKCS#7, IV in front, no header) -------------------------

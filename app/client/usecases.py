@@ -20,6 +20,7 @@ Temp files that a dead process left beside an output file are removed by the nex
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -79,7 +80,9 @@ class DownloadReport:
 
     ``fill_starts`` are the offsets the CDN fills started from, one per attempt (empty on a cache
     hit; a non-zero offset is a resumed download); ``fetched_bytes`` counts the big-part bytes
-    that arrived from the CDN in all attempts (more than ``big_bytes`` when ranges were refetched).
+    that arrived from the CDN in all attempts (more than ``big_bytes`` when ranges were refetched);
+    ``chunks_opened_in_flight`` counts the chunks opened into ``out`` while their bytes arrived
+    (``pipeline.ChunkTee``), the rest were opened from the cache entry.
     """
 
     ref: ResourceRef
@@ -91,6 +94,7 @@ class DownloadReport:
     cache_path: Path
     fill_starts: tuple[int, ...] = ()
     fetched_bytes: int = 0
+    chunks_opened_in_flight: int = 0
 
 
 def upload_resource(
@@ -264,24 +268,7 @@ def _with_big_part(
 
     meter = Meter()
 
-    def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
-        filled.append(ranges[0][0] if ranges else expected.length)
-        log.info("fetching %d range(s) of the big part of %s from the CDN", len(ranges), ref)
-        return cdn.download_ranges(big_ref, ranges, meter.around(sink)).map(lambda _: None)
-
-    def open_into(big_path: Path, temp: Path) -> IOResult[None, Problem]:
-        return pipeline.open_with(
-            opener,
-            big_path,
-            temp,
-            workers=workers,
-            progress=progress,
-            # The cache verified the hash (or its stamp says the entry is unchanged since) and
-            # every chunk is authenticated below: a second digest pass buys nothing.
-            verify_big_digest=False,
-        )
-
-    def report(big_path: Path) -> DownloadReport:
+    def report(big_path: Path, in_flight: int) -> DownloadReport:
         return DownloadReport(
             ref=ref,
             out=out,
@@ -292,17 +279,47 @@ def _with_big_part(
             cache_path=big_path,
             fill_starts=tuple(filled),
             fetched_bytes=meter.moved,
+            chunks_opened_in_flight=in_flight,
         )
 
-    def use(big_path: Path) -> IOResult[DownloadReport, Problem]:
-        return write_atomically(out, lambda temp: open_into(big_path, temp)).map(
-            lambda _: report(big_path)
-        )
+    def fetch_into(temp: Path) -> IOResult[DownloadReport, Problem]:
+        # The output's temp file exists before the fill, so each chunk is opened into it as its
+        # bytes land (``ChunkTee``); what the tee could not open is opened from the entry after.
+        out_fd = pipeline.new_output(temp)  # an OSError is write_atomically's to report
+        try:
+            tee = pipeline.ChunkTee(opener, out_fd)
+
+            def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
+                filled.append(ranges[0][0] if ranges else expected.length)
+                log.info(
+                    "fetching %d range(s) of the big part of %s from the CDN", len(ranges), ref
+                )
+                teed = tee.around(sink, ranges)
+                return cdn.download_ranges(big_ref, ranges, meter.around(teed)).map(lambda _: None)
+
+            def use(big_path: Path) -> IOResult[DownloadReport, Problem]:
+                opened = tee.opened
+                return pipeline.open_with(
+                    opener,
+                    big_path,
+                    temp,
+                    workers=workers,
+                    progress=progress,
+                    # The cache verified the hash (or its stamp says the entry is unchanged since)
+                    # and every chunk is authenticated: a second digest pass buys nothing.
+                    verify_big_digest=False,
+                    output_exists=True,
+                    already_open=opened,
+                ).map(lambda _: report(big_path, len(opened)))
+
+            # Each attempt asks the cache again: it asks the CDN only for the segments its
+            # partial lacks, or finds the entry another process has finished meanwhile.
+            return cache.fetch(ref, expected, fill, use)
+        finally:
+            os.close(out_fd)
 
     def fetch() -> IOResult[DownloadReport, Problem]:
-        # Each attempt asks the cache again: it asks the CDN only for the segments its partial
-        # lacks, or finds the entry another process has finished meanwhile.
-        return cache.fetch(ref, expected, fill, use)
+        return write_atomically(out, fetch_into)
 
     def attempt() -> IOResult[DownloadReport, Problem]:
         return run_with(retrier, f"download of the big part of {ref}", fetch, progress=meter)

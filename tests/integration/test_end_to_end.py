@@ -56,6 +56,10 @@ def test_upload_then_download_cold_and_warm(stack: Stack, tmp_path: Path) -> Non
     assert (tmp_path / "out" / "warm.onnx").read_bytes() == plaintext
     assert cold.cache_hit is False  # type: ignore[attr-defined]
     assert warm.cache_hit is True  # type: ignore[attr-defined]
+    # Cold: every chunk (4 of 1 MiB) was opened as its bytes arrived, none from the entry after;
+    # warm: all from the entry.
+    assert cold.chunks_opened_in_flight == 4  # type: ignore[attr-defined]
+    assert warm.chunks_opened_in_flight == 0  # type: ignore[attr-defined]
 
 
 def test_small_part_on_the_server_never_holds_plaintext(stack: Stack, tmp_path: Path) -> None:
