@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from unittest.mock import patch
 
 import pytest
@@ -24,11 +26,13 @@ from splitvault.adapters.s3_http import (
     S3BadAnswer,
     S3Error,
     S3Http,
+    S3TlsFailed,
     canonical_query,
     sign,
     uri_encode,
 )
 from splitvault.domain.config import S3Keys
+from tests.support.certs import tls_files
 from tests.support.moto_server import ADMIN_KEYS, MotoS3
 
 AWS_EXAMPLE_KEYS = S3Keys("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -274,3 +278,49 @@ def test_the_secret_is_in_no_repr() -> None:
         when=datetime(2026, 1, 1, tzinfo=dt.UTC),
     )
     assert all("top-secret-key" not in value for value in signed.values())
+
+
+HEAD_ANSWER = b'HTTP/1.1 200 OK\r\nContent-Length: 42\r\nETag: "t"\r\n\r\n'
+
+
+def _tls_server(cert: Path, key: Path, answers: int) -> tuple[socket.socket, threading.Thread]:
+    """A loopback TLS server answering ``answers`` HEAD requests (an object of 42 bytes)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(answers):
+            raw, _ = server.accept()
+            try:
+                with context.wrap_socket(raw, server_side=True) as connection:
+                    connection.recv(65536)
+                    connection.sendall(
+                        b'HTTP/1.1 200 OK\r\nContent-Length: 42\r\nETag: "t"\r\n\r\n'
+                    )
+            except (ssl.SSLError, OSError):
+                continue  # the client refused our certificate
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_tls_verifies_against_aws_ca_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https endpoint whose certificate a private CA signed is refused with the default
+    bundle (S3TlsFailed: retrying cannot fix it) and trusted with ``AWS_CA_BUNDLE`` naming it."""
+    ca, cert, key = tls_files(tmp_path)
+    server, thread = _tls_server(cert, key, answers=2)
+    endpoint = f"https://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    untrusting = S3Http(endpoint, "us-east-1", ADMIN_KEYS)
+    with pytest.raises(S3TlsFailed):
+        untrusting.head_object("bucket", "key")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
+    trusting = S3Http(endpoint, "us-east-1", ADMIN_KEYS)
+    assert trusting.head_object("bucket", "key") == (42, '"t"')
+    trusting.close()
+    thread.join(timeout=5)
+    server.close()
