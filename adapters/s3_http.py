@@ -185,7 +185,8 @@ class _Route:
 
 def _proxy_route(scheme: str, host: str, port: int) -> _Route:
     direct = _Route(host, port, scheme == "https")
-    # Imported here: urllib.request costs a few ms, and most processes have no proxy set.
+    if not any(name.lower() in {"http_proxy", "https_proxy"} for name in os.environ):
+        return direct  # the common case, without urllib.request's import (a few ms)
     import urllib.request  # noqa: PLC0415
 
     proxy = urllib.request.getproxies_environment().get(scheme)
