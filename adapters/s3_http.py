@@ -604,8 +604,17 @@ class S3Http:
             if pool.route.proxy_auth:
                 sent["Proxy-Authorization"] = pool.route.proxy_auth
         try:
-            connection.request(method, target, body=body, headers=sent)
-            response = connection.getresponse()
+            try:
+                connection.request(method, target, body=body, headers=sent)
+            except (BrokenPipeError, ConnectionResetError) as broken:
+                # A store may answer (403, 400) and close before taking the whole body: its
+                # answer, not the broken pipe, says what went wrong (a final error, not a
+                # transient one). No answer there: the pipe's error stands.
+                if body is None:
+                    raise
+                response = _answer_after_broken_send(connection, broken)
+            else:
+                response = connection.getresponse()
         except BaseException as error:
             connection.close()
             raise _failure_of(error) from error
@@ -663,6 +672,19 @@ class S3Http:
                 answer.header("Retry-After"),
             )
         return root
+
+
+def _answer_after_broken_send(
+    connection: http.client.HTTPConnection, broken: OSError
+) -> http.client.HTTPResponse:
+    """The error answer a store sent before it stopped reading the body, else ``broken``."""
+    try:
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException):
+        raise broken from None
+    if response.status < 300:
+        raise broken  # a success for a body it did not take whole is no success
+    return response
 
 
 def _error_of(answer: Answer) -> S3Error:

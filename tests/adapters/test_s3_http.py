@@ -324,3 +324,34 @@ def test_tls_verifies_against_aws_ca_bundle(
     trusting.close()
     thread.join(timeout=5)
     server.close()
+
+
+def test_an_answer_sent_before_the_body_was_taken_is_the_error(tmp_path: Path) -> None:
+    """A store that refuses a part after reading only its headers (403) and closes: the upload
+    fails with that 403 (final, AccessDenied upstream), not with the broken pipe (transient,
+    retried for nothing)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    refusal = (
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 93\r\nConnection: close\r\n\r\n"
+        b"<Error><Code>AccessDenied</Code><Message>no write for these keys</Message>"
+        b"</Error>            "
+    )
+
+    def refuse_early() -> None:
+        connection, _ = server.accept()
+        with connection:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += connection.recv(4096)
+            connection.sendall(refusal)
+            connection.shutdown(socket.SHUT_RDWR)
+
+    thread = threading.Thread(target=refuse_early, daemon=True)
+    thread.start()
+    http = S3Http(f"http://127.0.0.1:{server.getsockname()[1]}", "us-east-1", ADMIN_KEYS)
+    with pytest.raises(S3Error) as raised:
+        http.upload_part("bucket", "key", "upload", 1, bytearray(32 << 20))
+    assert (raised.value.status, raised.value.code) == (403, "AccessDenied")
+    http.close()
+    thread.join(timeout=5)
+    server.close()
