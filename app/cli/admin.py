@@ -492,9 +492,9 @@ def _sweep_cdn(store: ServerStore, *, min_age: float) -> dict[str, int]:
 # --- the parser -----------------------------------------------------------------------------------
 
 
-def register(command: Command) -> None:
+def register(command: Command, help_text: str) -> None:
     """Add ``admin`` and its subcommands to the ``splitvault`` parser (``command`` makes one)."""
-    admin = command("admin", _no_group, "operate a server's store: users, grants, devices, CDN")
+    admin = command("admin", no_group, help_text)
     groups = admin.add_subparsers(dest="admin_group", required=True, metavar="GROUP")
 
     def leaf(
@@ -577,7 +577,8 @@ def register(command: Command) -> None:
     )
 
 
-def _no_group(_args: argparse.Namespace) -> Report:
+def no_group(_args: argparse.Namespace) -> Report:
+    """``splitvault admin`` without a group: say which there are."""
     raise to_exception(
         ConfigInvalid(
             "admin",

@@ -23,26 +23,35 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from returns.result import Failure
-
-from splitvault.domain.sizes import parse_size
-
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 log = logging.getLogger("splitvault.cli")
 # Libraries whose DEBUG output -vv must not switch on (see main).
 LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
 
 
+ADMIN_HELP = "operate a server's store: users, grants, devices, CDN"
+
+
 def _size(text: str) -> int:
     """argparse's view of ``domain.sizes.parse_size`` (the one size parser)."""
+    # Imported on use: ``--help`` never parses a size, and returns and the domain's errors cost
+    # about 0.03 CPU-s to import.
+    from returns.result import Failure
+
+    from splitvault.domain.sizes import parse_size
+
     parsed = parse_size(text)
     if isinstance(parsed, Failure):
         raise argparse.ArgumentTypeError(parsed.failure().detail)
     return parsed.unwrap()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def build_parser(*, admin_commands: bool = True) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand.
+
+    ``admin_commands=False`` lists ``admin`` without its subcommands, whose module imports the
+    store ports (about 0.02 CPU-s): ``main`` asks for them only when ``admin`` is on the line.
+    """
     parser = argparse.ArgumentParser(
         prog="splitvault",
         description="Encrypt and split valuable files between a resource API and a CDN.",
@@ -153,9 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["uploader", "downloader", "admin"], required=True)
     p.add_argument("--data", type=Path, required=True)
 
-    from splitvault.app.cli import admin
+    if admin_commands:
+        from splitvault.app.cli import admin
 
-    admin.register(command)
+        admin.register(command, ADMIN_HELP)
+    else:
+        command("admin", "admin:no_group", ADMIN_HELP)
 
     p = command("seal-images", "seal_images", "docker save IMAGES and encrypt the archive")
     p.add_argument("images", nargs="+")
@@ -199,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(admin_commands="admin" in words)
+    args = parser.parse_args(words)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr

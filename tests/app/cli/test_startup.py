@@ -29,7 +29,10 @@ HEAVY = [
     "rich",
     "yaml",
     "splitvault.app.cli.commands",
+    "splitvault.app.cli.admin",
     "splitvault.app.client.pipeline",
+    "splitvault.domain.errors",
+    "returns.result",
 ]
 
 _PROBE = """
@@ -57,10 +60,13 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> dict[str, object
 
 
 def test_help_loads_no_command_code() -> None:
-    """``splitvault --help`` and a subcommand's help import none of the heavy modules."""
+    """``splitvault --help`` and a subcommand's help import none of the heavy modules (not even
+    the domain's errors or the admin commands); ``admin --help`` builds the admin tree."""
     for args in (["--help"], ["download", "--help"], ["bench", "--help"]):
         report = _run(args)
         assert report == {"code": 0, "loaded": []}, args
+    admin = _run(["admin", "--help"])
+    assert admin["code"] == 0 and "splitvault.app.cli.admin" in admin["loaded"]  # type: ignore[operator]
 
 
 def test_a_bad_size_is_refused_by_the_one_parser() -> None:
