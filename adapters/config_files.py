@@ -18,7 +18,6 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.result import Failure, Result, Success
 
@@ -45,6 +44,9 @@ ORIGINAL_CLIENT_FIELDS = {"url": "api_url"}
 
 
 def _load_yaml(text: str, what: str) -> Result[object, ConfigInvalid]:
+    # Imported on use: a warm download with no config file never parses YAML (15 ms of import).
+    import yaml  # noqa: PLC0415 - lazy: the warm path parses no YAML
+
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         return Failure(ConfigInvalid(what, f"larger than {MAX_CONFIG_BYTES} bytes"))
     try:
@@ -71,6 +73,8 @@ def parse_cdn_yaml(text: str) -> Result[CdnConfig, ConfigInvalid]:
 
 def render_cdn_yaml(config: CdnConfig, include_write: bool) -> str:
     """``cdn.yaml`` for one role; downloaders get ``include_write=False``: no write keys."""
+    import yaml  # noqa: PLC0415 - lazy: the warm path parses no YAML
+
     return yaml.safe_dump(
         cdn_config_to_mapping(config, include_write=include_write),
         sort_keys=False,
