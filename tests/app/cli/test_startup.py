@@ -100,4 +100,6 @@ def test_downloads_import_only_what_they_use(stack: Stack, tmp_path: Path) -> No
     assert "splitvault.adapters.s3_http" in cold["loaded"]  # type: ignore[operator]
     assert "splitvault.adapters.s3_http" not in warm["loaded"]  # type: ignore[operator]
     assert "httpx" in warm["loaded"]  # type: ignore[operator]
+    # No config file and no cdn.yaml to read: the warm download parses no YAML at all.
+    assert "yaml" in cold["loaded"] and "yaml" not in warm["loaded"]  # type: ignore[operator]
     assert never.isdisjoint(cold["loaded"]) and never.isdisjoint(warm["loaded"])  # type: ignore[arg-type]
