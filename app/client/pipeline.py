@@ -629,10 +629,11 @@ class ChunkTee:
         self._plain = threading.local()
         self._broken = False
         # Chunks wholly in the small part need no byte from the CDN: opened now.
-        for index in range(min(self._cut // self._step, self._layout.chunk_count)):
+        for index in range(self._layout.chunk_count):
             start, end = self._layout.ciphertext_span(index)
-            if end <= self._cut:
-                self._open(index, self._small[start:end])
+            if end > self._cut:
+                break
+            self._open(index, self._small[start:end])
 
     @property
     def opened(self) -> frozenset[int]:
