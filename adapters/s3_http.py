@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 from xml.etree import ElementTree
@@ -519,46 +519,55 @@ class S3Http:
 
     def list_objects(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, datetime]]:
         """Every object's key and last-modified time, page by page (ListObjectsV2)."""
-        token: str | None = None
-        while True:
-            query = [("list-type", "2"), ("encoding-type", "url")]
-            if prefix:
-                query.append(("prefix", prefix))
-            if token:
-                query.append(("continuation-token", token))
-            root = self._xml(self.send("GET", bucket, "", query=query))
-            decode = _text(root, "EncodingType") == "url"
-            for item in _children(root, "Contents"):
-                key = _text(item, "Key") or ""
-                modified = _text(item, "LastModified") or ""
-                yield (urllib.parse.unquote(key) if decode else key), _timestamp(modified)
+
+        def after(root: ElementTree.Element) -> Query:
             token = _text(root, "NextContinuationToken")
-            if _text(root, "IsTruncated") != "true" or not token:
-                return
+            return [("continuation-token", token)] if token else []
+
+        for root, key_of in self._pages(bucket, [("list-type", "2")], prefix, after):
+            for item in _children(root, "Contents"):
+                yield key_of(item), _timestamp(_text(item, "LastModified") or "")
 
     def list_multipart_uploads(self, bucket: str, prefix: str = "") -> Iterator[Upload]:
         """Every unfinished multipart upload under ``prefix``, page by page."""
-        key_marker = upload_marker = None
-        while True:
-            query = [("uploads", ""), ("encoding-type", "url")]
-            if prefix:
-                query.append(("prefix", prefix))
-            if key_marker:
-                query.append(("key-marker", key_marker))
-            if upload_marker:
-                query.append(("upload-id-marker", upload_marker))
-            root = self._xml(self.send("GET", bucket, "", query=query))
-            decode = _text(root, "EncodingType") == "url"
+
+        def after(root: ElementTree.Element) -> Query:
+            markers = [("key-marker", "NextKeyMarker"), ("upload-id-marker", "NextUploadIdMarker")]
+            return [(name, value) for name, tag in markers if (value := _text(root, tag))]
+
+        for root, key_of in self._pages(bucket, [("uploads", "")], prefix, after):
             for item in _children(root, "Upload"):
-                key = _text(item, "Key") or ""
                 yield Upload(
-                    urllib.parse.unquote(key) if decode else key,
+                    key_of(item),
                     _text(item, "UploadId") or "",
                     _timestamp(_text(item, "Initiated") or ""),
                 )
-            key_marker = _text(root, "NextKeyMarker")
-            upload_marker = _text(root, "NextUploadIdMarker")
-            if _text(root, "IsTruncated") != "true" or not (key_marker or upload_marker):
+
+    def _pages(
+        self,
+        bucket: str,
+        query: Query,
+        prefix: str,
+        after: Callable[[ElementTree.Element], Query],
+    ) -> Iterator[tuple[ElementTree.Element, Callable[[ElementTree.Element], str]]]:
+        """A listing's pages: each page's root and how to read an item's ``Key``.
+
+        Keys come ``encoding-type=url`` (XML cannot carry every key) and are decoded when the store
+        says it encoded them; ``after(root)`` names the markers of the next page (none: the end).
+        """
+        markers: Query = []
+        while True:
+            page = [*query, ("encoding-type", "url"), *([("prefix", prefix)] if prefix else [])]
+            root = self._xml(self.send("GET", bucket, "", query=[*page, *markers]))
+            decode = _text(root, "EncodingType") == "url"
+
+            def key_of(item: ElementTree.Element, decode: bool = decode) -> str:
+                key = _text(item, "Key") or ""
+                return urllib.parse.unquote(key) if decode else key
+
+            yield root, key_of
+            markers = after(root)
+            if _text(root, "IsTruncated") != "true" or not markers:
                 return
 
     # -- the wire -------------------------------------------------------------------------------

@@ -355,3 +355,20 @@ def test_an_answer_sent_before_the_body_was_taken_is_the_error(tmp_path: Path) -
     http.close()
     thread.join(timeout=5)
     server.close()
+
+
+def test_listings_follow_every_page(client: S3Http, moto_s3: MotoS3, s3_bucket: str) -> None:
+    """More than one page of objects (S3 answers at most 1,000 per page): every key comes back
+    once, decoded, the prefix honoured; unfinished uploads list with their keys decoded too (moto
+    answers those in one page, so their markers are not exercised here)."""
+    admin = moto_s3.s3_client()
+    keys = {f"many/item {number:04d}%.big" for number in range(1003)}
+    for key in keys:
+        admin.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    admin.put_object(Bucket=s3_bucket, Key="other/outside.big", Body=b"")
+    listed = [key for key, _ in client.list_objects(s3_bucket, "many/")]
+    assert sorted(listed) == sorted(keys)
+    started = {client.create_multipart_upload(s3_bucket, f"up/key {n}%.big") for n in range(3)}
+    uploads = list(client.list_multipart_uploads(s3_bucket, "up/"))
+    assert {upload.upload_id for upload in uploads} == started
+    assert {upload.key for upload in uploads} == {f"up/key {n}%.big" for n in range(3)}
