@@ -12,11 +12,12 @@ import random
 from pathlib import Path
 
 import pytest
+from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
 from splitvault.app.client import pipeline
-from splitvault.domain.errors import CorruptResource
+from splitvault.domain.errors import CorruptResource, Problem
 from splitvault.domain.format_v1 import Opener, seal_bytes
 from splitvault.domain.ref import ResourceRef
 
@@ -67,6 +68,15 @@ def tee_for(opener: Opener, out: Path, **kwargs: int) -> tuple[pipeline.ChunkTee
     return pipeline.ChunkTee(opener, fd, **kwargs), fd
 
 
+def open_the_rest(
+    opener: Opener, entry: Path, out: Path, opened: frozenset[int]
+) -> IOResult[None, Problem]:
+    """What a download does after the fill: open from the entry what the tee did not."""
+    return pipeline.open_with(
+        opener, entry, out, verify_big_digest=False, output_exists=True, already_open=opened
+    )
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_every_chunk_is_opened_as_it_lands_across_ranges(tmp_path: Path, seed: int) -> None:
     """Two ranges split inside a chunk, delivered in 333-byte pieces in any interleaving: every
@@ -97,14 +107,7 @@ def test_a_chunk_that_does_not_authenticate_is_left_to_the_open_pass(tmp_path: P
     assert tee.opened == frozenset(range(opener.layout.chunk_count)) - {broken}
     entry = tmp_path / "entry"
     entry.write_bytes(bytes(bad))
-    rest = pipeline.open_with(
-        opener,
-        entry,
-        tmp_path / "out",
-        verify_big_digest=False,
-        output_exists=True,
-        already_open=tee.opened,
-    )
+    rest = open_the_rest(opener, entry, tmp_path / "out", tee.opened)
     assert not is_successful(rest)
     assert isinstance(unsafe_perform_io(rest.failure()), CorruptResource)
 
@@ -138,14 +141,7 @@ def test_the_rest_is_opened_from_the_entry_and_the_output_is_whole(tmp_path: Pat
     assert 0 < len(opened) < opener.layout.chunk_count
     entry = tmp_path / "entry"
     entry.write_bytes(big)
-    rest = pipeline.open_with(
-        opener,
-        entry,
-        tmp_path / "out",
-        verify_big_digest=False,
-        output_exists=True,
-        already_open=opened,
-    )
+    rest = open_the_rest(opener, entry, tmp_path / "out", opened)
     assert is_successful(rest)
     assert (tmp_path / "out").read_bytes() == plaintext
 
