@@ -60,6 +60,7 @@ from splitvault.adapters.s3_http import (
     S3Http,
     S3ReadTimeout,
     S3TlsFailed,
+    crc32_of,
 )
 from splitvault.domain.cdn_layout import ObjectLayout, SharedBucket
 from splitvault.domain.config import DEFAULT_REGION, CdnConfig, S3Keys
@@ -111,6 +112,10 @@ class S3Tuning:
         max_concurrency: parts or ranges in flight at once; the connection pool is at least this.
         connect_timeout, read_timeout: seconds before a connect or a stalled read fails.
         addressing_style: ``path`` works with every S3-compatible store and with IP endpoints.
+        part_checksums: send each upload part's CRC32 (as boto3 does by default since 1.36), so
+            the store rejects a part damaged on the way instead of a downloader finding it; off
+            for a store that refuses checksum headers (``AWS_REQUEST_CHECKSUM_CALCULATION=
+            when_required``, boto3's own switch, turns it off in ``bootstrap``).
     """
 
     multipart_threshold: int = 8 * MIB
@@ -119,6 +124,7 @@ class S3Tuning:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     addressing_style: Literal["path", "virtual", "auto"] = "path"
+    part_checksums: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.multipart_chunksize < 5 * MIB or self.multipart_threshold < 5 * MIB:
@@ -550,24 +556,31 @@ class _MultipartUpload:
         self._key = key
         self._part = tuning.multipart_chunksize
         self._workers = tuning.max_concurrency
+        self._checksums = tuning.part_checksums
         self._buffers = threading.local()
         self._stop = threading.Event()
 
     def run(self, fd: int, size: int, progress: Progress | None) -> None:
         """Upload the ``size`` bytes of ``fd``; raises ``S3Failure`` or ``OSError``."""
         count = -(-size // self._part)
-        upload_id = self._client.create_multipart_upload(self._bucket, self._key)
+        upload_id = self._client.create_multipart_upload(
+            self._bucket, self._key, crc32=self._checksums
+        )
         try:
-            etags = self._send_all(fd, size, upload_id, count, progress)
-            self._client.complete_multipart_upload(self._bucket, self._key, upload_id, etags)
+            sent = self._send_all(fd, size, upload_id, count, progress)
+            etags = [etag for etag, _ in sent]
+            crc32s = [crc for _, crc in sent if crc is not None] if self._checksums else None
+            self._client.complete_multipart_upload(
+                self._bucket, self._key, upload_id, etags, crc32s
+            )
         except BaseException:
             self._abort(upload_id)
             raise
 
     def _send_all(
         self, fd: int, size: int, upload_id: str, count: int, progress: Progress | None
-    ) -> list[str]:
-        """Send parts ``1..count``; their ETags in order, or the first failure raised."""
+    ) -> list[tuple[str, str | None]]:
+        """Send parts ``1..count``; their ETags and CRC32s in order, or the first failure."""
         workers = max(1, min(self._workers, count))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splitvault-s3") as pool:
             futures = [
@@ -583,7 +596,7 @@ class _MultipartUpload:
 
     def _send(
         self, fd: int, size: int, upload_id: str, number: int, progress: Progress | None
-    ) -> str:
+    ) -> tuple[str, str | None]:
         if self._stop.is_set():
             raise _Stopped
         low = (number - 1) * self._part
@@ -598,10 +611,14 @@ class _MultipartUpload:
                 body = _read_part(fd, low, length)  # the short last part: once
             if progress is not None:
                 progress(length)
-            return self._client.upload_part(self._bucket, self._key, upload_id, number, body)
+            crc = crc32_of(body) if self._checksums else None
+            etag = self._client.upload_part(
+                self._bucket, self._key, upload_id, number, body, crc32=crc
+            )
         except BaseException:
             self._stop.set()
             raise
+        return etag, crc
 
     def _abort(self, upload_id: str) -> None:
         try:

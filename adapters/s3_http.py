@@ -34,6 +34,7 @@ import socket
 import ssl
 import threading
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal
@@ -181,6 +182,11 @@ class _Route:
     tunnel: tuple[str, int] | None = None  # CONNECT through an https proxy... to this origin
     absolute: bool = False  # an http proxy: the request target is the full URL
     proxy_auth: str | None = attrs.field(default=None, repr=False)
+
+
+def crc32_of(data: Body) -> str:
+    """S3's ``x-amz-checksum-crc32`` value: the CRC-32 of ``data``, big-endian, base64."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
 def _proxy_route(scheme: str, host: str, port: int) -> _Route:
@@ -480,18 +486,31 @@ class S3Http:
         """Delete the object (S3 answers success for a key that is not there)."""
         self.send("DELETE", bucket, key).read(MAX_ERROR_BYTES)
 
-    def create_multipart_upload(self, bucket: str, key: str) -> str:
-        """Begin a multipart upload; its upload id."""
-        root = self._xml(self.send("POST", bucket, key, query=[("uploads", "")]))
+    def create_multipart_upload(self, bucket: str, key: str, *, crc32: bool = False) -> str:
+        """Begin a multipart upload; its upload id. With ``crc32`` every part must then carry
+        its CRC32 (``upload_part(crc32=...)``) and the store checks each part's bytes."""
+        headers = {"x-amz-checksum-algorithm": "CRC32"} if crc32 else None
+        root = self._xml(self.send("POST", bucket, key, query=[("uploads", "")], headers=headers))
         upload_id = _text(root, "UploadId")
         if not upload_id:
             raise S3BadAnswer("CreateMultipartUpload answered no UploadId")
         return upload_id
 
-    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: Body) -> str:
-        """Send part ``number`` (from 1) as one request; its ETag."""
+    def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: Body,
+        *,
+        crc32: str | None = None,
+    ) -> str:
+        """Send part ``number`` (from 1) as one request; its ETag. ``crc32`` is the part's
+        ``crc32_of`` value, for an upload begun with ``crc32=True``."""
         query = [("partNumber", str(number)), ("uploadId", upload_id)]
-        answer = self.send("PUT", bucket, key, query=query, body=body)
+        headers = {"x-amz-checksum-crc32": crc32} if crc32 is not None else None
+        answer = self.send("PUT", bucket, key, query=query, headers=headers, body=body)
         answer.read(MAX_ERROR_BYTES)
         etag = answer.header("ETag")
         if not etag:
@@ -499,12 +518,20 @@ class S3Http:
         return etag
 
     def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, etags: Sequence[str]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        etags: Sequence[str],
+        crc32s: Sequence[str] | None = None,
     ) -> None:
-        """Join the parts (ETags in part order) into the object."""
+        """Join the parts (ETags in part order, and their CRC32s for a checksummed upload)."""
+        sums: Sequence[str | None] = crc32s if crc32s is not None else [None] * len(etags)
         parts = "".join(
-            f"<Part><ETag>{escape(etag)}</ETag><PartNumber>{number}</PartNumber></Part>"
-            for number, etag in enumerate(etags, start=1)
+            f"<Part><ETag>{escape(etag)}</ETag>"
+            + (f"<ChecksumCRC32>{escape(crc)}</ChecksumCRC32>" if crc is not None else "")
+            + f"<PartNumber>{number}</PartNumber></Part>"
+            for number, (etag, crc) in enumerate(zip(etags, sums, strict=True), start=1)
         )
         body = f'<CompleteMultipartUpload xmlns="{_NAMESPACE}">{parts}</CompleteMultipartUpload>'
         answer = self.send(

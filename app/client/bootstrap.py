@@ -18,8 +18,9 @@ fails as ``TimedOut`` within ``read_timeout`` and is retried by our loop alone.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -296,7 +297,9 @@ class Client:
 
             # The adapter makes one request per call: retries are Client.retrier's alone.
             tuning = S3Tuning(
-                connect_timeout=self.config.connect_timeout, read_timeout=self.config.read_timeout
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+                part_checksums=_part_checksums_wanted(os.environ),
             )
             made = S3Cdn.from_config(config, write=write, tuning=tuning)
             if isinstance(made, Failure):
@@ -309,6 +312,13 @@ class Client:
     def close(self) -> None:
         """Release connection pools."""
         self.api.close()
+
+
+def _part_checksums_wanted(environ: Mapping[str, str]) -> bool:
+    """Upload parts carry CRC32s unless boto3's own switch says ``when_required`` (for a store
+    that refuses checksum headers): one setting serves both clients on a machine."""
+    setting = environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    return setting.strip().lower() != "when_required"
 
 
 class _CdnOnDemand:

@@ -8,11 +8,13 @@ object under the final key after a failure part-way through an upload.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import random
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -311,6 +313,14 @@ def test_parts_go_unsigned_and_whole_through_a_proxy(
     expected = [min(part, len(data) - low) for low in range(0, len(data), part)]
     assert sorted(one.body_length for one in parts) == sorted(expected)
     assert {one.headers["x-amz-content-sha256"] for one in parts} == {"UNSIGNED-PAYLOAD"}
+    # Each part carries the CRC32 of the bytes that really went, so the store checks them.
+    assert all(
+        one.headers["x-amz-checksum-crc32"]
+        == base64.b64encode(one.body_crc32.to_bytes(4, "big")).decode()
+        for one in parts
+    )
+    creates = [one for one in proxy.requests("POST") if one.target.endswith("?uploads=")]
+    assert [one.headers.get("x-amz-checksum-algorithm") for one in creates] == ["CRC32"]
     object_gets = [one for one in proxy.requests("GET") if "?" not in one.target]
     ranges = sorted(one.headers["range"] for one in object_gets)
     assert ranges == sorted(
@@ -318,6 +328,38 @@ def test_parts_go_unsigned_and_whole_through_a_proxy(
     )
     assert all("if-match" in one.headers for one in object_gets)
     assert all(one.target.startswith(moto_s3.endpoint_url + "/") for one in proxy.seen)
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+def test_part_checksums_are_what_the_store_records(
+    moto_s3: MotoS3, s3_bucket: str, tmp_path: Path, checksums: bool
+) -> None:
+    """With part checksums (the default) the store keeps a composite CRC32 of the parts; without
+    them (``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``) no checksum is sent and the store
+    falls back on its own full-object default."""
+    tuning = attrs.evolve(SMALL_PARTS, part_checksums=checksums)
+    cdn = S3Cdn.writer(
+        moto_s3.endpoint_url, s3_bucket, ADMIN_KEYS, region=moto_s3.region, tuning=tuning
+    )
+    data = payload(MULTIPART_SIZE, seed=34)
+    try:
+        value_of(cdn.upload_file(REF, write(tmp_path / "src", data)))
+        assert round_trip(cdn, REF, tmp_path / "dest") == data
+    finally:
+        cdn.close()
+    head = moto_s3.s3_client().head_object(Bucket=s3_bucket, Key=REF.key, ChecksumMode="ENABLED")
+    part = SMALL_PARTS.multipart_chunksize
+    count = -(-len(data) // part)
+    if checksums:
+        crcs = b"".join(
+            zlib.crc32(data[low : low + part]).to_bytes(4, "big")
+            for low in range(0, len(data), part)
+        )
+        composite = base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
+        # S3 writes the part count after a dash; moto's HEAD leaves it out.
+        assert head["ChecksumCRC32"] in {composite, f"{composite}-{count}"}
+    else:
+        assert "ChecksumCRC32" not in head
 
 
 def test_a_source_that_shrinks_mid_upload_fails_and_is_aborted(

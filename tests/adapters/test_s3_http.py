@@ -8,6 +8,7 @@ run against a moto server and a recording forward proxy.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import socket
 import ssl
@@ -28,6 +29,7 @@ from splitvault.adapters.s3_http import (
     S3Http,
     S3TlsFailed,
     canonical_query,
+    crc32_of,
     sign,
     uri_encode,
 )
@@ -160,6 +162,13 @@ def test_signatures_match_botocores_signer(  # noqa: PLR0917 - hypothesis draws
     with patch("botocore.auth.get_current_datetime", lambda *_, **__: when.replace(tzinfo=None)):
         signer.add_auth(request)
     assert ours["Authorization"] == request.headers["Authorization"]
+
+
+def test_crc32_is_s3s_encoding() -> None:
+    """``x-amz-checksum-crc32`` is the big-endian CRC-32 in base64 (the check value of
+    ``123456789`` is 0xCBF43926)."""
+    assert crc32_of(b"123456789") == base64.b64encode(bytes.fromhex("cbf43926")).decode()
+    assert crc32_of(b"") == "AAAAAA=="
 
 
 def test_query_encoding_is_sigv4s() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import threading
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import attrs
@@ -29,6 +30,7 @@ class Relayed:
     target: str
     headers: dict[str, str]
     body_length: int
+    body_crc32: int = 0  # zlib.crc32 of the body as relayed
 
 
 class RecordingProxy:
@@ -50,7 +52,9 @@ class RecordingProxy:
                 body = self.rfile.read(length) if length else None
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 with proxy._lock:
-                    proxy.seen.append(Relayed(self.command, self.path, headers, length))
+                    proxy.seen.append(
+                        Relayed(self.command, self.path, headers, length, zlib.crc32(body or b""))
+                    )
                 origin = urllib.parse.urlsplit(self.path)
                 if origin.scheme != "http" or not origin.hostname:
                     self.send_error(400, "absolute-form http:// targets only")

@@ -67,3 +67,19 @@ def test_a_download_the_cache_can_serve_never_fetches_cdn_yaml(
     assert (tmp_path / "warm.bin").read_bytes() == data
     assert len(_requests(stack, SMALL_PARTS, since)) == 1
     assert _requests(stack, CDN_CONFIG, since) == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "wanted"),
+    [
+        ({}, True),
+        ({"AWS_REQUEST_CHECKSUM_CALCULATION": "when_supported"}, True),
+        ({"AWS_REQUEST_CHECKSUM_CALCULATION": " WHEN_REQUIRED "}, False),
+    ],
+)
+def test_part_checksums_follow_boto3s_switch(environ: dict[str, str], wanted: bool) -> None:
+    """Upload parts carry CRC32s unless boto3's own setting asks for checksums only when
+    required (a store that refuses the headers): one switch for both clients."""
+    from splitvault.app.client.bootstrap import _part_checksums_wanted
+
+    assert _part_checksums_wanted(environ) is wanted
