@@ -568,11 +568,7 @@ class _MultipartUpload:
         )
         try:
             sent = self._send_all(fd, size, upload_id, count, progress)
-            etags = [etag for etag, _ in sent]
-            crc32s = [crc for _, crc in sent if crc is not None] if self._checksums else None
-            self._client.complete_multipart_upload(
-                self._bucket, self._key, upload_id, etags, crc32s
-            )
+            self._client.complete_multipart_upload(self._bucket, self._key, upload_id, sent)
         except BaseException:
             self._abort(upload_id)
             raise

@@ -522,16 +522,14 @@ class S3Http:
         bucket: str,
         key: str,
         upload_id: str,
-        etags: Sequence[str],
-        crc32s: Sequence[str] | None = None,
+        sent: Sequence[tuple[str, str | None]],
     ) -> None:
-        """Join the parts (ETags in part order, and their CRC32s for a checksummed upload)."""
-        sums: Sequence[str | None] = crc32s if crc32s is not None else [None] * len(etags)
+        """Join the parts: (ETag, CRC32 or None) of each, in part order."""
         parts = "".join(
             f"<Part><ETag>{escape(etag)}</ETag>"
             + (f"<ChecksumCRC32>{escape(crc)}</ChecksumCRC32>" if crc is not None else "")
             + f"<PartNumber>{number}</PartNumber></Part>"
-            for number, (etag, crc) in enumerate(zip(etags, sums, strict=True), start=1)
+            for number, (etag, crc) in enumerate(sent, start=1)
         )
         body = f'<CompleteMultipartUpload xmlns="{_NAMESPACE}">{parts}</CompleteMultipartUpload>'
         answer = self.send(
