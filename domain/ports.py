@@ -106,6 +106,9 @@ class Cdn(Protocol):
     ) -> IOResult[int, CdnFailure]:
         """Fetch every range (in parallel) into ``sink``; return the object's total size.
 
+        Every range is checked against the object's size before any byte moves: one that lies
+        outside it fails the call with ``RemoteError`` 416 and hands ``sink`` nothing (the cache
+        relies on this to refuse a header that claims a longer part without a probe first).
         A range that fails does not stop the others: every byte handed to ``sink`` stays
         handed, so the caller keeps whatever finished and asks again only for what is missing.
         Returns the first failure once every range has finished or failed.

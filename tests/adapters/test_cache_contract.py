@@ -25,7 +25,12 @@ from returns.unsafe import unsafe_perform_io
 
 from splitvault.adapters import ranges as ranges_module
 from splitvault.adapters.atomic_file import temp_name_for
-from splitvault.adapters.file_cache import FileCache, file_digest, version_of
+from splitvault.adapters.file_cache import (
+    PROBE_ABOVE_RANGES,
+    FileCache,
+    file_digest,
+    version_of,
+)
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.errors import PartMismatch, Problem, StorageFailed, Transient
 from splitvault.domain.ports import BigPartDigest, Produce, RangeSink, Span
@@ -136,20 +141,36 @@ def test_miss_fills_then_hit_serves_without_filling(cache: FileCache) -> None:
     assert path.read_bytes() == data
     assert value_of(cache.fetch(REF, digest_of(data), source, keep_path)) == path
     assert source.asked == len(data)
-    # The last segment first: it proves the object is as long as the header says.
-    assert len(source.calls) == 1  # a part of one range: one call
+    assert len(source.calls) == 1  # a part of modest length: one call, no probe
     assert leftovers(cache) == []
 
 
-def test_a_part_of_several_ranges_is_probed_at_its_end_first(ranged: FileCache) -> None:
-    """Before anything is reserved for the length a header claims, the last segment is fetched:
-    it proves the object is that long."""
-    data = blob(200_000, seed=21)
+def test_a_part_of_several_ranges_is_asked_for_in_one_call_of_whole_segments(
+    tmp_path: Path,
+) -> None:
+    """No probe before a part of modest length: one call, its ranges about ``range_bytes`` in
+    whole segments (a step a little short of four segments still takes four, not three)."""
+    cache = value_of(FileCache.open(tmp_path / "c", range_bytes=4 * SEGMENT_SIZE - 64))
+    data = blob(FIRST_SEGMENT + 10 * SEGMENT_SIZE, seed=21)
     source = Source(data)
-    value_of(ranged.fetch(REF, digest_of(data), source, keep_path))
+    value_of(cache.fetch(REF, digest_of(data), source, keep_path))
+    (call,) = source.calls
+    ends = [FIRST_SEGMENT + n * SEGMENT_SIZE for n in (3, 7, 10)]
+    assert call == [(0, ends[0]), (ends[0], ends[1]), (ends[1], ends[2])]
+    assert source.asked == len(data)
+
+
+def test_a_part_of_very_many_ranges_is_probed_at_its_end_first(tmp_path: Path) -> None:
+    """Past ``PROBE_ABOVE_RANGES`` ranges the last segment is fetched alone first: it proves the
+    object is as long as the header says before the rest is listed."""
+    cache = value_of(FileCache.open(tmp_path / "c", range_bytes=SEGMENT_SIZE))
+    data = blob(FIRST_SEGMENT + (PROBE_ABOVE_RANGES + 3) * SEGMENT_SIZE, seed=22)
+    source = Source(data)
+    value_of(cache.fetch(REF, digest_of(data), source, keep_path))
     probe, rest = source.calls
-    assert probe == [(len(data) - (len(data) - FIRST_SEGMENT) % SEGMENT_SIZE, len(data))]
-    assert rest[0][0] == 0
+    assert probe == [(len(data) - SEGMENT_SIZE, len(data))]
+    assert rest[0] == (0, FIRST_SEGMENT)
+    assert len(rest) == PROBE_ABOVE_RANGES + 3
     assert source.asked == len(data)
 
 

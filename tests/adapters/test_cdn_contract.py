@@ -156,6 +156,27 @@ def test_download_from_the_end_writes_nothing_and_beyond_it_fails(
     assert dest.read_bytes() == data
 
 
+def test_a_range_past_the_end_fails_the_call_before_any_byte_moves(
+    cdn: AnyCdn, tmp_path: Path
+) -> None:
+    """The port's promise the cache relies on instead of a probe: a call asking beyond the
+    object is refused with 416 as a whole, and the in-bounds ranges beside it hand over nothing."""
+    data = payload(3 * 1000, seed=4)
+    value_of(cdn.upload_file(REF, write(tmp_path / "src", data)))
+    handed: list[tuple[int, int]] = []
+
+    class Sink:
+        def write(self, offset: int, chunk: bytes | memoryview) -> None:
+            handed.append((offset, len(chunk)))
+
+    problem = failure_of(cdn.download_ranges(REF, [(0, 1000), (2000, 3001)], Sink()))
+    assert isinstance(problem, RemoteError)
+    assert problem.status == 416
+    assert handed == []
+    assert value_of(cdn.download_ranges(REF, [(0, 1000), (2000, 3000)], Sink())) == len(data)
+    assert sum(size for _, size in handed) == 2000
+
+
 def test_download_cuts_a_longer_destination_to_the_object_size(cdn: AnyCdn, tmp_path: Path) -> None:
     """A destination holding more bytes than the object ends exactly as long as the object."""
     data = payload(4096, seed=4)
