@@ -504,6 +504,7 @@ def open_with(
     verify_big_digest: bool = True,
     output_exists: bool = False,
     already_open: frozenset[int] = frozenset(),
+    wrote: Progress | None = None,
 ) -> IOResult[None, errors.Problem]:
     """Open the big part at ``big_path`` with an already checked ``opener`` into ``out``.
 
@@ -522,7 +523,8 @@ def open_with(
     ``output_exists`` keeps what ``out`` holds (it is sized, not truncated, once the big part's
     length is checked). ``already_open`` (a ``ChunkTee``'s ``opened``) names chunks that are in
     ``out`` already: they are neither read nor written, which needs ``output_exists`` and
-    ``verify_big_digest=False`` (their leaves are not read here).
+    ``verify_big_digest=False`` (their leaves are not read here). ``wrote`` (optional) is told
+    the byte count of each chunk written to ``out``, from several threads.
     """
     if already_open and (verify_big_digest or not output_exists):
         raise ValueError("chunks opened elsewhere need the existing output and no digest pass")
@@ -567,6 +569,8 @@ def open_with(
                     pt_start, pt_end = layout.plaintext_span(index)
                     with write_lock, _blame(writing):  # one writer at a time, in any order
                         _pwrite_all(out_fd, slot.plain[: pt_end - pt_start], pt_start)
+                    if wrote is not None:
+                        wrote(pt_end - pt_start)
                 except _Blamed as blamed:
                     return blamed.problem
                 return None
@@ -610,10 +614,19 @@ class ChunkTee:
     4 MiB), beyond which chunks are left to ``open_with``.
     A chunk that does not authenticate or an output write that fails is left to it too, which
     reports the failure as it always does. Thread-safe: ranges land from several threads.
+    ``wrote`` is ``open_with``'s: told the byte count of each chunk written to the output.
     """
 
-    def __init__(self, opener: Opener, out_fd: int, *, max_pending: int | None = None) -> None:
+    def __init__(
+        self,
+        opener: Opener,
+        out_fd: int,
+        *,
+        max_pending: int | None = None,
+        wrote: Progress | None = None,
+    ) -> None:
         self._opener = opener
+        self._wrote = wrote
         self._layout = opener.layout
         self._cut = opener.layout.small_ciphertext_length
         self._step = opener.layout.chunk_size + TAG_BYTES
@@ -704,6 +717,8 @@ class ChunkTee:
         try:
             with self._write_lock:
                 _pwrite_all(self._fd, plain[: pt_end - pt_start], pt_start)
+            if self._wrote is not None:
+                self._wrote(pt_end - pt_start)
         except OSError:
             with self._lock:
                 self._broken = True  # a full disk: open_with reports it, naming the output

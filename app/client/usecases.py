@@ -31,6 +31,7 @@ from returns.pipeline import is_successful
 from returns.result import Failure, Success
 from returns.unsafe import unsafe_perform_io
 
+from splitvault.adapters.atomic_file import FlushBehind
 from splitvault.adapters.atomic_file import write_atomically as write_atomically  # noqa: PLC0414 - re-exported for callers
 from splitvault.app.client import pipeline
 from splitvault.app.client.retrying import Meter, Retrier, run_with
@@ -286,8 +287,11 @@ def _with_big_part(
         # The output's temp file exists before the fill, so each chunk is opened into it as its
         # bytes land (``ChunkTee``); what the tee could not open is opened from the entry after.
         out_fd = pipeline.new_output(temp)  # an OSError is write_atomically's to report
+        # write_atomically fsyncs the output before its rename; flushed while the bytes still
+        # arrive, that fsync finds nearly nothing left to wait for.
+        flusher = FlushBehind(out_fd)
         try:
-            tee = pipeline.ChunkTee(opener, out_fd)
+            tee = pipeline.ChunkTee(opener, out_fd, wrote=flusher.wrote)
 
             def fill(ranges: Sequence[Span], sink: RangeSink) -> IOResult[None, Problem]:
                 filled.append(ranges[0][0] if ranges else expected.length)
@@ -310,13 +314,20 @@ def _with_big_part(
                     verify_big_digest=False,
                     output_exists=True,
                     already_open=opened,
+                    wrote=flusher.wrote,
                 ).map(lambda _: report(big_path, len(opened)))
 
             # Each attempt asks the cache again: it asks the CDN only for the segments its
             # partial lacks, or finds the entry another process has finished meanwhile.
-            return cache.fetch(ref, expected, fill, use)
+            fetched = cache.fetch(ref, expected, fill, use)
         finally:
-            os.close(out_fd)
+            try:
+                flush_failure = flusher.close()
+            finally:
+                os.close(out_fd)
+        if flush_failure is not None and is_successful(fetched):
+            raise flush_failure  # write_atomically names the output, as after its own fsync
+        return fetched
 
     def fetch() -> IOResult[DownloadReport, Problem]:
         return write_atomically(out, fetch_into)

@@ -7,6 +7,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from returns.io import IOFailure, IOResult, IOSuccess
 
 from splitvault.adapters.atomic_file import (
+    FlushBehind,
     atomic_path,
     collect_dead_temps,
     collect_dead_temps_of,
@@ -161,3 +164,77 @@ def test_write_atomically_returns_the_failure_and_leaves_nothing(tmp_path: Path)
     assert problem == StorageFailed(str(final), os.strerror(errno.ENOSPC))
     assert os.listdir(tmp_path) == ["out.bin"]
     assert final.read_bytes() == b"old"
+
+
+@pytest.fixture
+def flushes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The fds ``os.fdatasync`` is called on (really flushed), in order."""
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def recorded(fd: int) -> None:
+        real(fd)
+        calls.append(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recorded)
+    yield calls
+
+
+def test_flush_behind_flushes_while_the_writes_go_on(tmp_path: Path, flushes: list[int]) -> None:
+    """Under ``every`` bytes nothing is flushed; at ``every`` a flush runs on a thread of its
+    own, before ``close``, and covers what was written before it."""
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        quiet = FlushBehind(fd, every=1000)
+        os.write(fd, b"x" * 999)
+        quiet.wrote(999)
+        assert quiet.close() is None
+        assert flushes == []
+        behind = FlushBehind(fd, every=1000)
+        os.write(fd, b"y" * 1000)
+        behind.wrote(1000)
+        pause = threading.Event()
+        for _ in range(500):
+            if flushes:
+                break
+            pause.wait(0.01)
+        assert flushes == [fd]  # flushed before close: in the background
+        assert behind.close() is None
+        behind.wrote(5000)  # after close: counted, never flushed
+        assert flushes == [fd]
+    finally:
+        os.close(fd)
+
+
+def test_a_failed_background_flush_is_raised_by_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails the background flush fails the output: ``close`` returns the error,
+    raised, the atomic writer removes the temp and names the file instead of renaming it."""
+
+    met = threading.Event()
+
+    def failing(_fd: int) -> None:
+        met.set()
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    final = tmp_path / "out.bin"
+
+    def write(temp: Path) -> IOResult[None, Problem]:
+        fd = os.open(temp, os.O_WRONLY)
+        flusher = FlushBehind(fd, every=10)
+        try:
+            os.write(fd, b"z" * 10)
+            flusher.wrote(10)
+            assert met.wait(5)
+        finally:
+            met_error = flusher.close()
+            os.close(fd)
+        if met_error is not None:
+            raise met_error
+        return IOSuccess(None)
+
+    problem = failure(write_atomically(final, write))
+    assert problem == StorageFailed(str(final), os.strerror(errno.EIO))
+    assert os.listdir(tmp_path) == []

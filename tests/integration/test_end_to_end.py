@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.unsafe import unsafe_perform_io
 
+from splitvault.adapters.atomic_file import FlushBehind
+from splitvault.app.client import usecases
 from splitvault.domain.errors import AccessDenied, HardwareMismatch, Problem
 from splitvault.domain.ref import ResourceRef
 from tests.support.moto_server import MotoS3
@@ -60,6 +63,28 @@ def test_upload_then_download_cold_and_warm(stack: Stack, tmp_path: Path) -> Non
     # warm: all from the entry.
     assert cold.chunks_opened_in_flight == 4  # type: ignore[attr-defined]
     assert warm.chunks_opened_in_flight == 0  # type: ignore[attr-defined]
+
+
+def test_a_cold_download_flushes_its_output_while_the_bytes_arrive(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output's temp file is fdatasynced during the download (every MiB here, 32 MiB by
+    default), so the fsync before its rename has little left; what lands is the right file."""
+    plaintext = model(tmp_path / "model.onnx", 3 * MiB + 5)
+    ok(upload(stack.client(UPLOADER), REF, tmp_path / "model.onnx"))
+    monkeypatch.setattr(usecases, "FlushBehind", functools.partial(FlushBehind, every=MiB))
+    flushed: list[str] = []
+    real = os.fdatasync
+
+    def recorded(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recorded)
+    out = tmp_path / "out" / "cold.onnx"
+    ok(download(stack.client(DOWNLOADER), REF, out))
+    assert out.read_bytes() == plaintext
+    assert any(Path(path).name.startswith(f".{out.name}.tmp-") for path in flushed), flushed
 
 
 def test_small_part_on_the_server_never_holds_plaintext(stack: Stack, tmp_path: Path) -> None:
