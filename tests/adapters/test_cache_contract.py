@@ -150,7 +150,9 @@ def test_a_part_of_several_ranges_is_asked_for_in_one_call_of_whole_segments(
 ) -> None:
     """No probe before a part of modest length: one call, its ranges about ``range_bytes`` in
     whole segments (a step a little short of four segments still takes four, not three)."""
-    cache = value_of(FileCache.open(tmp_path / "c", range_bytes=4 * SEGMENT_SIZE - 64))
+    cache = unsafe_perform_io(
+        FileCache.open(tmp_path / "c", range_bytes=4 * SEGMENT_SIZE - 64).unwrap()
+    )
     data = blob(FIRST_SEGMENT + 10 * SEGMENT_SIZE, seed=21)
     source = Source(data)
     value_of(cache.fetch(REF, digest_of(data), source, keep_path))
@@ -163,7 +165,7 @@ def test_a_part_of_several_ranges_is_asked_for_in_one_call_of_whole_segments(
 def test_a_part_of_very_many_ranges_is_probed_at_its_end_first(tmp_path: Path) -> None:
     """Past ``PROBE_ABOVE_RANGES`` ranges the last segment is fetched alone first: it proves the
     object is as long as the header says before the rest is listed."""
-    cache = value_of(FileCache.open(tmp_path / "c", range_bytes=SEGMENT_SIZE))
+    cache = unsafe_perform_io(FileCache.open(tmp_path / "c", range_bytes=SEGMENT_SIZE).unwrap())
     data = blob(FIRST_SEGMENT + (PROBE_ABOVE_RANGES + 3) * SEGMENT_SIZE, seed=22)
     source = Source(data)
     value_of(cache.fetch(REF, digest_of(data), source, keep_path))

@@ -169,6 +169,9 @@ def test_a_range_past_the_end_fails_the_call_before_any_byte_moves(
         def write(self, offset: int, chunk: bytes | memoryview) -> None:
             handed.append((offset, len(chunk)))
 
+        def landed(self) -> int:
+            return sum(size for _, size in handed)
+
     problem = failure_of(cdn.download_ranges(REF, [(0, 1000), (2000, 3001)], Sink()))
     assert isinstance(problem, RemoteError)
     assert problem.status == 416

@@ -9,6 +9,7 @@ never gives (oversized bodies, HTML errors).
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Generator
 
 import httpx
@@ -357,3 +358,29 @@ def test_a_sealed_answer_opens_and_one_for_another_device_does_not() -> None:
     )
     swapped = failure(_api(_server(sealed(KEY, "m/other"))).download_small_part(ref))
     assert isinstance(swapped, WrongKey)
+
+
+@pytest.mark.parametrize(
+    ("url", "trusts_cas"), [("http://127.0.0.1:8000", False), ("https://api.example.com", True)]
+)
+def test_a_plain_http_client_loads_no_ca_bundle_and_fails_closed(
+    url: str, trusts_cas: bool
+) -> None:
+    """An http:// API never handshakes, so its client skips certifi's bundle (0.06 CPU-s a
+    process); its TLS context still requires verified certificates, trusting none."""
+    api = HttpResourceApi(
+        url,
+        "a@b.c",
+        "pw",
+        device=_derive,
+        clock=FakeClock(),
+        random=FakeRandom(),
+        sleep=lambda _s: None,
+    )
+    try:
+        context = api._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        assert context.check_hostname
+        assert (context.cert_store_stats()["x509_ca"] > 0) == trusts_cas
+    finally:
+        api.close()

@@ -62,10 +62,12 @@ def deliver(sink: object, big: bytes, ranges: list[tuple[int, int]], piece: int,
         sink.write(offset, memoryview(big)[offset:end])  # type: ignore[attr-defined]
 
 
-def tee_for(opener: Opener, out: Path, **kwargs: int) -> tuple[pipeline.ChunkTee, int]:
+def tee_for(
+    opener: Opener, out: Path, max_pending: int | None = None
+) -> tuple[pipeline.ChunkTee, int]:
     """A tee on a new output file, and the file's descriptor (the caller closes it)."""
     fd = pipeline.new_output(out)
-    return pipeline.ChunkTee(opener, fd, **kwargs), fd
+    return pipeline.ChunkTee(opener, fd, max_pending=max_pending), fd
 
 
 def open_the_rest(
