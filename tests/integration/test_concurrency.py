@@ -11,6 +11,7 @@ use.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from splitvault.adapters.file_cache import EVICT_LOCK_NAME
 from splitvault.app.client.usecases import DownloadReport
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.ref import ResourceRef
@@ -152,8 +154,17 @@ def test_the_cache_bound_holds_under_eight_processes_and_spares_entries_in_use(
     stop = threading.Event()
 
     def watch() -> None:
+        # Counted under the cache-wide lock that evictions and reservations take: a walk
+        # without it can count an entry in one folder, then the fill that took its room in
+        # another, and report one part more than the cache ever held at once.
+        lock = cache_root / EVICT_LOCK_NAME
         while not stop.is_set():
-            peak[0] = max(peak[0], cache_bytes(cache_root))
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                peak[0] = max(peak[0], cache_bytes(cache_root))
+            finally:
+                os.close(fd)
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch, daemon=True)
