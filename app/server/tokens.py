@@ -67,8 +67,14 @@ class SigningKey:
 
 
 def issue(key: bytes, account: Account, now: float, lifetime: float, device: str = "") -> str:
-    """A token for ``account`` (on ``device``; none: enrolment only) valid for ``lifetime``
-    seconds from ``now``."""
+    """A token for ``account`` (on ``device``; none: enrolment only) valid for at least
+    ``lifetime`` seconds from ``now``.
+
+    The times are whole seconds (RFC 7519 NumericDate, as most verifiers expect). ``exp`` counts
+    from ``now`` rounded up, not down: from ``int(now)`` a token issued at ``x.95`` with a
+    1-second lifetime expired 0.05 s later, before its enrolment could use it. So ``exp - iat``
+    is the lifetime, or one second more when ``now`` is not a whole second.
+    """
     issued = int(now)
     claims = {
         "sub": account.email,
@@ -76,7 +82,7 @@ def issue(key: bytes, account: Account, now: float, lifetime: float, device: str
         "dev": device,
         "gen": account.generation,
         "iat": issued,
-        "exp": issued + max(1, math.ceil(lifetime)),
+        "exp": math.ceil(now) + max(1, math.ceil(lifetime)),
         "jti": secrets.token_hex(16),
     }
     return jwt.encode(claims, key, algorithm=ALGORITHM)

@@ -137,7 +137,8 @@ def test_expired_token_is_refreshed_transparently(
         reader = short.client(DOWNLOADER)
         ok(download(reader, REF, tmp_path / "first.onnx"))
         logins = reader.api.logins
-        time.sleep(1.5)
+        # Whole-second claims: a 1-second token lives 1-2 s, so 2.5 s is past any expiry.
+        time.sleep(2.5)
         ok(download(reader, REF, tmp_path / "second.onnx"))
         assert reader.api.logins > logins
         assert (tmp_path / "second.onnx").read_bytes() == plaintext
