@@ -832,8 +832,15 @@ class FileCache:
         return tuple(sorted(found, key=lambda item: (item.last_used, str(item.path))))
 
     def usage(self) -> int:
-        """The bytes the cache holds: entries, partials (counted whole) and temp files."""
-        return sum(item.size for item in self.items())
+        """The bytes the cache holds at one moment: entries, partials (counted whole) and temp
+        files, what the bound counts.
+
+        Counted under the cache-wide lock that evictions and reservations take: a walk without
+        it can count an entry in one folder, then, in another, the fill that took its room, and
+        report a part more than the cache ever held at once.
+        """
+        with self._evict_locked():
+            return sum(item.size for item in self.items())
 
     def prune(self, *, older_than: float | None = None) -> tuple[CachedItem, ...]:
         """Remove what was last used more than ``older_than`` seconds ago (everything if

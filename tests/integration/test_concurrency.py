@@ -10,9 +10,6 @@ use.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import random
 import threading
 import time
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from splitvault.adapters.file_cache import EVICT_LOCK_NAME
+from splitvault.adapters.file_cache import FileCache
 from splitvault.app.client.usecases import DownloadReport
 from splitvault.domain.digest import digest_bytes
 from splitvault.domain.ref import ResourceRef
@@ -122,17 +119,6 @@ OBJECTS = 14
 FIRST_SEGMENT, SEGMENT_SIZE = 4096, 64 * 1024 + 16
 
 
-def cache_bytes(root: Path) -> int:
-    """What the cache holds by the bound's count: entries, partials, parts being stored."""
-    total = 0
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            if name.endswith((".big", ".partial", ".incoming")) or name.startswith("..incoming"):
-                with contextlib.suppress(FileNotFoundError):
-                    total += os.stat(os.path.join(directory, name)).st_size
-    return total
-
-
 @pytest.mark.slow
 def test_the_cache_bound_holds_under_eight_processes_and_spares_entries_in_use(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -153,18 +139,11 @@ def test_the_cache_bound_holds_under_eight_processes_and_spares_entries_in_use(
     peak = [0]
     stop = threading.Event()
 
+    observer = FileCache(cache_root)  # counts what the bound counts, as `cache list` sees it
+
     def watch() -> None:
-        # Counted under the cache-wide lock that evictions and reservations take: a walk
-        # without it can count an entry in one folder, then the fill that took its room in
-        # another, and report one part more than the cache ever held at once.
-        lock = cache_root / EVICT_LOCK_NAME
         while not stop.is_set():
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                peak[0] = max(peak[0], cache_bytes(cache_root))
-            finally:
-                os.close(fd)
+            peak[0] = max(peak[0], observer.usage())
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -197,4 +176,4 @@ def test_the_cache_bound_holds_under_eight_processes_and_spares_entries_in_use(
     assert fills > OBJECTS  # more parts were used than fit: entries were evicted and refetched
     assert peak[0] <= BOUND
     assert evicted_in_use == 0
-    assert cache_bytes(cache_root) <= BOUND
+    assert observer.usage() <= BOUND
