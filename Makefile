@@ -47,7 +47,7 @@ demo: venv
 	$(BIN)/splitvault demo
 
 bench: venv
-	$(BIN)/splitvault bench
+	$(BIN)/splitvault bench --hold-freed-memory
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

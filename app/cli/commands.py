@@ -445,6 +445,9 @@ def bench(args: argparse.Namespace) -> Report:
     from splitvault.app.tools import bench as run_bench
 
     report = run_bench.run_bench(
-        args.size, args.repetitions, online_size=None if args.offline else args.online_size
+        args.size,
+        args.repetitions,
+        online_size=None if args.offline else args.online_size,
+        hold_freed_memory=args.hold_freed_memory,
     )
     return {**run_bench.report_json(report), "text": run_bench.render(report)}

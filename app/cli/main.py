@@ -202,6 +202,11 @@ def build_parser(*, admin_commands: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--online-size", type=_size, default=256 << 20, help="S3 rows' size (256MiB)")
     p.add_argument("--offline", action="store_true", help="leave out the S3 rows")
     p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument(
+        "--hold-freed-memory",
+        action="store_true",
+        help="in a VM with free page reporting, keep freed memory in the guest for the run (root)",
+    )
 
     from splitvault.app.cli import cache
 

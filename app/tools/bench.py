@@ -34,8 +34,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ DEFAULT_ONLINE_SIZE = 256 * MIB
 # Room the run needs on disk, in multiples of the size: source, big part, output and scratch.
 _DISK_FACTOR = 4.2
 _PARAMS_COUNTER = itertools.count()
+# The guest kernel's free page reporting (virtio-balloon, as on Firecracker): memory freed for
+# ``min_free_ms`` is handed back to the host, and the first write into such memory later costs the
+# guest about 2 s/GiB of system time instead of 0.3. ``--hold-freed-memory`` raises the age for the
+# run (the kernel accepts at most a few minutes) and puts the old value back at the end.
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
+HOLD_FREED_MS = 300_000
 
 
 class BenchFailed(RuntimeError):
@@ -552,6 +558,48 @@ def _prime_page_cache(base: Path, size: int) -> None:
         scratch.unlink()
 
 
+@contextmanager
+def freed_memory_held(
+    parameters: Path = PAGE_REPORTING, *, hold: bool, hold_ms: int = HOLD_FREED_MS
+) -> Iterator[str]:
+    """Hold back free page reporting for the body (``hold``); yields the report's note on it.
+
+    Without free page reporting nothing changes. Otherwise a row whose file lands in memory the
+    host took back pays up to 2 s/GiB more than one that reuses what the previous scratch file
+    freed, and which one a row gets depends on when the kernel last reported: a row that writes
+    twice as many bytes (our cold download: cache entry and output) pays twice. With ``hold``
+    (root only) ``min_free_ms`` is raised for the body, so the scratch file's pages stay with
+    the guest and every row writes into equally warm memory; the old value is restored after,
+    even when the body fails. Without ``hold``, or when the value cannot be written, the note
+    says so and nothing changes.
+    """
+    knob = parameters / "min_free_ms"
+    try:
+        before = knob.read_text(encoding="ascii").strip()
+    except OSError:
+        yield ""
+        return
+    if not before.isdigit() or int(before) >= hold_ms:
+        yield f"free page reporting: memory is handed back after {before} ms free, left as is"
+        return
+    on = (
+        f"free page reporting is on here (memory freed for {before} ms goes back to the host; "
+        "a first write into it costs about 2 s/GiB more)"
+    )
+    if not hold:
+        yield f"{on}: rows that write new files vary with it; --hold-freed-memory (root) holds it"
+        return
+    try:
+        knob.write_text(str(hold_ms), encoding="ascii")
+    except OSError as error:
+        yield f"{on}; could not hold it ({error.strerror or error}): rows vary with it"
+        return
+    try:
+        yield f"{on}: held for the run (min_free_ms {before} -> {hold_ms}, restored after)"
+    finally:
+        knob.write_text(before, encoding="ascii")
+
+
 def _unlink(paths: Sequence[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
@@ -593,14 +641,17 @@ def run_bench(
     workers: int | None = None,
     online_size: int | None = DEFAULT_ONLINE_SIZE,
     on_step: Callable[[str, int], None] | None = None,
+    hold_freed_memory: bool = False,
+    page_reporting: Path = PAGE_REPORTING,
 ) -> BenchReport:
     """Measure every row on one generated ``size``-byte file (``online_size`` for S3 rows).
 
-    ``online_size=None`` leaves the online rows out. Files go to a fresh directory under
-    ``workdir`` (the system temp directory by default), removed at the end. ``on_step(name,
-    repetition)`` is called before each measured row. Raises ``ValueError`` for a size or
-    repetition count below 1, ``OSError`` when the disk lacks room for four copies of the file,
-    ``BenchFailed`` when an operation fails or writes wrong bytes.
+    ``online_size=None`` leaves the online rows out. ``hold_freed_memory`` holds back the
+    guest's free page reporting (``page_reporting``) for the run (``freed_memory_held``). Files
+    go to a fresh directory under ``workdir`` (the system temp directory by default), removed
+    at the end. ``on_step(name, repetition)`` is called before each measured row. Raises
+    ``ValueError`` for a size or repetition count below 1, ``OSError`` when the disk lacks room
+    for four copies of the file, ``BenchFailed`` when an operation fails or writes wrong bytes.
     """
     from splitvault.app.client.pipeline import default_workers
 
@@ -618,6 +669,9 @@ def run_bench(
             source = base / "source"
             generate_file(source, size)
             steps, notes = _offline_plan(base, source, size, threads)
+            notes.append(
+                stack.enter_context(freed_memory_held(page_reporting, hold=hold_freed_memory))
+            )
             notes += _compile_bytecode()
             missing = (
                 _online_available() if online_size is not None else "online rows not asked for"
