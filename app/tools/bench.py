@@ -16,9 +16,10 @@ seconds (user + system, ``wait4``) of the whole child, interpreter start-up incl
 row and a C peer are measured alike. Peak RSS is the child's own ``VmHWM``. The page cache cannot be
 dropped without root, so one untimed warm-up repetition runs first, every row reads from the cache
 alike, and before each row a scratch file is written and deleted so every row also writes into
-equally warm memory. "x copy" means one thing everywhere: the copy's wall time divided by the row's
-(1.00 = as fast as ``dd``; higher is faster). Figures are medians of the repetitions, with their
-spread (min..max).
+equally warm memory (in a VM that hands freed memory back to its host, only while the kernel
+keeps it: ``--hold-freed-memory``, ``freed_memory_held``). "x copy" means one thing everywhere:
+the copy's wall time divided by the row's (1.00 = as fast as ``dd``; higher is faster). Figures
+are medians of the repetitions, with their spread (min..max).
 """
 
 from __future__ import annotations
@@ -583,8 +584,8 @@ def freed_memory_held(
         yield f"free page reporting: memory is handed back after {before} ms free, left as is"
         return
     on = (
-        f"free page reporting is on here (memory freed for {before} ms goes back to the host; "
-        "a first write into it costs about 2 s/GiB more)"
+        f"free page reporting is on here (memory free for {before} ms goes back to the host, "
+        "and a first write into it costs about 2 s/GiB more)"
     )
     if not hold:
         yield f"{on}: rows that write new files vary with it; --hold-freed-memory (root) holds it"
