@@ -57,10 +57,7 @@ DEFAULT_ONLINE_SIZE = 256 * MIB
 # Room the run needs on disk, in multiples of the size: source, big part, output and scratch.
 _DISK_FACTOR = 4.2
 _PARAMS_COUNTER = itertools.count()
-# The guest kernel's free page reporting (virtio-balloon, as on Firecracker): memory freed for
-# ``min_free_ms`` is handed back to the host, and the first write into such memory later costs the
-# guest about 2 s/GiB of system time instead of 0.3. ``--hold-freed-memory`` raises the age for the
-# run (the kernel accepts at most a few minutes) and puts the old value back at the end.
+# Free page reporting's knobs (``freed_memory_held``); the kernel refused 600000 ms here.
 PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
 HOLD_FREED_MS = 300_000
 
@@ -580,7 +577,10 @@ def freed_memory_held(
     except OSError:
         yield ""
         return
-    if not before.isdigit() or int(before) >= hold_ms:
+    if not before.isdigit():
+        yield f"free page reporting: min_free_ms reads {before!r}, not a number; left as is"
+        return
+    if int(before) >= hold_ms:
         yield f"free page reporting: memory is handed back after {before} ms free, left as is"
         return
     on = (

@@ -58,6 +58,13 @@ def test_an_age_already_long_enough_is_left_alone(tmp_path: Path) -> None:
     assert "left as is" in note
 
 
+def test_a_value_it_cannot_read_as_a_number_is_left_alone(tmp_path: Path) -> None:
+    parameters = _parameters(tmp_path, "")
+    with freed_memory_held(parameters, hold=True) as note:
+        assert _value(parameters) == ""
+    assert "not a number" in note
+
+
 def test_a_value_it_may_not_write_leaves_a_note_and_the_run_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
